@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# One-step setup: a virtual environment (.venv) with the project, its dependencies and the test
+# tools. torch is chosen first, so that pip never pulls a multi-GB CUDA build by accident:
+#   - torch already importable in the venv (e.g. your own CUDA build): kept as it is;
+#   - an NVIDIA GPU (nvidia-smi answers): the default torch wheel from PyPI (CUDA build);
+#   - otherwise: the CPU build, torch==2.13.0 (set TORCH_INDEX_URL to the CPU wheel index of
+#     PyTorch if your pip finds only CUDA builds; see README).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+PIP=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
+
+if "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
+    echo "install: keeping torch $("$VENV/bin/python" -c 'import torch; print(torch.__version__)')"
+elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then
+    echo "install: NVIDIA GPU found, installing the default (CUDA) torch build"
+    "${PIP[@]}" torch
+else
+    echo "install: no GPU, installing the CPU build of torch 2.13.0"
+    "${PIP[@]}" "torch==2.13.0" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
+fi
+"${PIP[@]}" -e ".[test]"
+echo "install: done; run the search with: $VENV/bin/python search/run.py --budget 0.5"

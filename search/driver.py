@@ -1,0 +1,211 @@
+"""Drive one search: prepare on a worker, then Tune + Optuna + ASHA + MLflow; report the frontier.
+
+Where it sits: on top of everything, on the driver (no torch here: model work runs in Ray tasks
+and trials). Bad input is caught before any trial starts, as `UsageError`.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import time
+from pathlib import Path
+
+from search.cli import UsageError
+from trainables.config import Config
+
+
+def _cost_unit(cfg: Config) -> str:
+    return "GPU-hours" if cfg.search.gpus_per_trial > 0 else "CPU-core-hours"
+
+
+def _tracking_uri(cfg: Config, output_dir: Path) -> str:
+    return cfg.tracking.uri or f"sqlite:///{(output_dir / 'mlflow.db').resolve()}"
+
+
+def _init_ray(cfg: Config) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+             configure_logging=True)
+
+
+def _prepare(cfg: Config) -> dict:
+    """Run `trainables.prepare` as a Ray task; turn the user's mistakes into UsageError."""
+    import ray
+
+    from trainables.data import DataError
+    from trainables.model import ModelError
+    from trainables.prepare import prepare
+
+    def guarded(cfg_dict):
+        try:
+            return prepare(cfg_dict)
+        except (DataError, ModelError, ValueError) as e:
+            return {"error": str(e)}
+
+    resources = {"num_cpus": cfg.search.cpus_per_trial}
+    if cfg.search.gpus_per_trial > 0:
+        resources["num_gpus"] = min(1.0, cfg.search.gpus_per_trial)
+    out = ray.get(ray.remote(**resources)(guarded).remote(cfg.to_dict()))
+    if "error" in out:
+        raise UsageError(out["error"])
+    return out
+
+
+def _check_inputs(cfg: Config) -> None:
+    """Checks that need no model and no Ray: the model path and the data (files, columns,
+    labels, split). Data loading is torch-free, so the driver does it before starting anything."""
+    from trainables.data import DataError, load_task
+    from trainables.model import ModelError, resolve_model_path, vocab_size
+
+    try:
+        resolve_model_path(cfg.model)
+        load_task(cfg.data, vocab_size(cfg.model) or 128)
+    except (ModelError, DataError) as e:
+        raise UsageError(str(e)) from None
+
+
+def _check_gpus(cfg: Config) -> None:
+    if cfg.search.gpus_per_trial > 0:
+        import ray
+
+        gpus = ray.cluster_resources().get("GPU", 0)
+        if gpus < cfg.search.gpus_per_trial:
+            raise UsageError(
+                f"--gpus-per-trial {cfg.search.gpus_per_trial} but the Ray cluster has {gpus:g} GPUs: "
+                "pass --gpus-per-trial 0 to train on CPU"
+            )
+
+
+def run_search(cfg: Config, output_dir: Path, experiment: str | None = None) -> int:
+    import mlflow
+    from mlflow.tracking import MlflowClient
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from analysis.pareto import frontier
+    from analysis.report import format_table, write_rows
+    from search.searcher import make_searcher
+    from search.tracking import MlflowTracker
+    from spaces.budget import BudgetError, make_budget
+    from spaces.space import ModelSpace
+    from trainables.tune_entry import run_trial
+
+    t_start = time.time()
+    _check_inputs(cfg)  # a typo costs no Ray start
+    _init_ray(cfg)
+    _check_gpus(cfg)
+    print(f"preparing: loading {cfg.model.name} and the {cfg.data.source} task on a Ray worker ...", flush=True)
+    prep = _prepare(cfg)
+    space = ModelSpace.from_dict(prep["space"])
+    try:
+        budget = make_budget(space, cfg.search.budget, cfg.search.r_ref, min(cfg.search.ranks))
+    except BudgetError as e:
+        raise UsageError(str(e)) from None
+    output_dir.mkdir(parents=True, exist_ok=True)  # only once every input check has passed
+    task = prep["task"]
+    metric = prep["metric"]
+    cost_unit = _cost_unit(cfg)
+    print(f"model: {space.describe()}")
+    print(f"task: {task['n_train']} train / {task['n_val']} validation examples, {len(task['labels'])} labels; "
+          f"metric: {metric}")
+    print(f"budget: {cfg.search.budget} x {budget.full_params:,} adapter params (every site at r={cfg.search.r_ref}) "
+          f"= at most {int(budget.max_params):,}")
+
+    uri = _tracking_uri(cfg, output_dir)
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    name = experiment or f"{cfg.search.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
+    exp = client.get_experiment_by_name(name)
+    exp_id = exp.experiment_id if exp else client.create_experiment(name)
+    parent = client.create_run(exp_id, run_name="search", tags={"role": "search"})
+    pid = parent.info.run_id
+    client.log_dict(pid, cfg.to_dict(), "config.json")
+    client.log_dict(pid, prep["space"], "space.json")
+    for k, v in {"budget": cfg.search.budget, "r_ref": cfg.search.r_ref, "trials": cfg.search.trials,
+                 "sampler": cfg.search.sampler, "model": cfg.model.name, "data": cfg.data.source,
+                 "metric": metric, "cost_unit": cost_unit, "full_adapter_params": budget.full_params}.items():
+        client.log_param(pid, k, v)
+
+    if "scores" in prep:
+        from analysis.heatmap import plot_heatmap
+
+        client.log_dict(pid, prep["scores"], "scores.json")
+        heatmap = plot_heatmap(prep["scores"], output_dir / f"{name}-scores.png")
+        client.log_artifact(pid, str(heatmap), "")
+        client.log_metric(pid, "priors_s", prep["priors_s"])
+        print(f"priors: PLoP, CKA and activation scores from {prep['scores']['n_examples']} calibration "
+              f"examples in {prep['priors_s']:.1f}s (heatmap: {heatmap})")
+
+    tracker = MlflowTracker(client, exp_id, pid, space, metric, cost_unit, cfg.search.trials)
+    searcher = make_searcher(space, budget, cfg, cfg.search.seed)
+    scheduler = ASHAScheduler(
+        time_attr="training_iteration", metric="epoch_score", mode="max", max_t=cfg.train.epochs,
+        grace_period=min(cfg.search.asha_grace_epochs, cfg.train.epochs),
+        reduction_factor=cfg.search.asha_reduction_factor,
+    )
+    resources = {"cpu": cfg.search.cpus_per_trial, "gpu": cfg.search.gpus_per_trial}
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, cfg_dict=cfg.to_dict(), space_dict=prep["space"], metric=metric),
+        resources,
+    )
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher, scheduler=scheduler, num_samples=cfg.search.trials,
+            max_concurrent_trials=cfg.search.max_concurrent_trials or None,
+            trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
+            # Keep worker processes across trials: imports, model files and tokenised data are
+            # loaded once per process (trainables.tune_entry caches them).
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=name, storage_path=str((output_dir / "ray_results").resolve()), callbacks=[tracker],
+            verbose=0, failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures),
+        ),
+    )
+    print(f"searching: {cfg.search.trials} trials, {cfg.train.epochs} epochs each, ASHA on epoch_score; "
+          f"MLflow experiment {name!r}", flush=True)
+    status = "FINISHED"
+    try:
+        tuner.fit()
+    except KeyboardInterrupt:
+        status = "KILLED"
+        print("interrupted: finished trials are kept in MLflow", flush=True)
+    rows = tracker.table_rows()
+    front = frontier(rows)
+    on_front = {r["trial_id"] for r in front if r["pareto"]}
+    for r in rows:
+        r["pareto"] = r["trial_id"] in on_front
+        if r["pareto"]:
+            client.set_tag(r["run_id"], "pareto", "true")
+    write_rows(rows, output_dir / f"{name}-trials.csv")
+    write_rows([r for r in rows if r["pareto"]], output_dir / f"{name}-pareto.csv")
+    client.log_artifact(pid, str(output_dir / f"{name}-trials.csv"), "")
+    client.log_artifact(pid, str(output_dir / f"{name}-pareto.csv"), "")
+    completed = [r for r in rows if r["status"] == "completed"]
+    if completed:
+        best = max(completed, key=lambda r: r["metric"])
+        client.log_metric(pid, "best_metric", float(best["metric"]))
+        client.set_tag(pid, "best_placement", best["key"][:5000])
+    wall = time.time() - t_start
+    client.log_metric(pid, "search_wall_s", wall)
+    client.set_terminated(pid, status)
+
+    print()
+    print(format_table(rows, metric, cost_unit))
+    print()
+    print(f"{len(completed)} completed, {sum(r['status'] == 'pruned' for r in rows)} stopped early by ASHA, "
+          f"{sum(r['status'] == 'failed' for r in rows)} failed; search took {wall / 60:.1f} min")
+    print(f"results: {output_dir / (name + '-trials.csv')}")
+    if uri.startswith("sqlite:///"):
+        print(f"open the MLflow UI: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
+    else:
+        print(f"MLflow tracking server: {uri}")
+    return 0 if status == "FINISHED" else 130

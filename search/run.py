@@ -1,0 +1,61 @@
+"""Search for where to put LoRA adapters under a trainable-parameter budget.
+
+    python search/run.py --budget 0.5                  # the offline default: MiniLM on chatterbot topics
+    python search/run.py --config smoke --trials 2     # a tiny model on synthetic data, < 1 minute
+
+Where it sits: the top. Load and validate the config; prepare the search on a Ray worker (load the
+model, discover its sites, summarise the data); check the budget; then Ray Tune runs one LoRA
+fine-tune per trial, Optuna proposes placements (repaired to the budget), ASHA stops weak ones on
+the per-epoch score, and MLflow records every trial. At the end: a table of trials with the
+Pareto-optimal ones marked, and the command that opens the MLflow UI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+# Run as a script (`python search/run.py`): the project is installed, but the script's own folder
+# would shadow nothing; make sure the project root wins over a stray `search` module.
+sys.path[:0] = [str(Path(__file__).resolve().parent.parent)] if __package__ in (None, "") else []
+
+from search.cli import UsageError, add_common_args, config_from_args, fail  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python search/run.py",
+        description="Find which module kinds in which layers to adapt with LoRA, within a budget of "
+        "trainable adapter parameters, and show the trade-off of accuracy, trainable params and "
+        "GPU-hours. Every trial is logged to MLflow.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_common_args(p)
+    p.add_argument("--trials", type=int, default=None, help="number of trials (placements to train); config: search.trials")
+    p.add_argument("--sampler", choices=["tpe", "random"], default=None, help="how Optuna proposes placements; config: search.sampler")
+    p.add_argument("--gpus-per-trial", type=float, default=None, help="GPUs reserved per trial, fractional allowed (0 = CPU); config: search.gpus_per_trial")
+    p.add_argument("--cpus-per-trial", type=int, default=None, help="CPU cores per trial (also torch threads); config: search.cpus_per_trial")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite:///<output-dir>/mlflow.db); config: tracking.uri")
+    p.add_argument("--experiment", default=None, help="MLflow experiment name (default: <search.experiment>-<timestamp>)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+    except UsageError as e:
+        return fail(str(e))
+    from search.driver import run_search
+
+    try:
+        return run_search(cfg, output_dir=Path(args.output_dir), experiment=args.experiment)
+    except UsageError as e:
+        return fail(str(e))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""Record every trial in MLflow, from the driver: one experiment per search, a parent run for the
+search and one nested child run per trial.
+
+Where it sits: train -> **track** -> frontier. A Tune `Callback` (runs on the driver, no torch):
+- trial start: a child run with the placement key, rank, learning rate and the rest of the
+  sampled values as params; `placement.json` and `lora_config.json` as artifacts;
+- each epoch: the epoch's metrics, with step = epoch;
+- trial end: status `completed` (with `metric`, the objective, and the adapter PEFT saved),
+  `pruned` (ASHA stopped it) or `failed` (with the reason); the MLflow run is closed FINISHED,
+  or FAILED for a failed trial, so no run stays RUNNING.
+It also keeps one plain row per trial for the end-of-run table and the frontier.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+from mlflow.tracking import MlflowClient
+from ray.tune import Callback
+
+from spaces.placement import Placement
+from spaces.space import ModelSpace
+
+EPOCH_METRICS = ("accuracy", "balanced_accuracy", "epoch_score", "train_loss", "wall_s", "gpu_hours")
+
+
+def _short(value) -> str:
+    text = str(value)
+    return text if len(text) <= 500 else text[:497] + "..."
+
+
+class MlflowTracker(Callback):
+    def __init__(self, client: MlflowClient, experiment_id: str, parent_run_id: str, space: ModelSpace,
+                 metric_name: str, cost_unit: str, total_trials: int):
+        self.client = client
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.space = space
+        self.metric_name = metric_name
+        self.cost_unit = cost_unit
+        self.total_trials = total_trials
+        self.runs: dict[str, str] = {}  # trial id -> MLflow run id
+        self.rows: dict[str, dict] = {}  # trial id -> row for the table / frontier
+        self.t0 = time.time()
+
+    # ---- Tune hooks ------------------------------------------------------------------------
+    def on_trial_start(self, iteration, trials, trial, **info):
+        if trial.trial_id in self.runs:
+            return  # a retried trial keeps its run
+        cfg = trial.config
+        placement = Placement.from_json(cfg["placement"])
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=f"{trial.trial_id} {placement.key}"[:250],
+            tags={"mlflow.parentRunId": self.parent_run_id, "trial_id": trial.trial_id,
+                  "placement_key": _short(placement.key), "status": "running"},
+        )
+        rid = run.info.run_id
+        self.runs[trial.trial_id] = rid
+        params = {
+            "placement_key": _short(placement.key),
+            "rank": max(placement.rank_values()),
+            "lr": cfg["lr"],
+            "n_sites": placement.n_sites,
+            "adapter_params": placement.adapter_params(self.space),
+            "budget_ratio": round(cfg.get("budget_ratio", float("nan")), 6),
+            "repairs": _short(cfg.get("repairs") or "none"),
+        }
+        params.update({k: v for k, v in cfg.items() if k.startswith(("kind_", "layer_"))})
+        for k, v in params.items():
+            self.client.log_param(rid, k, v)
+        self.client.log_dict(rid, placement.to_dict(), "placement.json")
+        self.client.log_dict(rid, placement.lora_config_kwargs(self.space), "lora_config.json")
+        self.rows[trial.trial_id] = {
+            "trial_id": trial.trial_id, "run_id": rid, "key": placement.key,
+            "rank": max(placement.rank_values()), "lr": cfg["lr"],
+            "adapter_params": placement.adapter_params(self.space),
+            "status": "running", "metric": None, "trainable_params": None, "gpu_hours": None,
+            "epochs": 0,
+        }
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        rid = self.runs.get(trial.trial_id)
+        if rid is None:
+            return
+        epoch = int(result.get("epoch", result.get("training_iteration", 0)))
+        now = int(time.time() * 1000)
+        for name in EPOCH_METRICS:
+            value = result.get(name)
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                self.client.log_metric(rid, name, float(value), timestamp=now, step=epoch)
+        row = self.rows[trial.trial_id]
+        row.update(epochs=epoch, trainable_params=result.get("trainable_params"),
+                   gpu_hours=result.get("gpu_hours"), last_score=result.get("epoch_score"))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        rid = self.runs.get(trial.trial_id)
+        if rid is None:
+            return
+        result = trial.last_result or {}
+        row = self.rows[trial.trial_id]
+        if "final_metric" in result:
+            row.update(status="completed", metric=result["final_metric"])
+            self.client.log_metric(rid, "metric", float(result["final_metric"]))
+            for name in ("trainable_params", "adapter_params"):
+                self.client.log_metric(rid, name, float(result[name]))
+            if trial.checkpoint is not None:
+                self.client.log_artifacts(rid, trial.checkpoint.path, "adapter")
+        else:
+            row.update(status="pruned")
+        self._close(trial, rid, row, "FINISHED")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        rid = self.runs.get(trial.trial_id)
+        if rid is None:
+            return
+        row = self.rows[trial.trial_id]
+        reason = _error_reason(trial)
+        row.update(status="failed", error=reason)
+        self.client.set_tag(rid, "error", _short(reason))
+        self._close(trial, rid, row, "FAILED")
+
+    # ---- helpers ---------------------------------------------------------------------------
+    def _close(self, trial, rid: str, row: dict, mlflow_status: str) -> None:
+        self.client.set_tag(rid, "status", row["status"])
+        if row.get("gpu_hours") is not None:
+            self.client.log_metric(rid, "gpu_hours", float(row["gpu_hours"]))
+        self.client.set_terminated(rid, mlflow_status)
+        done = sum(r["status"] != "running" for r in self.rows.values())
+        metric = f"{row['metric']:.4f}" if row["metric"] is not None else f"({row.get('last_score') or 0:.4f} at epoch {row['epochs']})"
+        print(
+            f"[{done}/{self.total_trials}] {row['status']:<9} {self.metric_name} {metric}  "
+            f"params {row.get('trainable_params') or 0:,}  {row['key']}  "
+            f"({time.time() - self.t0:.0f}s elapsed)",
+            flush=True,
+        )
+
+    def table_rows(self) -> list[dict]:
+        return list(self.rows.values())
+
+
+def _error_reason(trial) -> str:
+    """The last line of the trial's error (Ray keeps the traceback in a file)."""
+    path = getattr(trial, "error_file", None)
+    try:
+        text = open(path).read().strip() if path else ""
+    except OSError:
+        text = ""
+    lines = [l for l in text.splitlines() if l.strip()]
+    return lines[-1] if lines else "trial errored (no message)"
+
+
+def write_json(path, data) -> None:
+    with open(path, "w") as f:
+        json.dump(data, f, indent=2, default=str)

@@ -1,0 +1,62 @@
+"""Task loading: the packaged corpus (deduplicated, split), local files through `datasets`, errors."""
+
+import json
+
+import pytest
+
+from trainables.config import DataConfig
+from trainables.data import DataError, load_task, stratified_split
+
+
+def test_chatterbot_is_deduplicated_filtered_and_split_stably():
+    cfg = DataConfig(min_examples_per_label=100)
+    task = load_task(cfg)
+    train, val = task.train.texts, task.val.texts
+    assert len(set(train)) == len(train) and len(set(val)) == len(val)
+    assert not set(train) & set(val)
+    assert task.label_names == ["ai", "coding", "conversations", "emotion", "psychology", "trivia"]
+    assert set(task.val.labels) == set(range(6))
+    again = load_task(cfg)
+    assert again.train.texts == train and again.val.labels == task.val.labels
+    capped = load_task(DataConfig(min_examples_per_label=100, max_train_per_label=50))
+    assert len(capped.train) == 300 and capped.val.texts == val
+
+
+def test_stratified_split_keeps_every_label_in_validation():
+    labels = [0] * 50 + [1] * 10 + [2] * 2
+    tr, va = stratified_split(labels, 0.2, seed=3)
+    assert sorted(tr + va) == list(range(62)) and not set(tr) & set(va)
+    assert [labels[i] for i in va].count(0) == 10 and [labels[i] for i in va].count(2) == 1
+
+
+def _write(tmp_path, rows, name="data.jsonl"):
+    path = tmp_path / name
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    return path
+
+
+def test_local_files_with_named_columns(tmp_path):
+    rows = [{"sentence": f"text number {i}", "topic": ["a", "b", "c"][i % 3]} for i in range(60)]
+    rows += [{"sentence": "text number 0", "topic": "a"}]  # exact duplicate, kept once
+    path = _write(tmp_path, rows)
+    cfg = DataConfig(source=str(path), text_column="sentence", label_column="topic", min_examples_per_label=5)
+    task = load_task(cfg)
+    assert task.label_names == ["a", "b", "c"] and len(task.train) + len(task.val) == 60
+    csv = tmp_path / "data.csv"
+    csv.write_text("sentence,topic\n" + "\n".join(f"row {i},{i % 2}" for i in range(40)))
+    assert load_task(DataConfig(source=str(csv), text_column="sentence", label_column="topic",
+                                min_examples_per_label=5)).label_names == ["0", "1"]
+
+
+def test_data_errors_name_the_fix(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        load_task(DataConfig(source=str(tmp_path / "missing.csv")))
+    path = _write(tmp_path, [{"text": f"t{i}", "label": "x"} for i in range(50)])
+    with pytest.raises(DataError, match="no column 'sentence'.*set data.text_column"):
+        load_task(DataConfig(source=str(path), text_column="sentence"))
+    with pytest.raises(DataError, match="1 label"):
+        load_task(DataConfig(source=str(path), min_examples_per_label=5))
+    empty = tmp_path / "empty.csv"
+    empty.write_text("text,label\n")
+    with pytest.raises(DataError):
+        load_task(DataConfig(source=str(empty)))

@@ -1,0 +1,62 @@
+"""The smoke search through the real CLI: Ray, Optuna, ASHA, MLflow (SQLite), PEFT, training."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EPOCH_METRICS = {"accuracy", "balanced_accuracy", "epoch_score", "train_loss", "wall_s", "gpu_hours"}
+
+
+@pytest.mark.slow
+def test_smoke_search_logs_one_run_per_trial(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    out_dir = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "search" / "run.py"), "--config", "smoke", "--trials", "3",
+         "--output-dir", str(out_dir), "--experiment", "smoke-test", "--seed", "1"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Pareto-optimal" in proc.stdout
+    assert f"mlflow ui --backend-store-uri sqlite:///{(out_dir / 'mlflow.db').resolve()}" in proc.stdout
+
+    client = MlflowClient(f"sqlite:///{out_dir / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("smoke-test")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("role") == "search"]
+    trials = [r for r in runs if "trial_id" in r.data.tags]
+    assert len(parents) == 1 and len(trials) == 3
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"config.json", "space.json", "smoke-test-trials.csv", "smoke-test-pareto.csv"} <= artifacts
+
+    with open(out_dir / "smoke-test-trials.csv") as f:
+        rows = {r["run_id"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {r.info.run_id for r in trials}
+    for run in trials:
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.info.status in ("FINISHED", "FAILED")  # never left RUNNING
+        status = run.data.tags["status"]
+        assert status in ("completed", "pruned") and rows[run.info.run_id]["status"] == status
+        assert {"placement_key", "rank", "lr", "adapter_params", "repairs"} <= set(run.data.params)
+        assert EPOCH_METRICS <= set(run.data.metrics)
+        history = client.get_metric_history(run.info.run_id, "epoch_score")
+        assert [m.step for m in history] == list(range(1, len(history) + 1))
+        names = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"placement.json", "lora_config.json"} <= names
+        placement = json.loads(open(client.download_artifacts(run.info.run_id, "placement.json", str(tmp_path))).read())
+        assert placement["key"] == run.data.params["placement_key"]
+        if status == "completed":
+            assert {"metric", "trainable_params", "adapter_params"} <= set(run.data.metrics)
+            assert len(history) == 2  # the smoke schedule: 2 epochs
+            adapter = {a.path for a in client.list_artifacts(run.info.run_id, "adapter")}
+            assert "adapter/adapter_config.json" in adapter
+            assert run.data.metrics["trainable_params"] > run.data.metrics["adapter_params"]  # + head
+    assert any(r.data.tags.get("pareto") == "true" for r in trials)

@@ -1,0 +1,53 @@
+"""The Ray-free core of a trial: a placement trains, the metric rises, counts are exact."""
+
+import math
+
+import pytest
+
+from spaces import Placement
+from spaces.discovery import discover
+from trainables.config import load_config
+from trainables.data import load_task
+from trainables.model import load_model, vocab_size
+from trainables.train import NonFiniteLoss, classification_metrics, tokenize, train_placement
+
+
+def _setup(**overrides):
+    sets = [f"{k}={v}" for k, v in overrides.items()]
+    cfg = load_config(["smoke"], sets)
+    task = load_task(cfg.data, vocab_size(cfg.model))
+    model = load_model(cfg.model, task.num_labels, seed=0)
+    space = discover(model)
+    return cfg, task, model, space, tokenize(task.train, None, 16), tokenize(task.val, None, 16)
+
+
+def test_metric_rises_on_learnable_synthetic_task(tmp_path):
+    cfg, task, model, space, train, val = _setup(**{"train.epochs": 6, "data.synthetic_examples": 256})
+    placement = Placement.full(space, 8)
+    reports = []
+    final = train_placement(cfg, placement, space, 1e-2, model, train, val, task.num_labels, "accuracy",
+                            reports.append, save_dir=str(tmp_path / "adapter"))
+    assert [r["epoch"] for r in reports] == list(range(1, 7))
+    assert "final_metric" in reports[-1] and all("final_metric" not in r for r in reports[:-1])
+    assert final["accuracy"] >= 0.9 > reports[0]["accuracy"]
+    assert reports[-1]["train_loss"] < reports[0]["train_loss"]
+    # Exact counts: LoRA parameters + the classifier head (modules_to_save), nothing else.
+    head = task.num_labels * (cfg.model.tiny_hidden + 1)  # the classifier's weight and bias
+    assert final["adapter_params"] == placement.adapter_params(space)
+    assert final["trainable_params"] == placement.adapter_params(space) + head
+    assert (tmp_path / "adapter" / "adapter_config.json").exists()
+    assert final["gpu_hours"] > 0 and math.isclose(final["gpu_hours"], final["wall_s"] / 3600)
+
+
+def test_non_finite_loss_is_an_error():
+    cfg, task, model, space, train, val = _setup(**{"train.inject_nan_at_step": 1})
+    with pytest.raises(NonFiniteLoss, match="step 1"):
+        train_placement(cfg, Placement.full(space, 2), space, 1e-3, model, train, val, task.num_labels,
+                        "accuracy", lambda m: None)
+
+
+def test_classification_metrics():
+    m = classification_metrics([0, 0, 0, 1], [0, 0, 1, 1], 2)
+    assert m["accuracy"] == 0.75 and m["balanced_accuracy"] == 0.75
+    m = classification_metrics([0, 0, 0, 0], [0, 0, 0, 1], 2)
+    assert m["accuracy"] == 0.75 and m["balanced_accuracy"] == 0.5

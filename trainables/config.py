@@ -1,0 +1,289 @@
+"""Search configuration: typed sections, layered TOML files, `--set key=value` overrides.
+
+Where it sits: before everything. `load_config` reads data files left to right, applies
+`section.key=value` overrides, and validates the result; every unknown key, wrong type or bad
+value is collected into one `ConfigError` that lists them all. TOML (not YAML) so `3e-4` is a float.
+The resolved config is saved with every search (`to_dict`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class ConfigError(ValueError):
+    """One or more problems in the configuration, each naming the key and the fix."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+@dataclass
+class ModelConfig:
+    # "minilm" (the packaged all-MiniLM-L6-v2), a hub id, a local folder, or "tiny-bert",
+    # "tiny-gpt2", "tiny-llama" (random weights built from a config, for tests and smoke runs).
+    name: str = "minilm"
+    max_length: int = 64
+    trust_remote_code: bool = False
+    # Size of the tiny-* models.
+    tiny_hidden: int = 32
+    tiny_layers: int = 2
+    tiny_heads: int = 2
+    tiny_vocab: int = 128
+
+
+@dataclass
+class DataConfig:
+    # "chatterbot" (packaged English topics), "synthetic" (token-id task for tiny models),
+    # a hub dataset name, or local .csv/.json/.jsonl/.parquet files (comma-separated).
+    source: str = "chatterbot"
+    text_column: str = "text"
+    label_column: str = "label"
+    hub_split: str = "train"
+    val_fraction: float = 0.2
+    split_seed: int = 0
+    # Labels with fewer unique examples than this are dropped (documented in the README).
+    min_examples_per_label: int = 40
+    # Caps on training examples after the split (0 = no cap); validation is never capped.
+    # A per-label cap balances the training set of a skewed corpus.
+    max_train_examples: int = 0
+    max_train_per_label: int = 0
+    # synthetic source only
+    synthetic_examples: int = 256
+    synthetic_length: int = 12
+    synthetic_labels: int = 2
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 3
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.0
+    lora_alpha_over_rank: float = 2.0
+    lora_dropout: float = 0.0
+    # "auto": bf16 on GPUs that support it, fp32 otherwise; or "no", "bf16", "fp16".
+    precision: str = "auto"
+    seed: int = 0
+    # "auto" (balanced_accuracy when the largest class is >1.5x the smallest), "accuracy",
+    # "balanced_accuracy".
+    metric: str = "auto"
+    # Test hook: force a non-finite loss at this optimizer step (-1 = never).
+    inject_nan_at_step: int = -1
+
+
+@dataclass
+class PriorsConfig:
+    # Calibration examples drawn from the training split with a fixed seed (METHODS.md).
+    calibration_examples: int = 128
+    seed: int = 0
+    # One vector per example for CKA: "mean" over non-pad tokens, "cls" (first), "last" (last non-pad).
+    pooling: str = "mean"
+    # Gradient sensitivity costs a backward pass: off unless asked for.
+    gradients: bool = False
+    batch_size: int = 32
+
+
+@dataclass
+class SearchConfig:
+    budget: float = 0.5
+    trials: int = 12
+    r_ref: int = 8
+    ranks: list[int] = field(default_factory=lambda: [2, 4, 8, 16])
+    lr_min: float = 2e-4
+    lr_max: float = 5e-3
+    sampler: str = "tpe"
+    seed: int = 0
+    gpus_per_trial: float = 0.0
+    cpus_per_trial: int = 2
+    max_concurrent_trials: int = 0  # 0 = as many as resources allow
+    asha_grace_epochs: int = 1
+    asha_reduction_factor: int = 2
+    experiment: str = "lora-placement"
+    max_failures: int = 1
+
+
+@dataclass
+class TrackingConfig:
+    # "" = sqlite:///<output_dir>/mlflow.db
+    uri: str = ""
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    priors: PriorsConfig = field(default_factory=PriorsConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        cfg = cls()
+        problems = _merge(cfg, d, "config")
+        if problems:
+            raise ConfigError(problems)
+        return cfg
+
+
+_SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
+
+
+def _coerce(value, typ, where: str) -> tuple[object, str | None]:
+    """Check `value` against a field type; ints are accepted where floats are expected."""
+    typ = typing.get_type_hints(Config)[typ] if isinstance(typ, str) and typ in _SECTIONS else typ
+    origin = typing.get_origin(typ)
+    if origin is list:
+        (inner,) = typing.get_args(typ)
+        if not isinstance(value, list):
+            return value, f"{where}: expected a list of {inner.__name__}, got {value!r}"
+        out = []
+        for i, v in enumerate(value):
+            v2, err = _coerce(v, inner, f"{where}[{i}]")
+            if err:
+                return value, err
+            out.append(v2)
+        return out, None
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value), None
+    if typ is bool and not isinstance(value, bool):
+        return value, f"{where}: expected true or false, got {value!r}"
+    if typ is int and (isinstance(value, bool) or not isinstance(value, int)):
+        return value, f"{where}: expected an integer, got {value!r}"
+    if not isinstance(value, typ):
+        return value, f"{where}: expected {typ.__name__}, got {value!r}"
+    return value, None
+
+
+def _merge(cfg: Config, data: dict, source: str) -> list[str]:
+    problems = []
+    hints = typing.get_type_hints(Config)
+    for section, values in data.items():
+        if section not in hints:
+            problems.append(
+                f"{source}: unknown section [{section}]; known sections: {', '.join(hints)}"
+            )
+            continue
+        if not isinstance(values, dict):
+            problems.append(f"{source}: [{section}] must be a table of keys")
+            continue
+        target = getattr(cfg, section)
+        fields = typing.get_type_hints(type(target))
+        for key, value in values.items():
+            if key not in fields:
+                problems.append(
+                    f"{source}: unknown key {section}.{key}; known keys: {', '.join(fields)}"
+                )
+                continue
+            value, err = _coerce(value, fields[key], f"{source}: {section}.{key}")
+            if err:
+                problems.append(err)
+            else:
+                setattr(target, key, value)
+    return problems
+
+
+def _parse_override(text: str) -> tuple[str, str, object] | str:
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        return f"--set {text!r}: expected section.key=value, e.g. --set train.epochs=2"
+    dotted, raw = text.split("=", 1)
+    section, key = dotted.strip().split(".", 1)
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()  # bare strings need no quotes on the command line
+    return section, key, value
+
+
+def resolve_config_path(name: str) -> Path:
+    """A config file path, or the name of a shipped config (`smoke` -> configs/smoke.toml)."""
+    path = Path(name)
+    if path.suffix != ".toml":
+        shipped = CONFIG_DIR / f"{name}.toml"
+        if shipped.exists():
+            return shipped
+    if not path.exists():
+        names = sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
+        raise ConfigError([f"config {name!r} not found: pass a .toml path or one of {', '.join(names)}"])
+    return path
+
+
+def load_config(files: list[str] | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then each file left to right, then `section.key=value` overrides, validated."""
+    cfg = Config()
+    problems: list[str] = []
+    for name in files or []:
+        try:
+            path = resolve_config_path(name)
+            data = tomllib.loads(path.read_text())
+        except ConfigError as e:
+            problems.extend(e.problems)
+            continue
+        except tomllib.TOMLDecodeError as e:
+            problems.append(f"{name}: not valid TOML ({e})")
+            continue
+        problems.extend(_merge(cfg, data, str(name)))
+    for text in overrides or []:
+        parsed = _parse_override(text)
+        if isinstance(parsed, str):
+            problems.append(parsed)
+            continue
+        section, key, value = parsed
+        problems.extend(_merge(cfg, {section: {key: value}}, "--set"))
+    problems.extend(validate(cfg))
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def validate(cfg: Config) -> list[str]:
+    """Value checks that types alone cannot express."""
+    p = []
+    s, t, d, m = cfg.search, cfg.train, cfg.data, cfg.model
+    if not (0.0 < s.budget <= 1.0):
+        p.append(f"search.budget {s.budget} is outside (0, 1]: use e.g. --budget 0.5")
+    if s.r_ref < 1:
+        p.append(f"search.r_ref {s.r_ref} must be a rank >= 1")
+    if not s.ranks or any(r < 1 for r in s.ranks):
+        p.append(f"search.ranks {s.ranks} must be a non-empty list of ranks >= 1")
+    if s.trials < 1:
+        p.append(f"search.trials {s.trials} must be >= 1")
+    if not (0 < s.lr_min <= s.lr_max):
+        p.append(f"search.lr_min {s.lr_min} and lr_max {s.lr_max} need 0 < lr_min <= lr_max")
+    if s.sampler not in ("tpe", "random"):
+        p.append(f"search.sampler {s.sampler!r} is not one of tpe, random")
+    if s.gpus_per_trial < 0:
+        p.append(f"search.gpus_per_trial {s.gpus_per_trial} must be >= 0")
+    if s.cpus_per_trial < 1:
+        p.append(f"search.cpus_per_trial {s.cpus_per_trial} must be >= 1")
+    if s.asha_reduction_factor < 2:
+        p.append(f"search.asha_reduction_factor {s.asha_reduction_factor} must be >= 2")
+    if t.epochs < 1:
+        p.append(f"train.epochs {t.epochs} must be >= 1")
+    if t.batch_size < 1 or t.eval_batch_size < 1:
+        p.append("train.batch_size and train.eval_batch_size must be >= 1")
+    if t.precision not in ("auto", "no", "bf16", "fp16"):
+        p.append(f"train.precision {t.precision!r} is not one of auto, no, bf16, fp16")
+    if t.metric not in ("auto", "accuracy", "balanced_accuracy"):
+        p.append(f"train.metric {t.metric!r} is not one of auto, accuracy, balanced_accuracy")
+    if not (0.0 < d.val_fraction < 1.0):
+        p.append(f"data.val_fraction {d.val_fraction} must be in (0, 1)")
+    if cfg.priors.pooling not in ("mean", "cls", "last"):
+        p.append(f"priors.pooling {cfg.priors.pooling!r} is not one of mean, cls, last")
+    if cfg.priors.calibration_examples < 2:
+        p.append(f"priors.calibration_examples {cfg.priors.calibration_examples} must be >= 2")
+    if m.max_length < 2:
+        p.append(f"model.max_length {m.max_length} must be >= 2")
+    return p

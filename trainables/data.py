@@ -1,0 +1,225 @@
+"""Task data: labelled examples, deduplicated and split, before any tokenisation (no torch).
+
+Where it sits: feeds the priors (calibration examples) and every trial (train / validation).
+
+Sources:
+- `chatterbot`: the English lines of the `chatterbot-corpus` package; label = topic (file name).
+  A line is stripped; lines that occur under several topics are dropped (their label is
+  ambiguous); duplicates within a topic are kept once; topics left with fewer than
+  `data.min_examples_per_label` lines are dropped.
+- `synthetic`: token-id sequences for tiny models; the label is which of a few marker tokens the
+  sequence contains, so the task is learnable but not trivial.
+- anything else: a hub dataset name, or local .csv/.json/.jsonl/.parquet files (comma-separated),
+  read with `datasets`, with text and label columns named in the config.
+The split is stratified: per label, a fixed-seed shuffle, `val_fraction` (at least one example)
+to validation.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from trainables.config import DataConfig
+
+_LOCAL_FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+
+
+class DataError(ValueError):
+    """The dataset cannot be used as configured; the message names the fix."""
+
+
+@dataclass
+class Split:
+    # Either texts (to be tokenised) or token ids (synthetic), never both.
+    texts: list[str] | None
+    token_ids: list[list[int]] | None
+    labels: list[int]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class TaskData:
+    train: Split
+    val: Split
+    label_names: list[str]
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+    def imbalance(self) -> float:
+        """Largest over smallest class count in the validation split (what the metric sees)."""
+        counts = Counter(self.val.labels)
+        return max(counts.values()) / max(1, min(counts.values()))
+
+    def summary(self) -> dict:
+        return {
+            "n_train": len(self.train),
+            "n_val": len(self.val),
+            "labels": self.label_names,
+            "imbalance": round(self.imbalance(), 3),
+        }
+
+
+def _chatterbot_examples() -> list[tuple[str, str]]:
+    import chatterbot_corpus
+    import yaml
+
+    root = Path(chatterbot_corpus.__file__).resolve().parent / "data" / "english"
+    examples = []
+    for path in sorted(root.glob("*.yml")):
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        for conversation in doc.get("conversations") or []:
+            for line in conversation:
+                if isinstance(line, str) and line.strip():
+                    examples.append((line.strip(), path.stem))
+    return examples
+
+
+def _file_examples(cfg: DataConfig) -> list[tuple[str, object]]:
+    import datasets
+
+    paths = [p.strip() for p in cfg.source.split(",") if p.strip()]
+    local = [Path(p) for p in paths if Path(p).suffix.lower() in _LOCAL_FORMATS or Path(p).exists()]
+    if local:
+        missing = [str(p) for p in local if not p.exists()]
+        if missing:
+            raise DataError(f"data file {missing[0]} does not exist: check data.source")
+        kinds = {_LOCAL_FORMATS.get(p.suffix.lower()) for p in local}
+        if None in kinds or len(kinds) != 1:
+            raise DataError(
+                f"data.source {cfg.source!r}: give files of one format, .csv, .json, .jsonl or .parquet"
+            )
+        try:
+            ds = datasets.load_dataset(kinds.pop(), data_files=[str(p) for p in local], split="train")
+        except ValueError as e:  # an empty or unreadable file
+            raise DataError(f"could not read {cfg.source!r} ({e}): check that the files hold rows") from None
+    else:
+        try:
+            ds = datasets.load_dataset(cfg.source, split=cfg.hub_split)
+        except Exception as e:  # datasets raises many types for a missing/unreachable dataset
+            raise DataError(
+                f"could not load dataset {cfg.source!r} split {cfg.hub_split!r} ({type(e).__name__}): "
+                "check the name, or pass local .csv/.json/.parquet files as data.source"
+            ) from None
+    if len(ds) == 0:
+        raise DataError(f"dataset {cfg.source!r} is empty")
+    for col, key in ((cfg.text_column, "text_column"), (cfg.label_column, "label_column")):
+        if col not in ds.column_names:
+            raise DataError(
+                f"dataset {cfg.source!r} has no column {col!r}; it has {ds.column_names}: "
+                f"set data.{key}"
+            )
+    return [
+        (str(t).strip(), lab)
+        for t, lab in zip(ds[cfg.text_column], ds[cfg.label_column])
+        if t is not None and lab is not None and str(t).strip()
+    ]
+
+
+def _dedupe(examples: list[tuple[str, object]]) -> list[tuple[str, object]]:
+    """One copy of each (text, label); texts seen with several labels are dropped."""
+    labels_of: dict[str, set] = {}
+    for text, label in examples:
+        labels_of.setdefault(text, set()).add(label)
+    seen, out = set(), []
+    for text, label in examples:
+        if len(labels_of[text]) == 1 and text not in seen:
+            seen.add(text)
+            out.append((text, label))
+    return out
+
+
+def stratified_split(labels: list[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Indices of (train, val): per label a seeded shuffle, round(n * val_fraction) >= 1 to val."""
+    rng = random.Random(seed)
+    by_label: dict[int, list[int]] = {}
+    for i, y in enumerate(labels):
+        by_label.setdefault(y, []).append(i)
+    train, val = [], []
+    for y in sorted(by_label):
+        idx = by_label[y]
+        rng.shuffle(idx)
+        n_val = max(1, round(len(idx) * val_fraction)) if len(idx) > 1 else 0
+        val.extend(idx[:n_val])
+        train.extend(idx[n_val:])
+    return sorted(train), sorted(val)
+
+
+def _cap_per_label(indices: list[int], labels: list[int], cap: int, seed: int) -> list[int]:
+    """At most `cap` indices per label, a seeded sample of each."""
+    rng = random.Random(seed)
+    by_label: dict[int, list[int]] = {}
+    for i in indices:
+        by_label.setdefault(labels[i], []).append(i)
+    kept = []
+    for y in sorted(by_label):
+        idx = by_label[y]
+        kept.extend(idx if len(idx) <= cap else rng.sample(idx, cap))
+    return sorted(kept)
+
+
+def _synthetic(cfg: DataConfig, vocab_size: int) -> tuple[list[list[int]], list[int]]:
+    """Sequences of random filler tokens with one marker token per label planted once."""
+    rng = random.Random(cfg.split_seed)
+    n_labels = cfg.synthetic_labels
+    markers = list(range(4, 4 + n_labels))  # ids 0-3 left for pad/cls/sep/unk
+    filler = list(range(4 + n_labels, vocab_size))
+    if len(filler) < 4:
+        raise DataError(f"model vocab {vocab_size} too small for {n_labels} synthetic labels")
+    ids, labels = [], []
+    for i in range(cfg.synthetic_examples):
+        y = i % n_labels
+        length = rng.randint(max(3, cfg.synthetic_length // 2), cfg.synthetic_length)
+        seq = [rng.choice(filler) for _ in range(length)]
+        seq[rng.randrange(length)] = markers[y]
+        ids.append([2] + seq + [3])
+        labels.append(y)
+    return ids, labels
+
+
+def load_task(cfg: DataConfig, vocab_size: int = 128) -> TaskData:
+    """Load, deduplicate, filter and split the configured task."""
+    if cfg.source == "synthetic":
+        ids, labels = _synthetic(cfg, vocab_size)
+        tr, va = stratified_split(labels, cfg.val_fraction, cfg.split_seed)
+        names = [f"marker{i}" for i in range(cfg.synthetic_labels)]
+        return TaskData(
+            Split(None, [ids[i] for i in tr], [labels[i] for i in tr]),
+            Split(None, [ids[i] for i in va], [labels[i] for i in va]),
+            names,
+        )
+    raw = _chatterbot_examples() if cfg.source == "chatterbot" else _file_examples(cfg)
+    examples = _dedupe(raw)
+    counts = Counter(label for _, label in examples)
+    kept = sorted((lab for lab, n in counts.items() if n >= cfg.min_examples_per_label), key=str)
+    if len(kept) < 2:
+        raise DataError(
+            f"dataset {cfg.source!r} has {len(kept)} label(s) with at least "
+            f"{cfg.min_examples_per_label} unique examples (counts: {dict(counts)}); a classifier "
+            "needs two: lower data.min_examples_per_label or use a dataset with more classes"
+        )
+    index = {lab: i for i, lab in enumerate(kept)}
+    examples = [(t, index[lab]) for t, lab in examples if lab in index]
+    texts = [t for t, _ in examples]
+    labels = [y for _, y in examples]
+    tr, va = stratified_split(labels, cfg.val_fraction, cfg.split_seed)
+    if not va or not tr:
+        raise DataError(
+            f"dataset {cfg.source!r} leaves an empty train or validation split after deduplication "
+            f"({len(examples)} examples): add data or change data.val_fraction"
+        )
+    if cfg.max_train_per_label > 0:
+        tr = _cap_per_label(tr, labels, cfg.max_train_per_label, cfg.split_seed)
+    if cfg.max_train_examples > 0 and len(tr) > cfg.max_train_examples:
+        tr = sorted(random.Random(cfg.split_seed).sample(tr, cfg.max_train_examples))
+    return TaskData(
+        Split([texts[i] for i in tr], None, [labels[i] for i in tr]),
+        Split([texts[i] for i in va], None, [labels[i] for i in va]),
+        [str(lab) for lab in kept],
+    )
