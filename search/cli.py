@@ -40,6 +40,9 @@ _FLAG_KEYS = {
     "cpus_per_trial": "search.cpus_per_trial",
     "tracking_uri": "tracking.uri",
     "seed": "search.seed",
+    "address": "search.address",
+    "storage": "search.storage",
+    "gpu_hours": "search.gpu_hours",
 }
 
 

@@ -35,11 +35,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_common_args(p)
     p.add_argument("--trials", type=int, default=None, help="number of trials (placements to train); config: search.trials")
-    p.add_argument("--sampler", choices=["tpe", "random"], default=None, help="how Optuna proposes placements; config: search.sampler")
+    p.add_argument("--sampler", choices=["prior", "tpe", "random"], default=None, help="how Optuna proposes placements: prior (baselines, then prior draws, then TPE with the prior mixed in), tpe, random; config: search.sampler")
     p.add_argument("--gpus-per-trial", type=float, default=None, help="GPUs reserved per trial, fractional allowed (0 = CPU); config: search.gpus_per_trial")
     p.add_argument("--cpus-per-trial", type=int, default=None, help="CPU cores per trial (also torch threads); config: search.cpus_per_trial")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite:///<output-dir>/mlflow.db); config: tracking.uri")
-    p.add_argument("--experiment", default=None, help="MLflow experiment name (default: <search.experiment>-<timestamp>)")
+    p.add_argument("--experiment", default=None, help="name of the search: MLflow experiment and Ray Tune experiment (default: <search.experiment>-<timestamp>)")
+    p.add_argument("--address", default=None, help="join an existing Ray cluster: auto, ray://HOST:10001 or HOST:6379 (default: start a local runtime); config: search.address")
+    p.add_argument("--storage", default=None, help="where Ray Tune keeps the experiment: a shared filesystem path or a cloud URI on multi-node clusters (default: <output-dir>/ray_results); config: search.storage")
+    p.add_argument("--gpu-hours", type=float, default=None, help="end the search once trials have cost this many GPU-hours (CPU-core-hours on CPU); 0 = no cap; config: search.gpu_hours")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted search (the one named by --experiment, else the latest in the output dir): finished trials are kept, unfinished ones rerun")
     return p
 
 
@@ -52,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     from search.driver import run_search
 
     try:
-        return run_search(cfg, output_dir=Path(args.output_dir), experiment=args.experiment)
+        return run_search(cfg, output_dir=Path(args.output_dir), experiment=args.experiment, resume=args.resume)
     except UsageError as e:
         return fail(str(e))
 

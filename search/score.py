@@ -30,12 +30,12 @@ def format_scores(scores: dict, space, choices: dict) -> str:
     """Per-kind and per-layer tables of every score, then each method's choice."""
     grad = scores.get("grad")
     lines = ["module kinds (mean over layers)          low NFN = adapt first (PLoP)",
-             f"  {'kind':<6} {'module':<26} {'NFN':>7} {'act (norm.)':>12}" + (f" {'grad':>9}" if grad else "")]
-    act_site = scores["act"]["per_site_normalized"]
+             f"  {'kind':<6} {'module':<26} {'NFN':>7} {'input norm':>11}" + (f" {'grad':>9}" if grad else "")]
+    act_site = scores["act"]["per_site"]  # raw mean ||x_t||; per layer it is normalised per kind
     for k, (alias, kind) in enumerate(zip(space.aliases, space.kinds)):
         act_vals = [v for v in act_site[k] if v is not None]
         act_mean = sum(act_vals) / len(act_vals) if act_vals else None
-        row = f"  {alias:<6} {kind:<26} {_f(scores['nfn']['per_kind'][alias]):>7} {_f(act_mean):>12}"
+        row = f"  {alias:<6} {kind:<26} {_f(scores['nfn']['per_kind'][alias]):>7} {_f(act_mean, '.2f'):>11}"
         if grad:
             row += f" {_f(grad['per_kind'][alias], '.2e'):>9}"
         lines.append(row)

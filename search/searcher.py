@@ -5,6 +5,14 @@ flag per module kind and per layer, a rank and a learning rate; the proposal (ki
 that rank) is repaired to the budget before the trial exists, and the repaired placement travels
 in the trial config as JSON. A placement over budget is never trained.
 
+A trial can also carry a fixed placement: the hand-crafted baselines (`search.baselines`) are
+enqueued with the flags of their kinds x layers product and, in the trial's user attrs, their name
+and placement. `PlacementSpace` then trains exactly that placement, and the trial config says
+`"baseline": <name>` (None for every other trial).
+
+Samplers (`make_sampler`): `prior` (baselines, then prior draws, then TPE with the prior mixed in;
+`search.prior_sampler`), `tpe`, `random`.
+
 `PlacementOptunaSearch` fixes how trial outcomes reach Optuna (ray's wrapper would mark an
 ASHA-stopped trial COMPLETE with missing values in multi-objective mode, and crash on per-epoch
 results that lack the final objective in single-objective mode):
@@ -17,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Any, NamedTuple
 
 from ray.tune.search.optuna import OptunaSearch
 
@@ -29,6 +38,17 @@ log = logging.getLogger(__name__)
 # Objectives reported only in a trial's last result (ASHA watches `epoch_score` instead).
 OBJECTIVES = ["final_metric", "trainable_params", "gpu_hours"]
 MODES = ["max", "min", "min"]
+# User attrs of an enqueued trial that carries a fixed (baseline) placement.
+BASELINE_ATTR = "baseline"
+BASELINE_PLACEMENT_ATTR = "baseline_placement"
+
+
+def flag_params(space: ModelSpace, kinds_on: list[bool], layers_on: list[bool], rank: int, lr: float) -> dict:
+    """The define-by-run params for one proposal, by name."""
+    params: dict[str, Any] = {f"kind_{a}": bool(on) for a, on in zip(space.aliases, kinds_on)}
+    params.update({f"layer_{l}": bool(on) for l, on in enumerate(layers_on)})
+    params.update(rank=int(rank), lr=float(lr))
+    return params
 
 
 def propose(
@@ -38,8 +58,10 @@ def propose(
     kinds_on: list[bool],
     layers_on: list[bool],
     rank: int,
+    kind_priority: list[float] | None = None,
+    layer_priority: list[float] | None = None,
 ) -> tuple[Placement, list[str]]:
-    """Kinds x layers at one rank, repaired to the budget."""
+    """Kinds x layers at one rank, repaired to the budget (priorities: higher = keep longer)."""
     sites = [
         (k, l) for k in range(len(space.kinds)) for l in range(space.n_layers)
         if kinds_on[k] and layers_on[l] and space.has_site(k, l)
@@ -47,18 +69,31 @@ def propose(
     raw = Placement.from_sites(space, sites, rank) if sites else Placement(
         space.aliases, tuple((0,) * space.n_layers for _ in space.kinds)
     )
-    return repair(raw, space, budget, ranks)
+    return repair(raw, space, budget, ranks, kind_priority, layer_priority)
 
 
 class PlacementSpace:
     """The Optuna define-by-run function: sampled values plus the repaired placement.
 
     A class rather than a closure so Tune can pickle the searcher into its experiment checkpoint.
+    kind_priority / layer_priority go to `repair` (from the priors with the `prior` sampler).
     """
 
-    def __init__(self, space: ModelSpace, budget: Budget, ranks: list[int], lr_min: float, lr_max: float):
+    def __init__(self, space: ModelSpace, budget: Budget, ranks: list[int], lr_min: float, lr_max: float,
+                 kind_priority: list[float] | None = None, layer_priority: list[float] | None = None):
         self.space, self.budget, self.ranks = space, budget, list(ranks)
         self.lr_min, self.lr_max = lr_min, lr_max
+        self.kind_priority, self.layer_priority = kind_priority, layer_priority
+
+    def distributions(self) -> dict:
+        """The distributions `__call__` suggests, by name, in suggestion order."""
+        from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+        flags = [f"kind_{a}" for a in self.space.aliases] + [f"layer_{l}" for l in range(self.space.n_layers)]
+        out = {name: CategoricalDistribution([True, False]) for name in flags}
+        out["rank"] = CategoricalDistribution(self.ranks)
+        out["lr"] = FloatDistribution(self.lr_min, self.lr_max, log=True)
+        return out
 
     def __call__(self, trial) -> dict:
         space = self.space
@@ -66,14 +101,22 @@ class PlacementSpace:
         layers_on = [trial.suggest_categorical(f"layer_{l}", [True, False]) for l in range(space.n_layers)]
         rank = trial.suggest_categorical("rank", self.ranks)
         trial.suggest_float("lr", self.lr_min, self.lr_max, log=True)
-        placement, steps = propose(space, self.budget, self.ranks, kinds_on, layers_on, rank)
-        assert self.budget.fits(placement, space), "repair left a placement over budget"
+        attrs = trial.user_attrs
+        baseline = attrs.get(BASELINE_ATTR)
+        if baseline is not None:
+            # A fixed placement, already fitted to the budget; the flags above are its product cover.
+            placement, steps = Placement.from_json(attrs[BASELINE_PLACEMENT_ATTR]).checked(space), []
+        else:
+            placement, steps = propose(space, self.budget, self.ranks, kinds_on, layers_on, rank,
+                                       self.kind_priority, self.layer_priority)
+        assert self.budget.fits(placement, space) and not placement.is_empty(), "placement untrainable"
         trial.set_user_attr("placement_key", placement.key)
         return {
             "placement": placement.to_json(),
             "placement_key": placement.key,
             "repairs": "; ".join(steps),
             "budget_ratio": self.budget.ratio(placement, space),
+            "baseline": baseline,
         }
 
 
@@ -97,7 +140,18 @@ class PlacementOptunaSearch(OptunaSearch):
     `metric` is None towards Tune: the objectives arrive only in a trial's final result, so Tune's
     strict per-result check must not ask for them (it still checks ASHA's `epoch_score`, so a
     misspelt scheduler metric fails loudly). The objectives live in `objectives`.
+    `enqueue`: (params, user_attrs) pairs enqueued into the study before any trial, in order
+    (the baselines; `points_to_evaluate` cannot carry user attrs).
     """
+
+    def __init__(self, *args, enqueue: list[tuple[dict, dict]] | None = None, **kwargs):
+        self._enqueue = list(enqueue or [])  # before super().__init__, which sets up the study
+        super().__init__(*args, **kwargs)
+
+    def _setup_study(self, mode):
+        super()._setup_study(mode)
+        for params, user_attrs in self._enqueue:
+            self._ot_study.enqueue_trial(params, user_attrs=user_attrs)
 
     @property
     def metric(self):
@@ -121,17 +175,71 @@ class PlacementOptunaSearch(OptunaSearch):
         self._completed_trials.add(trial_id)
 
 
-def make_searcher(space: ModelSpace, budget: Budget, cfg, seed: int) -> PlacementOptunaSearch:
+class SamplerSetup(NamedTuple):
+    sampler: Any  # an optuna.samplers.BaseSampler
+    space: PlacementSpace  # the define-by-run function
+    enqueue: list[tuple[dict, dict]]  # (params, user_attrs) to enqueue first: the baselines
+    baselines: list  # search.baselines.Baseline, in enqueue order
+
+
+def prior_trials(trials: int) -> int:
+    """How many prior draws follow the baselines: a sixth of the trials, 1 to 6."""
+    return max(1, min(6, trials // 6))
+
+
+def make_sampler(name: str, space: ModelSpace, budget: Budget, ranks: list[int], lr_min: float,
+                 lr_max: float, trials: int, seed: int, scores: dict | None = None,
+                 prior_options: dict | None = None) -> SamplerSetup:
+    """The sampler, define-by-run space and enqueued baselines for `name` in prior | tpe | random.
+
+    `prior` without scores uses uniform probabilities (still scaled to the budget) and the three
+    structural baselines. `tpe` and `random` enqueue nothing and repair without priorities.
+    prior_options (ablations): strength, fills, floor (`PlacementPrior`), n_prior, w0, tau
+    (`PriorSampler`); defaults in `search.prior_sampler`, n_prior from `prior_trials`.
+    """
     import optuna
 
+    if name == "random":
+        return SamplerSetup(optuna.samplers.RandomSampler(seed=seed),
+                            PlacementSpace(space, budget, ranks, lr_min, lr_max), [], [])
+    if name == "tpe":
+        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, min(5, trials // 3)))
+        return SamplerSetup(sampler, PlacementSpace(space, budget, ranks, lr_min, lr_max), [], [])
+    if name != "prior":
+        raise ValueError(f"sampler {name!r} is not one of prior, tpe, random")
+    from search.baselines import make_baselines, priorities, product_flags
+    from search.prior_sampler import PlacementPrior, PriorSampler
+
+    prio = priorities(scores, space)
+    pspace = PlacementSpace(space, budget, ranks, lr_min, lr_max, prio.kind, prio.layer)
+    baselines = make_baselines(space, budget, ranks, scores)
+    lr_mid = math.sqrt(lr_min * lr_max)  # one fixed lr for every baseline: a fair side-by-side
+    enqueue = [
+        (flag_params(space, *product_flags(b.placement, space), lr_mid),
+         {BASELINE_ATTR: b.name, BASELINE_PLACEMENT_ATTR: b.placement.to_json(),
+          "baseline_aliases": list(b.aliases)})
+        for b in baselines
+    ]
+    opts = {"n_prior": prior_trials(trials), **(prior_options or {})}
+    prior = PlacementPrior(space, budget, ranks, lr_min, lr_max, prio,
+                           **{k: opts.pop(k) for k in ("strength", "fills", "floor") if k in opts})
+    sampler = PriorSampler(prior, pspace.distributions(), seed=seed, **opts)
+    return SamplerSetup(sampler, pspace, enqueue, baselines)
+
+
+def make_searcher(
+    space: ModelSpace, budget: Budget, cfg, seed: int, scores: dict | None = None
+) -> PlacementOptunaSearch:
+    """The searcher for `cfg.search.sampler`; `scores` are the priors (`spaces.priors`), if computed.
+
+    With `prior`, the first trials Tune asks for are the baselines, in order.
+    """
     s = cfg.search
-    if s.sampler == "random":
-        sampler = optuna.samplers.RandomSampler(seed=seed)
-    else:
-        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, min(5, s.trials // 3)))
+    setup = make_sampler(s.sampler, space, budget, list(s.ranks), s.lr_min, s.lr_max, s.trials, seed, scores)
     return PlacementOptunaSearch(
-        space=PlacementSpace(space, budget, list(s.ranks), s.lr_min, s.lr_max),
+        space=setup.space,
         metric=list(OBJECTIVES),
         mode=list(MODES),
-        sampler=sampler,
+        sampler=setup.sampler,
+        enqueue=setup.enqueue,
     )

@@ -22,6 +22,7 @@ from ray.tune import Callback
 
 from spaces.placement import Placement
 from spaces.space import ModelSpace
+from trainables.tune_entry import NOT_RETRIED, NOT_RETRIED_KEY
 
 EPOCH_METRICS = ("accuracy", "balanced_accuracy", "epoch_score", "train_loss", "wall_s", "gpu_hours")
 
@@ -33,7 +34,8 @@ def _short(value) -> str:
 
 class MlflowTracker(Callback):
     def __init__(self, client: MlflowClient, experiment_id: str, parent_run_id: str, space: ModelSpace,
-                 metric_name: str, cost_unit: str, total_trials: int):
+                 metric_name: str, cost_unit: str, total_trials: int, lora_alpha_over_rank: float = 2.0,
+                 lora_dropout: float = 0.0):
         self.client = client
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
@@ -41,9 +43,46 @@ class MlflowTracker(Callback):
         self.metric_name = metric_name
         self.cost_unit = cost_unit
         self.total_trials = total_trials
+        self.lora_alpha_over_rank, self.lora_dropout = lora_alpha_over_rank, lora_dropout
         self.runs: dict[str, str] = {}  # trial id -> MLflow run id
         self.rows: dict[str, dict] = {}  # trial id -> row for the table / frontier
         self.t0 = time.time()
+        self._rehydrate()
+
+    # ---- resume: Tune pickles its callbacks with the experiment and restores them on --resume ----
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["client"] = self.client.tracking_uri  # a client holds connections: keep its URI
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.client = MlflowClient(state["client"])
+        self._rehydrate()
+
+    def _rehydrate(self) -> None:
+        """Map trial ids to the runs already in the store, so a resumed search logs into them
+        (one MLflow run per trial, never a duplicate) and its table covers every trial."""
+        runs = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{self.parent_run_id}'",
+            max_results=10000,
+        )
+        for run in runs:
+            tid = run.data.tags.get("trial_id")
+            if tid is None or tid in self.runs:
+                continue
+            self.runs[tid] = run.info.run_id
+            m, p = run.data.metrics, run.data.params
+            status = run.data.tags.get("status", "running")
+            self.rows[tid] = {
+                "trial_id": tid, "run_id": run.info.run_id, "key": p.get("placement_key", ""),
+                "rank": int(p["rank"]) if "rank" in p else None, "lr": float(p["lr"]) if "lr" in p else None,
+                "adapter_params": int(p["adapter_params"]) if "adapter_params" in p else None,
+                "status": status, "metric": m.get("metric") if status == "completed" else None,
+                "trainable_params": int(m["trainable_params"]) if "trainable_params" in m else None,
+                "gpu_hours": m.get("gpu_hours"), "epochs": 0, "last_score": m.get("epoch_score"),
+                "baseline": run.data.tags.get("baseline"),
+            }
 
     # ---- Tune hooks ------------------------------------------------------------------------
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -72,13 +111,16 @@ class MlflowTracker(Callback):
         for k, v in params.items():
             self.client.log_param(rid, k, v)
         self.client.log_dict(rid, placement.to_dict(), "placement.json")
-        self.client.log_dict(rid, placement.lora_config_kwargs(self.space), "lora_config.json")
+        self.client.log_dict(rid, placement.lora_config_kwargs(
+            self.space, alpha_over_rank=self.lora_alpha_over_rank, dropout=self.lora_dropout), "lora_config.json")
+        if cfg.get("baseline"):
+            self.client.set_tag(rid, "baseline", cfg["baseline"])
         self.rows[trial.trial_id] = {
             "trial_id": trial.trial_id, "run_id": rid, "key": placement.key,
             "rank": max(placement.rank_values()), "lr": cfg["lr"],
             "adapter_params": placement.adapter_params(self.space),
             "status": "running", "metric": None, "trainable_params": None, "gpu_hours": None,
-            "epochs": 0,
+            "epochs": 0, "baseline": cfg.get("baseline"),
         }
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -92,6 +134,11 @@ class MlflowTracker(Callback):
             if isinstance(value, (int, float)) and math.isfinite(value):
                 self.client.log_metric(rid, name, float(value), timestamp=now, step=epoch)
         row = self.rows[trial.trial_id]
+        if row.get("trainable_params") is None and "trainable_params" in result:
+            self.client.log_metric(rid, "trainable_params", float(result["trainable_params"]))
+        if result.get("node_id") and row.get("node_id") != result["node_id"]:
+            row["node_id"] = result["node_id"]
+            self.client.set_tag(rid, "node_id", result["node_id"])
         row.update(epochs=epoch, trainable_params=result.get("trainable_params"),
                    gpu_hours=result.get("gpu_hours"), last_score=result.get("epoch_score"))
 
@@ -118,9 +165,34 @@ class MlflowTracker(Callback):
             return
         row = self.rows[trial.trial_id]
         reason = _error_reason(trial)
+        if NOT_RETRIED in reason:  # "...TrialFailed: not retried: <reason>" -> "<reason>"
+            reason = reason.split(NOT_RETRIED, 1)[1]
         row.update(status="failed", error=reason)
         self.client.set_tag(rid, "error", _short(reason))
         self._close(trial, rid, row, "FAILED")
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        """The trial errored and Ray runs it again (`search.max_failures`), in the same MLflow run.
+
+        A failure that a retry would repeat (`TrialFailed`: non-finite loss, out of memory) gets
+        no real retry (Ray retries any error): max_failures 0 makes the requeued attempt the last,
+        and the reason in its config makes it fail at once, before training (tune_entry.run_trial).
+        Any other failure (a worker that died) is retried from epoch 1: the run's metric history
+        then holds both attempts' epochs, and tag `retries` counts the retries.
+        """
+        reason = _error_reason(trial)
+        if NOT_RETRIED in reason:
+            trial.max_failures = 0
+            trial.set_config({**trial.config, NOT_RETRIED_KEY: reason.split(NOT_RETRIED, 1)[1]})
+            return
+        rid = self.runs.get(trial.trial_id)
+        if rid is None:
+            return
+        row = self.rows[trial.trial_id]
+        row["retries"] = row.get("retries", 0) + 1
+        self.client.set_tag(rid, "retries", str(row["retries"]))
+        self.client.set_tag(rid, "retry_reason", _short(reason))
+        print(f"retrying {trial.trial_id} {row['key']} (attempt {row['retries'] + 1}): {reason[:200]}", flush=True)
 
     # ---- helpers ---------------------------------------------------------------------------
     def _close(self, trial, rid: str, row: dict, mlflow_status: str) -> None:

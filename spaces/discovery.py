@@ -70,7 +70,8 @@ def find_block_stack(model: nn.Module) -> tuple[str, nn.ModuleList]:
         raise ValueError(
             f"no stack of repeated blocks found in {type(model).__name__}: looked for an "
             "nn.ModuleList of same-class blocks containing nn.Linear or transformers Conv1D "
-            "modules (like bert.encoder.layer, transformer.h or model.layers)"
+            "modules (like bert.encoder.layer, transformer.h or model.layers): point model.name at a "
+            "transformer whose repeated blocks use nn.Linear (or GPT-2 Conv1D) layers"
         )
     return best[1], best[2]
 

@@ -95,10 +95,20 @@ class _Recorder:
         self.counts: dict[tuple[int, int], int] = {}  # site -> tokens seen
         self.pooled_in = [[] for _ in range(space.n_layers)]  # per layer: list of (B, d) float32
         self.pooled_out = [[] for _ in range(space.n_layers)]
+        self._last_x: torch.Tensor | None = None  # the last site input seen, and its token norms
+        self._last_xn: torch.Tensor | None = None
 
     def set_batch(self, mask: torch.Tensor) -> None:
         self.mask, self.mask_flat = mask, mask.reshape(-1)
         self.batch_tokens = int(mask.sum())
+        self._last_x, self._last_xn = None, None
+
+    def _input_norms(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-token ||x_t||, reused when sites share one input tensor (q, k, v; gate, up)."""
+        if x is not self._last_x:
+            self._last_x = x
+            self._last_xn = torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32).reshape(-1)
+        return self._last_xn
 
     def _check(self, h: torch.Tensor, what: str) -> None:
         if tuple(h.shape[:-1]) != tuple(self.mask.shape):
@@ -115,7 +125,7 @@ class _Recorder:
             self._check(x, name)
             with torch.no_grad():
                 wx = output if bias is None else output - bias  # W x_t without a second matmul
-                xn = torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32).reshape(-1)
+                xn = self._input_norms(x)
                 wxn = torch.linalg.vector_norm(wx, dim=-1, dtype=torch.float32).reshape(-1)
                 both = torch.stack((wxn / xn.clamp_min(_TINY), xn))  # (2, B*T)
                 s = torch.where(self.mask_flat, both, 0).sum(-1, dtype=torch.float64)

@@ -37,3 +37,26 @@ def test_bad_override_and_missing_file():
         load_config([], ["epochs=3"])
     with pytest.raises(ConfigError, match="not found: pass a .toml path or one of default, smoke"):
         load_config(["no-such-config"])
+
+
+def test_cluster_manifests_parse_and_run_the_search():
+    import yaml
+
+    launcher = yaml.safe_load((CONFIG_DIR / "cluster" / "ray-cluster.yaml").read_text())
+    assert launcher["available_node_types"]["head"]["resources"] == {"CPU": 0}
+    job = yaml.safe_load((CONFIG_DIR / "cluster" / "rayjob.yaml").read_text())
+    assert job["kind"] == "RayJob"
+    entry = job["spec"]["entrypoint"]
+    for flag in ("search/run.py", "--address auto", "--gpus-per-trial", "--storage", "--tracking-uri"):
+        assert flag in entry
+    # Every flag the manifest passes exists in the CLI.
+    from search.run import build_parser
+
+    known = {a for action in build_parser()._actions for a in action.option_strings}
+    assert {t for t in entry.split() if t.startswith("--")} <= known
+
+
+def test_string_settings_take_the_text_as_given():
+    cfg = load_config(["smoke"], ["train.fault=nan", "train.fault_marker=/tmp/no-such-marker-file",
+                                  "model.name=1234", "train.epochs=2"])
+    assert cfg.train.fault == "nan" and cfg.model.name == "1234" and cfg.train.epochs == 2

@@ -54,7 +54,7 @@ def test_data_errors_name_the_fix(tmp_path):
     path = _write(tmp_path, [{"text": f"t{i}", "label": "x"} for i in range(50)])
     with pytest.raises(DataError, match="no column 'sentence'.*set data.text_column"):
         load_task(DataConfig(source=str(path), text_column="sentence"))
-    with pytest.raises(DataError, match="1 label"):
+    with pytest.raises(DataError, match="only one label .*check data.label_column"):
         load_task(DataConfig(source=str(path), min_examples_per_label=5))
     empty = tmp_path / "empty.csv"
     empty.write_text("text,label\n")

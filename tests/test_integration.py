@@ -35,7 +35,10 @@ def test_smoke_search_logs_one_run_per_trial(tmp_path):
     parent = parents[0]
     assert parent.info.status == "FINISHED"
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"config.json", "space.json", "smoke-test-trials.csv", "smoke-test-pareto.csv"} <= artifacts
+    assert {"config.json", "space.json", "scores.json", "smoke-test-scores.png", "smoke-test-trials.csv",
+            "smoke-test-pareto.csv"} <= artifacts
+    scores = json.loads(open(client.download_artifacts(parent.info.run_id, "scores.json", str(tmp_path))).read())
+    assert scores["kinds"] == ["q", "k", "v", "o", "up", "down"] and len(scores["cka"]["importance"]) == 2
 
     with open(out_dir / "smoke-test-trials.csv") as f:
         rows = {r["run_id"]: r for r in csv.DictReader(f)}
@@ -55,7 +58,7 @@ def test_smoke_search_logs_one_run_per_trial(tmp_path):
         assert placement["key"] == run.data.params["placement_key"]
         if status == "completed":
             assert {"metric", "trainable_params", "adapter_params"} <= set(run.data.metrics)
-            assert len(history) == 2  # the smoke schedule: 2 epochs
+            assert len(history) == 3  # the smoke schedule: 3 epochs
             adapter = {a.path for a in client.list_artifacts(run.info.run_id, "adapter")}
             assert "adapter/adapter_config.json" in adapter
             assert run.data.metrics["trainable_params"] > run.data.metrics["adapter_params"]  # + head

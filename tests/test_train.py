@@ -39,9 +39,9 @@ def test_metric_rises_on_learnable_synthetic_task(tmp_path):
     assert final["gpu_hours"] > 0 and math.isclose(final["gpu_hours"], final["wall_s"] / 3600)
 
 
-def test_non_finite_loss_is_an_error():
-    cfg, task, model, space, train, val = _setup(**{"train.inject_nan_at_step": 1})
-    with pytest.raises(NonFiniteLoss, match="step 1"):
+def test_non_finite_loss_is_an_error(tmp_path):
+    cfg, task, model, space, train, val = _setup(**{"train.fault": '"nan"', "train.fault_marker": f'"{tmp_path / "m"}"'})
+    with pytest.raises(NonFiniteLoss, match="non-finite training loss .* at step 0"):
         train_placement(cfg, Placement.full(space, 2), space, 1e-3, model, train, val, task.num_labels,
                         "accuracy", lambda m: None)
 

@@ -20,9 +20,10 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 class ConfigError(ValueError):
     """One or more problems in the configuration, each naming the key and the fix."""
 
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("; ".join(problems))
+    def __init__(self, problems: list[str] | str):
+        # A str too: Ray rebuilds a remote exception from its message.
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("; ".join(self.problems))
 
 
 @dataclass
@@ -61,8 +62,14 @@ class DataConfig:
     synthetic_labels: int = 2
 
 
+FAULTS = ("", "nan", "oom", "kill")  # train.fault: test hooks, see TrainConfig
+
+
 @dataclass
 class TrainConfig:
+    """How every trial trains (the same schedule for all). `fault` and `fault_marker` are test hooks
+    (fault injection for tests/test_failures.py), off by default; see their comment."""
+
     epochs: int = 3
     batch_size: int = 32
     eval_batch_size: int = 128
@@ -76,8 +83,14 @@ class TrainConfig:
     # "auto" (balanced_accuracy when the largest class is >1.5x the smallest), "accuracy",
     # "balanced_accuracy".
     metric: str = "auto"
-    # Test hook: force a non-finite loss at this optimizer step (-1 = never).
-    inject_nan_at_step: int = -1
+    # Test hooks (leave empty in real searches). `fault` is "" (none), "nan" (the
+    # loss becomes NaN at the first step: the trial fails, not retried), "oom" (an out-of-memory
+    # error at the first step: fails, not retried) or "kill" (the trial's worker process SIGKILLs
+    # itself after reporting epoch 1: Ray retries the trial, up to search.max_failures times).
+    # Only the trial that first creates `fault_marker` (a file path, created atomically) faults,
+    # so exactly one trial of a search does, and its retry does not.
+    fault: str = ""
+    fault_marker: str = ""
 
 
 @dataclass
@@ -100,7 +113,7 @@ class SearchConfig:
     ranks: list[int] = field(default_factory=lambda: [2, 4, 8, 16])
     lr_min: float = 2e-4
     lr_max: float = 5e-3
-    sampler: str = "tpe"
+    sampler: str = "prior"
     seed: int = 0
     gpus_per_trial: float = 0.0
     cpus_per_trial: int = 2
@@ -109,6 +122,13 @@ class SearchConfig:
     asha_reduction_factor: int = 2
     experiment: str = "lora-placement"
     max_failures: int = 1
+    # Cluster: a Ray address to join ("" = start a local runtime; "auto", "ray://host:10001",
+    # "host:6379"), and where Tune keeps the experiment ("" = <output-dir>/ray_results; on a
+    # multi-node cluster a shared filesystem path or a cloud URI such as s3://bucket/path).
+    address: str = ""
+    storage: str = ""
+    # End the search once its trials have cost this many GPU-hours (CPU-core-hours on CPU); 0 = no cap.
+    gpu_hours: float = 0.0
 
 
 @dataclass
@@ -241,6 +261,11 @@ def load_config(files: list[str] | None = None, overrides: list[str] | None = No
             problems.append(parsed)
             continue
         section, key, value = parsed
+        # A string setting takes the text as given, even where TOML would read a number or a
+        # bool (`--set train.fault=nan`, `--set model.name=1234`).
+        target = getattr(cfg, section, None)
+        if target is not None and typing.get_type_hints(type(target)).get(key) is str and not isinstance(value, str):
+            value = text.split("=", 1)[1].strip()
         problems.extend(_merge(cfg, {section: {key: value}}, "--set"))
     problems.extend(validate(cfg))
     if problems:
@@ -262,12 +287,14 @@ def validate(cfg: Config) -> list[str]:
         p.append(f"search.trials {s.trials} must be >= 1")
     if not (0 < s.lr_min <= s.lr_max):
         p.append(f"search.lr_min {s.lr_min} and lr_max {s.lr_max} need 0 < lr_min <= lr_max")
-    if s.sampler not in ("tpe", "random"):
-        p.append(f"search.sampler {s.sampler!r} is not one of tpe, random")
+    if s.sampler not in ("prior", "tpe", "random"):
+        p.append(f"search.sampler {s.sampler!r} is not one of prior, tpe, random")
     if s.gpus_per_trial < 0:
         p.append(f"search.gpus_per_trial {s.gpus_per_trial} must be >= 0")
     if s.cpus_per_trial < 1:
         p.append(f"search.cpus_per_trial {s.cpus_per_trial} must be >= 1")
+    if s.gpu_hours < 0:
+        p.append(f"search.gpu_hours {s.gpu_hours} must be >= 0 (0 = no cap)")
     if s.asha_reduction_factor < 2:
         p.append(f"search.asha_reduction_factor {s.asha_reduction_factor} must be >= 2")
     if t.epochs < 1:
@@ -278,6 +305,10 @@ def validate(cfg: Config) -> list[str]:
         p.append(f"train.precision {t.precision!r} is not one of auto, no, bf16, fp16")
     if t.metric not in ("auto", "accuracy", "balanced_accuracy"):
         p.append(f"train.metric {t.metric!r} is not one of auto, accuracy, balanced_accuracy")
+    if t.fault not in FAULTS:
+        p.append(f"train.fault {t.fault!r} is not one of {', '.join(map(repr, FAULTS))} (a test hook; leave it empty)")
+    elif t.fault and not t.fault_marker:
+        p.append(f"train.fault {t.fault!r} needs train.fault_marker, a file path that does not exist yet")
     if not (0.0 < d.val_fraction < 1.0):
         p.append(f"data.val_fraction {d.val_fraction} must be in (0, 1)")
     if cfg.priors.pooling not in ("mean", "cls", "last"):

@@ -197,6 +197,11 @@ def load_task(cfg: DataConfig, vocab_size: int = 128) -> TaskData:
     raw = _chatterbot_examples() if cfg.source == "chatterbot" else _file_examples(cfg)
     examples = _dedupe(raw)
     counts = Counter(label for _, label in examples)
+    if len(counts) < 2:
+        raise DataError(
+            f"dataset {cfg.source!r} has only one label ({next(iter(counts), None)!r}) in column "
+            f"{cfg.label_column!r}: a classifier needs at least two; check data.label_column"
+        )
     kept = sorted((lab for lab, n in counts.items() if n >= cfg.min_examples_per_label), key=str)
     if len(kept) < 2:
         raise DataError(

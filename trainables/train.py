@@ -13,6 +13,8 @@ are compared fairly (METHODS.md, "Comparing placements fairly").
 from __future__ import annotations
 
 import math
+import os
+import signal
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -27,6 +29,38 @@ from trainables.data import Split, TaskData
 
 class NonFiniteLoss(RuntimeError):
     """The training loss became NaN or infinite."""
+
+
+def out_of_memory_error(message: str) -> RuntimeError:
+    """torch's OutOfMemoryError (torch >= 2.5), else the RuntimeError older versions raise."""
+    cls = getattr(torch, "OutOfMemoryError", None)
+    return cls(message) if cls is not None else RuntimeError(message)
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """A CUDA out-of-memory error, or the CPU allocator failing to allocate."""
+    cls = getattr(torch, "OutOfMemoryError", None)
+    if cls is not None and isinstance(error, cls):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def claim_fault(cfg: Config, fault: str) -> bool:
+    """Test hook: True for the one trial that injects `fault` (see `TrainConfig.fault`).
+
+    The first trial to create `train.fault_marker` (O_CREAT | O_EXCL: atomic, also across
+    processes) gets the fault; every later trial, and the retry of the faulted one, does not.
+    """
+    if cfg.train.fault != fault:
+        return False
+    try:
+        fd = os.open(cfg.train.fault_marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    os.write(fd, f"{fault} injected in pid {os.getpid()}\n".encode())
+    os.close(fd)
+    return True
 
 
 @dataclass
@@ -179,10 +213,13 @@ def train_placement(
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             with accelerator.autocast():
                 loss = peft_model(**batch).loss
-            if step == cfg.train.inject_nan_at_step:
+            if step == 0 and claim_fault(cfg, "nan"):
                 loss = loss * float("nan")
+            if step == 0 and claim_fault(cfg, "oom"):
+                raise out_of_memory_error("CUDA out of memory. Tried to allocate 20.00 GiB (injected by train.fault=oom)")
             if not torch.isfinite(loss):
-                raise NonFiniteLoss(f"training loss became {loss.item()} at step {step} (epoch {epoch}); try a lower learning rate")
+                raise NonFiniteLoss(f"non-finite training loss ({loss.item()}) at step {step} (epoch {epoch}): "
+                                    "lower search.lr_max, or use train.precision=no")
             accelerator.backward(loss)
             optimizer.step()
             schedule.step()
@@ -208,4 +245,6 @@ def train_placement(
                 accelerator.unwrap_model(peft_model).save_pretrained(save_dir)
             metrics["final_metric"] = scores[metric]
         report(metrics)
+        if epoch == 1 and claim_fault(cfg, "kill"):
+            os.kill(os.getpid(), signal.SIGKILL)  # the worker dies mid-trial, after epoch 1's report
     return metrics

@@ -1,0 +1,222 @@
+"""Read a finished (or interrupted) search back from an MLflow store alone: no Ray, no torch.
+
+Where it sits: track -> **frontier**. `search.tracking.MlflowTracker` writes one parent run per
+search (tag role=search, params metric and cost_unit, artifacts config.json and space.json) and
+one nested child run per trial (tags mlflow.parentRunId, trial_id, status; params placement_key,
+rank, lr, adapter_params; per-epoch metrics with step = epoch; final metrics metric,
+trainable_params, adapter_params). This module turns that back into the same plain trial rows the
+tracker hands the end-of-run table, so `analysis.pareto.frontier`, `analysis.report` and
+`analysis.plots` work on a store as they do on a live search.
+
+A row: trial_id, run_id, key, rank, lr, status (completed | pruned | failed | running), metric
+(completed trials only), trainable_params, adapter_params, gpu_hours, epochs (last epoch
+reported), last_score (the last epoch's epoch_score), baseline (param or tag `baseline`, else
+None), pareto (the run's pareto tag as stored), error (failed trials).
+
+Store problems (no such file, unreachable server, unknown experiment or run) raise `StoreError`
+whose message names the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from urllib.parse import urlparse
+
+from mlflow.entities import Run, ViewType
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+DEFAULT_TRACKING_URI = "sqlite:///outputs/mlflow.db"
+TRIAL_STATUSES = ("completed", "pruned", "failed")
+
+
+class StoreError(LookupError):
+    """The MLflow store, experiment or run cannot be used; the message names the fix."""
+
+
+# --- the store ------------------------------------------------------------------------------------
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` URI (relative after 3 slashes, absolute after 4)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///"):].split("?", 1)[0])
+
+
+def open_store(tracking_uri: str) -> MlflowClient:
+    """A client for `tracking_uri`, checked to answer. A missing SQLite file is an error here
+    (MLflow itself would silently create an empty store)."""
+    path = sqlite_path(tracking_uri)
+    if path is not None and not path.is_file():
+        raise StoreError(f"no MLflow store at {path}: run a search first (python search/run.py) "
+                         "or pass --tracking-uri sqlite:///<output-dir>/mlflow.db")
+    client = MlflowClient(tracking_uri)
+    try:
+        client.search_experiments(max_results=1)
+    except MlflowException as e:
+        text = str(e)
+        first = ("not reachable" if "Max retries exceeded" in text or "Connection" in text
+                 else text.splitlines()[0][:160])
+        hint = ("start the server (mlflow server ...) or fix --tracking-uri"
+                if urlparse(tracking_uri).scheme in ("http", "https") else "check --tracking-uri")
+        raise StoreError(f"cannot read the MLflow store at {tracking_uri} ({first}): {hint}") from None
+    return client
+
+
+def _all(fetch) -> list:
+    """Every page of a paged MLflow search."""
+    out, token = [], None
+    while True:
+        page = fetch(token)
+        out.extend(page)
+        token = page.token
+        if not token:
+            return out
+
+
+def _experiment_ids(client: MlflowClient) -> list[str]:
+    return [e.experiment_id for e in _all(lambda t: client.search_experiments(
+        view_type=ViewType.ACTIVE_ONLY, max_results=1000, page_token=t))]
+
+
+def _is_missing(e: MlflowException) -> bool:
+    return e.error_code == "RESOURCE_DOES_NOT_EXIST"
+
+
+def get_run(client: MlflowClient, run_id: str) -> Run:
+    try:
+        return client.get_run(run_id)
+    except MlflowException as e:
+        if _is_missing(e) or e.error_code == "INVALID_PARAMETER_VALUE":
+            raise StoreError(f"no MLflow run {run_id!r} in this store: copy a run id from "
+                             "python search/report.py or the MLflow UI, or check --tracking-uri") from None
+        raise
+
+
+def find_parent(client: MlflowClient, experiment: str | None = None, run_id: str | None = None) -> Run:
+    """The search's parent run: by run id, else the latest search in `experiment`, else the
+    latest search in the store."""
+    if run_id:
+        run = get_run(client, run_id)
+        if run.data.tags.get("role") != "search":
+            parent = run.data.tags.get("mlflow.parentRunId")
+            hint = f"; its search is {parent}" if parent else ""
+            raise StoreError(f"run {run_id} is not a search's parent run (no tag role=search){hint}: "
+                             "pass the parent run id, or --experiment NAME")
+        return run
+    if experiment:
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            names = [e.name for e in client.search_experiments(max_results=20)]
+            raise StoreError(f"no MLflow experiment named {experiment!r} in this store; it has "
+                             f"{', '.join(map(repr, names)) or 'none'}: check --experiment")
+        ids = [exp.experiment_id]
+    else:
+        ids = _experiment_ids(client)
+    runs = client.search_runs(ids, "tags.role = 'search'", max_results=1,
+                              order_by=["attributes.start_time DESC"]) if ids else []
+    if not runs:
+        where = f"experiment {experiment!r}" if experiment else "this store"
+        raise StoreError(f"{where} holds no search (no run tagged role=search): run "
+                         "python search/run.py first, or check --tracking-uri / --experiment")
+    return runs[0]
+
+
+def read_json_artifact(client: MlflowClient, run_id: str, path: str) -> dict | None:
+    """A JSON artifact of a run, or None when the run has no such artifact."""
+    folder = str(Path(path).parent)
+    if path not in {a.path for a in client.list_artifacts(run_id, None if folder == "." else folder)}:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        return json.loads(Path(client.download_artifacts(run_id, path, tmp)).read_text())
+
+
+# --- rows -----------------------------------------------------------------------------------------
+
+
+def _num(text, kind=float):
+    if text is None:
+        return None
+    try:
+        return kind(float(text)) if kind is int else kind(text)
+    except ValueError:
+        return None
+
+
+def trial_status(run: Run) -> str:
+    """completed | pruned | failed from the tracker's tag; running while MLflow says so; killed or
+    unknown for a closed run the tracker never finished (a search stopped from outside)."""
+    if run.info.status in ("RUNNING", "SCHEDULED"):
+        return "running"
+    tag = run.data.tags.get("status")
+    if tag in TRIAL_STATUSES:
+        return tag
+    return {"FAILED": "failed", "KILLED": "killed"}.get(run.info.status, "unknown")
+
+
+def trial_row(client: MlflowClient, run: Run) -> dict:
+    tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
+    history = client.get_metric_history(run.info.run_id, "epoch_score")
+    history = sorted(history, key=lambda m: (m.step, m.timestamp))
+    status = trial_status(run)
+    trainable = metrics.get("trainable_params")
+    adapter = metrics.get("adapter_params", _num(params.get("adapter_params")))
+    row = {
+        "trial_id": tags.get("trial_id"),
+        "run_id": run.info.run_id,
+        "key": params.get("placement_key", tags.get("placement_key", "")),
+        "rank": _num(params.get("rank"), int),
+        "lr": _num(params.get("lr")),
+        "status": status,
+        "metric": metrics.get("metric") if status == "completed" else None,
+        "trainable_params": None if trainable is None else int(trainable),
+        "adapter_params": None if adapter is None else int(adapter),
+        "gpu_hours": metrics.get("gpu_hours"),
+        "epochs": history[-1].step if history else 0,
+        "last_score": history[-1].value if history else None,
+        "baseline": params.get("baseline") or tags.get("baseline") or None,
+        "pareto": tags.get("pareto") == "true",
+        "start_time": run.info.start_time,
+    }
+    if status == "failed":
+        row["error"] = tags.get("error")
+    return row
+
+
+def trial_runs(client: MlflowClient, parent: Run) -> list[Run]:
+    """The parent's child runs, oldest first."""
+    flt = f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    return _all(lambda t: client.search_runs(
+        [parent.info.experiment_id], flt, run_view_type=ViewType.ACTIVE_ONLY, max_results=1000,
+        order_by=["attributes.start_time ASC"], page_token=t))
+
+
+def read_search(client_or_uri: MlflowClient | str = DEFAULT_TRACKING_URI, experiment: str | None = None,
+                run_id: str | None = None) -> dict:
+    """One search from the store: {"parent": {...}, "rows": [one dict per trial, oldest first]}.
+
+    parent: run_id, experiment_id, experiment, status, start_time, end_time, params, tags,
+    artifact_uri, metric_name (param `metric`), cost_unit (param `cost_unit`).
+    """
+    client = open_store(client_or_uri) if isinstance(client_or_uri, str) else client_or_uri
+    run = find_parent(client, experiment, run_id)
+    exp = client.get_experiment(run.info.experiment_id)
+    params = dict(run.data.params)
+    parent = {
+        "run_id": run.info.run_id,
+        "experiment_id": run.info.experiment_id,
+        "experiment": exp.name,
+        "status": run.info.status,
+        "start_time": run.info.start_time,
+        "end_time": run.info.end_time,
+        "params": params,
+        "tags": dict(run.data.tags),
+        "artifact_uri": run.info.artifact_uri,
+        "metric_name": params.get("metric", "metric"),
+        "cost_unit": params.get("cost_unit", "GPU-hours"),
+    }
+    rows = [trial_row(client, r) for r in trial_runs(client, run) if "trial_id" in r.data.tags]
+    return {"parent": parent, "rows": rows}

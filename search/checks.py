@@ -1,0 +1,92 @@
+"""Input checks the driver runs before it starts anything: no model, no Ray, nothing written.
+
+Where it sits: before score -> sample -> train -> track. A search that would fail minutes in,
+after Ray has started and trials have run, on a tracking server that is down or a store that
+cannot be created, fails here instead with one `UsageError` line naming the value and the fix.
+Every check only looks: it creates no folder, file or store (the output folder is made only once
+every check has passed).
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import ssl
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlparse
+
+from search.cli import UsageError
+
+SERVER_TIMEOUT_S = 3.0
+_SQLITE_FIX = "pass --tracking-uri sqlite:///<a writable folder>/mlflow.db"
+
+
+def check_tracking_uri(uri: str, timeout_s: float = SERVER_TIMEOUT_S) -> None:
+    """An MLflow tracking URI the search can use. "" (the default store under --output-dir) is
+    checked with the output folder; http(s): a server answers within `timeout_s`; sqlite: the
+    database file can be created or written. Other stores (databricks, postgresql, ...) are left to
+    MLflow."""
+    if not uri:
+        return
+    scheme = urlparse(uri).scheme.lower()
+    if scheme in ("http", "https"):
+        _check_server(uri, timeout_s)
+    elif scheme == "sqlite":
+        _check_sqlite(uri)
+
+
+def check_output_dir(path: Path) -> None:
+    """--output-dir is a folder the search can write in, or one that can be created."""
+    _check_creatable_dir(Path(path), f"--output-dir {path}", "pass --output-dir <a writable folder>")
+
+
+def _check_server(uri: str, timeout_s: float) -> None:
+    """Any HTTP answer (even 404 or 401) means a server is there; no answer in time does not."""
+    url = uri.rstrip("/") + "/health"
+    try:
+        urllib.request.urlopen(url, timeout=timeout_s).close()
+        return
+    except urllib.error.HTTPError:
+        return  # it answered
+    except urllib.error.URLError as e:
+        if isinstance(e.reason, ssl.SSLError):
+            return  # a TLS server answered; certificates are MLflow's business (MLFLOW_TRACKING_*)
+        why = e.reason
+    except (OSError, http.client.HTTPException, ValueError) as e:  # timeout, reset, not HTTP, bad URL
+        why = e
+    why = str(why) or type(why).__name__
+    host = urlparse(uri)
+    raise UsageError(
+        f"tracking.uri {uri} cannot be reached ({why}, waited {timeout_s:g}s): start the MLflow server "
+        f"(mlflow server --host {host.hostname or '<host>'} --port {host.port or '<port>'}) or {_SQLITE_FIX}"
+    )
+
+
+def _check_sqlite(uri: str) -> None:
+    """sqlite:///relative.db or sqlite:////absolute.db: the file, or its folder, is writable."""
+    raw = uri.split("?", 1)[0][len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
+    if raw in ("", ":memory:"):
+        return
+    db = Path(raw)
+    if db.is_dir():
+        raise UsageError(f"tracking.uri {uri}: {db} is a folder, not a database file: {_SQLITE_FIX}")
+    if db.exists():
+        if not os.access(db, os.W_OK):
+            raise UsageError(f"tracking.uri {uri}: {db} is not writable: {_SQLITE_FIX}")
+        return
+    _check_creatable_dir(db.parent, f"tracking.uri {uri}", _SQLITE_FIX)
+
+
+def _check_creatable_dir(path: Path, what: str, fix: str) -> None:
+    """`path` is a writable folder, or its nearest existing ancestor is one (so mkdir would work)."""
+    path = path.expanduser().absolute()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"{what}: {existing} is a file, not a folder: {fix}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        action = "cannot write in" if existing == path else f"cannot create {path} in"
+        raise UsageError(f"{what}: {action} {existing} (permission denied): {fix}")

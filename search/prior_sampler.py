@@ -1,0 +1,187 @@
+"""Prior-guided sampling: baselines first, then draws from the placement priors, then TPE with the
+prior mixed in at a decaying weight.
+
+Where it sits: score -> **sample** -> train -> track -> frontier. An Optuna sampler for the
+define-by-run space of `search.searcher.PlacementSpace` (params `kind_<alias>`, `layer_<l>`,
+`rank`, `lr`), used by OptunaSearch under Tune or by a plain Optuna study (the benchmark).
+
+Phases, by trial (METHODS.md, "From scores to a search"):
+(a) the baselines of `search.baselines`, enqueued into the study before any trial (fixed params plus
+    the baseline's placement in the trial's user attrs); Optuna answers them, not this sampler.
+(b) the next `n_prior` trials are prior draws: rank uniform over the allowed ranks, lr log-uniform,
+    then each `kind_<a>` ~ Bernoulli(p_k) and `layer_<l>` ~ Bernoulli(q_l) independently, with
+        p_k = clip(sigmoid(c + strength * z_k), floor, 1 - floor)   (q_l likewise with z_l)
+    where z are the rank scores of `search.baselines.priorities` (lower NFN -> higher p; higher
+    1 - CKA and activation -> higher q; all 0 without scores, i.e. uniform) and the shift c is
+    solved per (rank, fill) so that the expected adapter params of a draw are fill x the budget,
+    fill drawn uniformly from `fills` (default 0.05 ... 0.8, doubling). Not all near the budget:
+    the search is multi-objective, the frontier needs cheap placements too, and the hypervolume
+    weighs them heavily (docs/search_efficiency.md: with one fill of 0.8 an informative prior
+    needed 56 trials to 95% of the best hypervolume instead of 33).
+(c) after that, multi-objective multivariate TPE (seeded) proposes every param jointly, and each
+    param is replaced by a prior draw's with probability w_t = w0 / (1 + t / tau), t = finished
+    trials. After piBO (Hvarfner et al. 2022), which weights the acquisition by prior^(beta / t):
+    the mixture form keeps TPE's acquisition untouched and bounds what a misleading prior costs
+    (the n_prior draws, then a share of params that shrinks like 1 / t). The floor keeps every
+    unit reachable however wrong the prior is.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from optuna.distributions import BaseDistribution
+from optuna.samplers import BaseSampler, RandomSampler, TPESampler
+
+from search.baselines import Priorities
+from search.searcher import flag_params
+from spaces.budget import Budget
+from spaces.space import ModelSpace
+
+DEFAULT_STRENGTH = 3.0  # logit gap between the best (z = +1) and worst (z = -1) unit: 2 x this
+# Expected adapter params of a prior draw / budget; 0.8 at the top leaves room for the spread of a
+# draw (repair trims any overshoot).
+DEFAULT_FILLS = (0.05, 0.1, 0.2, 0.4, 0.8)
+DEFAULT_FLOOR = 0.05
+DEFAULT_W0 = 0.5
+DEFAULT_TAU = 10.0
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x)) if x > -700 else 0.0
+
+
+class PlacementPrior:
+    """Inclusion probabilities per kind and per layer, scaled per (rank, fill) to the budget; draws params."""
+
+    def __init__(self, space: ModelSpace, budget: Budget, ranks: list[int], lr_min: float, lr_max: float,
+                 prio: Priorities, strength: float = DEFAULT_STRENGTH,
+                 fills: tuple[float, ...] = DEFAULT_FILLS, floor: float = DEFAULT_FLOOR):
+        self.space, self.ranks = space, sorted(ranks)
+        self.lr_min, self.lr_max = lr_min, lr_max
+        self.prio, self.strength, self.floor = prio, strength, floor
+        self.fills = tuple(fills)
+        # widths[k][l] = d_in + d_out, 0 where the layer lacks the kind
+        self._widths = [[space.site_width(k, l) if space.has_site(k, l) else 0 for l in range(space.n_layers)]
+                        for k in range(len(space.kinds))]
+        self._probs = {(r, f): self._solve(r, f * budget.max_params) for r in self.ranks for f in self.fills}
+
+    def _at(self, c: float) -> tuple[list[float], list[float]]:
+        lo, hi = self.floor, 1.0 - self.floor
+        p = [min(hi, max(lo, _sigmoid(c + self.strength * z))) for z in self.prio.kind]
+        q = [min(hi, max(lo, _sigmoid(c + self.strength * z))) for z in self.prio.layer]
+        return p, q
+
+    def _expected(self, rank: int, p: list[float], q: list[float]) -> float:
+        return rank * sum(pk * ql * w for pk, row in zip(p, self._widths) for ql, w in zip(q, row))
+
+    def _solve(self, rank: int, target: float) -> tuple[list[float], list[float]]:
+        """The shift c with expected params = target, by bisection (monotone in c); clamped at the
+        floor/ceiling when the target is out of reach at this rank."""
+        lo, hi = -30.0, 30.0
+        if self._expected(rank, *self._at(lo)) >= target:
+            return self._at(lo)
+        if self._expected(rank, *self._at(hi)) <= target:
+            return self._at(hi)
+        for _ in range(60):
+            mid = (lo + hi) / 2.0
+            if self._expected(rank, *self._at(mid)) < target:
+                lo = mid
+            else:
+                hi = mid
+        return self._at((lo + hi) / 2.0)
+
+    def probabilities(self, rank: int, fill: float) -> tuple[list[float], list[float]]:
+        """(per kind, per layer) inclusion probabilities of a draw at `rank` aiming at `fill`."""
+        return self._probs[(rank, fill)]
+
+    def expected_params(self, rank: int, fill: float) -> float:
+        return self._expected(rank, *self._probs[(rank, fill)])
+
+    def draw(self, rng: np.random.RandomState) -> dict[str, Any]:
+        """One prior draw of every param of the define-by-run space."""
+        rank = int(self.ranks[rng.randint(len(self.ranks))])
+        fill = self.fills[rng.randint(len(self.fills))]
+        p, q = self._probs[(rank, fill)]
+        kinds_on = [bool(rng.random_sample() < pk) for pk in p]
+        layers_on = [bool(rng.random_sample() < ql) for ql in q]
+        lr = math.exp(rng.uniform(math.log(self.lr_min), math.log(self.lr_max)))
+        lr = min(self.lr_max, max(self.lr_min, lr))  # exp(log(x)) can overshoot x by an ulp
+        return flag_params(self.space, kinds_on, layers_on, rank, lr)
+
+
+def prior_weight(t: int, w0: float, tau: float) -> float:
+    """w_t = w0 / (1 + t / tau): the chance each param is taken from the prior after t finished trials."""
+    return w0 / (1.0 + t / tau)
+
+
+class PriorSampler(BaseSampler):
+    """Phases (b) and (c) of the module docstring; enqueued (baseline) trials pass through.
+
+    search_space: the define-by-run space's distributions (`PlacementSpace.distributions()`), used
+    as the relative search space of every trial so a prior draw sets all params jointly.
+    """
+
+    def __init__(self, prior: PlacementPrior, search_space: dict[str, BaseDistribution], *,
+                 n_prior: int, w0: float = DEFAULT_W0, tau: float = DEFAULT_TAU, seed: int | None = None,
+                 n_startup_trials: int = 3):
+        if n_prior < 0 or not (0.0 <= w0 <= 1.0) or tau <= 0:
+            raise ValueError(f"need n_prior >= 0, 0 <= w0 <= 1, tau > 0; got {n_prior}, {w0}, {tau}")
+        self.prior, self.n_prior, self.w0, self.tau = prior, n_prior, w0, tau
+        self._space = dict(search_space)
+        self._rng = np.random.RandomState(seed)
+        self._learned = TPESampler(seed=seed, multivariate=True, n_startup_trials=n_startup_trials)
+        self._random = RandomSampler(seed=None if seed is None else seed + 1)
+
+    def reseed_rng(self) -> None:
+        self._rng.seed()
+        self._learned.reseed_rng()
+        self._random.reseed_rng()
+
+    def infer_relative_search_space(self, study, trial) -> dict[str, BaseDistribution]:
+        if "fixed_params" in trial.system_attrs:
+            return {}
+        return {name: d for name, d in self._space.items() if not d.single()}  # Optuna sets singles
+
+    def phase(self, study, trial) -> str:
+        """The phase of a trial of this study: "baseline", "prior" or "learned"."""
+        if "fixed_params" in trial.system_attrs:
+            return "baseline"
+        trials = study.get_trials(deepcopy=False)
+        enqueued_before = sum("fixed_params" in t.system_attrs for t in trials if t.number < trial.number)
+        return "prior" if trial.number - enqueued_before < self.n_prior else "learned"
+
+    def sample_relative(self, study, trial, search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        if not search_space:
+            return {}
+        phase = self.phase(study, trial)
+        if phase == "baseline":
+            return {}
+        draw = self.prior.draw(self._rng)
+        if phase == "prior":
+            return {k: v for k, v in draw.items() if k in search_space}
+        finished = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
+        w = prior_weight(finished, self.w0, self.tau)
+        learned = self._learned.sample_relative(study, trial, search_space)  # {} during TPE's startup
+        out = {}
+        for name, dist in search_space.items():
+            if name in draw and self._rng.random_sample() < w:
+                out[name] = draw[name]
+            elif name in learned:
+                out[name] = learned[name]
+            else:
+                out[name] = self._random.sample_independent(study, trial, name, dist)
+        return out
+
+    def sample_independent(self, study, trial, param_name: str, param_distribution: BaseDistribution) -> Any:
+        # Only params outside the define-by-run space, or not fixed in an enqueued trial.
+        return self._learned.sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study, trial) -> None:
+        self._learned.before_trial(study, trial)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self._learned.after_trial(study, trial, state, values)
+

@@ -1,0 +1,187 @@
+"""Bad input ends in one line naming the value and the fix, exit code 2, and nothing written: no
+output folder, no tracking store, no stray `mlruns`. Most cases fail before Ray starts and run
+in-process; the two that need Ray (GPUs, a model's sites) run the CLI in a subprocess.
+Also the safe defaults: remote model code stays off unless configured."""
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pytest
+
+from search.checks import check_tracking_uri
+from search.cli import UsageError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _csv(path: Path, rows: list[tuple[str, str]]) -> Path:
+    path.write_text("text,label\n" + "\n".join(f"{t},{y}" for t, y in rows) + "\n")
+    return path
+
+
+def _assert_refused(tmp_path, err: str, before: set[str]) -> str:
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    assert {p.name for p in tmp_path.iterdir()} == before  # no output dir, store or mlruns
+    return lines[0]
+
+
+def _main_in(tmp_path, monkeypatch, capsys, *args) -> str:
+    """search/run.py's main in-process, in tmp_path (cases that fail before Ray starts)."""
+    from search.run import main
+
+    monkeypatch.chdir(tmp_path)
+    before = {p.name for p in tmp_path.iterdir()}
+    code = main(["--config", "smoke", "--output-dir", str(tmp_path / "out"), *args])
+    assert code == 2
+    return _assert_refused(tmp_path, capsys.readouterr().err, before)
+
+
+def test_rank_zero_is_refused_by_config_validation(tmp_path, monkeypatch, capsys):
+    line = _main_in(tmp_path, monkeypatch, capsys, "--set", "search.ranks=[0, 2]", "--set", "search.r_ref=0")
+    assert "search.r_ref 0 must be a rank >= 1" in line
+    assert "search.ranks [0, 2] must be a non-empty list of ranks >= 1" in line  # both, in one line
+
+
+def test_one_class_dataset(tmp_path, monkeypatch, capsys):
+    data = _csv(tmp_path / "one.csv", [(f"line {i}", "only") for i in range(60)])
+    line = _main_in(tmp_path, monkeypatch, capsys, "--set", f"data.source={data}", "--set", "model.name=minilm")
+    assert f"dataset '{data}' has only one label" in line and "check data.label_column" in line
+
+
+def test_empty_validation_split_after_dedup(tmp_path, monkeypatch, capsys):
+    # Four rows, two unique (text, label) pairs: one example per label, none left for validation.
+    data = _csv(tmp_path / "dup.csv", [("a", "x"), ("a", "x"), ("b", "y"), ("b", "y")])
+    line = _main_in(tmp_path, monkeypatch, capsys, "--set", f"data.source={data}", "--set", "model.name=minilm",
+                    "--set", "data.min_examples_per_label=1")
+    assert "leaves an empty train or validation split after deduplication (2 examples)" in line
+    assert "add data or change data.val_fraction" in line
+
+
+def test_unreachable_tracking_server_fails_fast_before_ray(tmp_path, monkeypatch, capsys):
+    port = _closed_port()
+    t0 = time.monotonic()
+    line = _main_in(tmp_path, monkeypatch, capsys, "--tracking-uri", f"http://127.0.0.1:{port}")
+    assert time.monotonic() - t0 < 30
+    assert f"tracking.uri http://127.0.0.1:{port} cannot be reached" in line
+    assert f"mlflow server --host 127.0.0.1 --port {port}" in line and "--tracking-uri sqlite:///" in line
+    import ray
+
+    assert not ray.is_initialized()  # refused before Ray started
+
+
+def test_sqlite_store_in_a_file_is_refused(tmp_path, monkeypatch, capsys):
+    (tmp_path / "afile").write_text("not a folder")
+    uri = f"sqlite:///{tmp_path}/afile/sub/mlflow.db"
+    line = _main_in(tmp_path, monkeypatch, capsys, "--tracking-uri", uri)
+    assert f"tracking.uri {uri}: {tmp_path / 'afile'} is a file, not a folder" in line
+
+
+def test_tracking_checks_accept_what_works_and_create_nothing(tmp_path):
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(404)  # any answer means a server is there
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        check_tracking_uri(f"http://127.0.0.1:{server.server_port}")
+    finally:
+        server.shutdown()
+    check_tracking_uri(f"sqlite:///{tmp_path}/new/deeper/mlflow.db")  # creatable
+    check_tracking_uri("")  # the default store: checked with --output-dir
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_server_that_never_answers_is_bounded_by_the_timeout():
+    with socket.socket() as s:  # listens (the kernel accepts) but never replies
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        t0 = time.monotonic()
+        with pytest.raises(UsageError, match="cannot be reached .*timed out.*waited 0.5s"):
+            check_tracking_uri(f"http://127.0.0.1:{s.getsockname()[1]}", timeout_s=0.5)
+        assert time.monotonic() - t0 < 5
+
+
+def _run_cli(cwd: Path, *args) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    return subprocess.run([sys.executable, str(ROOT / "search" / "run.py"), "--config", "smoke",
+                           "--output-dir", str(cwd / "out"), *args],
+                          capture_output=True, text=True, timeout=240, cwd=cwd, env=env)
+
+
+@pytest.mark.slow
+def test_gpus_requested_on_a_cluster_without_any(tmp_path):
+    out = _run_cli(tmp_path, "--gpus-per-trial", "1")
+    assert out.returncode == 2, out.stderr[-2000:]
+    line = _assert_refused(tmp_path, out.stderr, set())
+    assert "--gpus-per-trial 1.0 but the Ray cluster has 0 GPUs: pass --gpus-per-trial 0" in line
+
+
+def _model_without_linear_blocks(path: Path) -> Path:
+    """A tiny SqueezeBERT: its blocks project with nn.Conv1d, so it has no eligible site."""
+    from transformers import BertTokenizerFast, SqueezeBertConfig, SqueezeBertForSequenceClassification
+
+    groups = dict(q_groups=1, k_groups=1, v_groups=1, post_attention_groups=1, intermediate_groups=1, output_groups=1)
+    cfg = SqueezeBertConfig(vocab_size=64, hidden_size=16, embedding_size=16, num_hidden_layers=2,
+                            num_attention_heads=2, intermediate_size=32, num_labels=2, **groups)
+    SqueezeBertForSequenceClassification(cfg).save_pretrained(path)
+    vocab = path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(59)]))
+    BertTokenizerFast(str(vocab)).save_pretrained(path)
+    return path
+
+
+@pytest.mark.slow
+def test_model_without_eligible_linear_modules(tmp_path):
+    model = _model_without_linear_blocks(tmp_path / "squeeze")
+    data = _csv(tmp_path / "d.csv", [(f"w{i % 50} w{i % 7}", str(i % 2)) for i in range(80)])
+    out = _run_cli(tmp_path, "--set", f"model.name={model}", "--set", f"data.source={data}",
+                   "--set", "data.min_examples_per_label=5")
+    assert out.returncode == 2, out.stderr[-2000:]
+    line = _assert_refused(tmp_path, out.stderr, {"squeeze", "d.csv"})
+    assert "no stack of repeated blocks found in SqueezeBertForSequenceClassification" in line
+    assert "nn.Linear" in line
+
+
+# ---- safe defaults -------------------------------------------------------------------------------
+def test_remote_code_is_off_unless_configured(monkeypatch):
+    """Every shipped config keeps trust_remote_code off, and the loaders pass the configured value."""
+    import transformers
+
+    from trainables.config import CONFIG_DIR, load_config
+    from trainables.model import load_model, load_tokenizer
+
+    for path in sorted(CONFIG_DIR.glob("*.toml")):
+        assert load_config([str(path)]).model.trust_remote_code is False, path
+    seen = []
+
+    def fake_from_pretrained(*args, **kwargs):
+        seen.append(kwargs.get("trust_remote_code", "missing"))
+        raise OSError("stop here")
+
+    monkeypatch.setattr(transformers.AutoModelForSequenceClassification, "from_pretrained", fake_from_pretrained)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", fake_from_pretrained)
+    for sets, expected in (([], False), (["model.trust_remote_code=true"], True)):
+        cfg = load_config(["default"], sets).model
+        for load in (lambda: load_model(cfg, 2), lambda: load_tokenizer(cfg)):
+            with pytest.raises(Exception, match="stop here|could not be loaded"):
+                load()
+        assert seen[-2:] == [expected, expected]

@@ -1,0 +1,112 @@
+"""Cluster sweeps: a real multi-node Ray cluster on loopback, and resuming after the driver dies.
+
+Both are slow integration tests: real `ray start` processes, real trials, a real MLflow store.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cli(*args):
+    return [sys.executable, str(ROOT / "search" / "run.py"), "--config", "smoke", *args]
+
+
+def _child_runs(out_dir: Path, experiment: str):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{out_dir / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id])
+    return client, [r for r in runs if "trial_id" in r.data.tags], [r for r in runs if r.data.tags.get("role") == "search"]
+
+
+@pytest.mark.slow
+def test_search_runs_on_the_worker_nodes_of_an_existing_cluster(tmp_path):
+    port = _free_port()
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    common = ["--disable-usage-stats"]
+    # A head that runs no trials (0 CPUs, like a CPU-only head node) and two workers that declare
+    # one GPU each, so trials asking for GPUs must be placed on them (they train on CPU here).
+    subprocess.run([RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=0",
+                    "--num-gpus=0", "--include-dashboard=false", *common], check=True, env=env, capture_output=True)
+    try:
+        for _ in range(2):
+            subprocess.run([RAY, "start", f"--address=127.0.0.1:{port}", "--node-ip-address=127.0.0.1",
+                            "--num-cpus=1", "--num-gpus=1", *common], check=True, env=env, capture_output=True)
+        out = tmp_path / "out"
+        proc = subprocess.run(_cli("--address", f"127.0.0.1:{port}", "--gpus-per-trial", "0.5",
+                                   "--cpus-per-trial", "1", "--trials", "2", "--output-dir", str(out),
+                                   "--experiment", "cluster"),
+                              capture_output=True, text=True, timeout=400, cwd=ROOT, env=env)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        import ray
+
+        ray.init(address=f"127.0.0.1:{port}")
+        nodes = {n["NodeID"]: n for n in ray.nodes() if n["Alive"]}
+        ray.shutdown()
+        workers = {nid for nid, n in nodes.items() if n["Resources"].get("GPU", 0) > 0}
+        assert len(nodes) == 3 and len(workers) == 2
+        _, trials, _ = _child_runs(out, "cluster")
+        assert len(trials) == 2
+        ran_on = {r.data.tags["node_id"] for r in trials}
+        assert ran_on <= workers  # never on the head, which has no CPU or GPU for trials
+        assert all(r.data.tags["status"] in ("completed", "pruned") for r in trials)
+    finally:
+        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True)
+
+
+@pytest.mark.slow
+def test_resume_after_the_driver_is_killed(tmp_path):
+    out = tmp_path / "out"
+    args = ["--trials", "4", "--output-dir", str(out), "--experiment", "resumed", "--set", "train.epochs=4",
+            "--set", "search.asha_grace_epochs=4"]  # every trial runs to the end: nothing is pruned
+    driver = subprocess.Popen(_cli(*args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+                              start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        for line in driver.stdout:  # wait until a trial has finished, then kill the driver hard
+            if line.startswith("[1/4]") or time.time() > deadline:
+                break
+        time.sleep(5)  # past Tune's 2 s state snapshot period (search.driver), inside trial 2
+        assert driver.poll() is None, "the search ended before it could be interrupted"
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    _, before, _ = _child_runs(out, "resumed")
+    finished_before = {r.data.tags["trial_id"]: r.info.end_time for r in before if r.info.status == "FINISHED"}
+    assert finished_before  # at least one trial finished before the kill
+
+    proc = subprocess.run(_cli("--resume", "--output-dir", str(out), "--experiment", "resumed"),
+                          capture_output=True, text=True, timeout=400, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    client, trials, parents = _child_runs(out, "resumed")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    ids = [r.data.tags["trial_id"] for r in trials]
+    assert len(ids) == len(set(ids)) == 4  # one run per trial, no duplicates
+    assert all(r.info.status == "FINISHED" for r in trials)  # none left RUNNING
+    for r in trials:  # finished trials were not re-run
+        if r.data.tags["trial_id"] in finished_before:
+            assert r.info.end_time == finished_before[r.data.tags["trial_id"]]
+        assert r.data.tags["status"] == "completed"
+    # Asking to resume what does not exist is a clear error.
+    bad = subprocess.run(_cli("--resume", "--output-dir", str(tmp_path / "nothing")), capture_output=True,
+                         text=True, timeout=120, cwd=ROOT)
+    assert bad.returncode == 2 and "no earlier search" in bad.stderr

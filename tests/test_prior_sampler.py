@@ -1,0 +1,232 @@
+"""The prior sampler and the baselines (the *sample* step), driven through the searcher's Tune hooks
+without a cluster: baselines come first and in order, prior draws follow the scores and the budget,
+the learned phase mixes the prior in at a decaying weight, and outcomes reach Optuna correctly."""
+
+import pickle
+
+import numpy as np
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from search.baselines import kind_family, make_baselines, priorities, product_flags, rank_scores
+from search.prior_sampler import PlacementPrior, PriorSampler, prior_weight
+from search.searcher import make_sampler, make_searcher, propose
+from spaces import Placement, make_budget
+from spaces.space import ModelSpace
+from trainables.config import load_config
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+KINDS = ("attention.self.query", "attention.self.value", "attention.output.dense", "intermediate.dense",
+         "output.dense")
+ALIASES = ("q", "v", "o", "up", "down")
+FINAL = {"epoch": 2, "epoch_score": 0.8, "final_metric": 0.8, "trainable_params": 100, "gpu_hours": 0.01}
+
+
+def _space(n_layers=4):
+    sq, wide = ((16, 16),) * n_layers, ((16, 64),) * n_layers
+    return ModelSpace("enc.layer", n_layers, KINDS, ALIASES, (sq, sq, sq, wide, tuple((b, a) for a, b in wide)),
+                      (False,) * 5)
+
+
+def _scores(space, nfn=(2.5, 0.9, 1.0, 1.4, 1.1), importance=(0.1, 0.5, 0.3, 0.05), act=(0.9, 1.3, 1.0, 0.8)):
+    return {"kinds": list(space.aliases), "n_layers": space.n_layers,
+            "nfn": {"per_kind": dict(zip(space.aliases, nfn))},
+            "cka": {"importance": list(importance)}, "act": {"per_layer": list(act)}}
+
+
+def _searcher(trials=20, scores="default", budget=0.4):
+    cfg = load_config(["smoke"], [f"search.trials={trials}", "search.sampler='prior'", "search.ranks=[2, 4, 8]"])
+    space = _space()
+    b = make_budget(space, budget, 8, 2)
+    scores = _scores(space) if scores == "default" else scores
+    return make_searcher(space, b, cfg, seed=0, scores=scores), space, b, scores
+
+
+# ---- baselines -----------------------------------------------------------------------------
+def test_kind_families_from_module_names():
+    attention = ["attention.self.query", "attention.output.dense", "attn.c_attn", "attn.c_proj",
+                 "self_attn.q_proj", "layer.0.SelfAttention.q"]
+    mlp = ["intermediate.dense", "output.dense", "mlp.c_fc", "mlp.c_proj", "mlp.down_proj", "ffn.lin1"]
+    assert [kind_family(k) for k in attention] == ["attention"] * len(attention)
+    assert [kind_family(k) for k in mlp] == ["mlp"] * len(mlp)
+    assert kind_family("pooler.dense") is None
+
+
+def test_rank_scores_ties_and_missing():
+    assert rank_scores([3.0, 1.0, 2.0], higher_first=True) == [1.0, -1.0, 0.0]
+    assert rank_scores([3.0, 1.0, 2.0], higher_first=False) == [-1.0, 1.0, 0.0]
+    assert rank_scores([1.0, 1.0, None, 0.0], higher_first=True) == [0.5, 0.5, 0.0, -1.0]
+    assert rank_scores([None, 5.0], higher_first=True) == [0.0, 0.0]
+
+
+def test_structural_baselines_without_scores():
+    space = _space()
+    budget = make_budget(space, 0.4, 8, 2)
+    got = make_baselines(space, budget, [2, 4, 8])
+    assert [b.name for b in got] == ["all", "attention", "mlp"]
+    keys = {b.name: b.placement.key for b in got}
+    # full at r8: 4 layers x (3 x 32 + 2 x 80) x 8 = 8192, so the budget is 3276.8 adapter params
+    assert keys["attention"] == "r8 q[0-3] v[0-3] o[0-3]"  # 4 x 96 x 8 = 3072
+    assert keys["mlp"] == "r4 up[0-3] down[0-3]" and keys["all"] == "r2 q[0-3] v[0-3] o[0-3] up[0-3] down[0-3]"
+    for b in got:
+        assert budget.fits(b.placement, space) and not b.placement.is_empty()
+
+
+def test_prior_baselines_follow_the_scores_and_dedupe():
+    space = _space()
+    budget = make_budget(space, 0.4, 8, 2)
+    got = make_baselines(space, budget, [2, 4, 8], _scores(space))
+    by_name = {b.name: b for b in got}
+    assert [b.name for b in got][:3] == ["all", "attention", "mlp"]
+    # lowest NFN: v (0.9) then o (1.0); up (1.4 but 80 wide) no longer fits at r8
+    assert by_name["plop"].placement.key == "r8 v[0-3] o[0-3]"
+    assert by_name["cka"].placement.key == "r8 q[1] v[1] o[1] up[1] down[1]"  # layer 1 most important
+    assert by_name["cka"].aliases == ("activation",)  # layer 1 also has the top activation: same placement
+    assert by_name["plop_x_cka"].placement.key == "r8 v[1-2] o[1-2] down[1-2]"  # 3 lowest-NFN kinds
+    names_and_aliases = [n for b in got for n in (b.name, *b.aliases)]
+    assert sorted(names_and_aliases) == sorted(["all", "attention", "mlp", "plop", "cka", "activation", "plop_x_cka"])
+    assert len({b.placement.key for b in got}) == len(got)
+    # the same choices as spaces.priors.method_choices where both apply (r0 = r_ref)
+    from spaces.priors import method_choices
+
+    ref = method_choices(_scores(space), space, 0.4, 8)
+    for name in ("plop", "cka", "activation"):
+        mine = next(b.placement for b in got if name in (b.name, *b.aliases))
+        assert mine == ref[name], name
+
+
+def test_product_flags_cover_the_placement():
+    space = _space()
+    p = Placement.from_sites(space, [(1, 0), (1, 2), (3, 0), (3, 2)], 4)
+    kinds, layers, rank = product_flags(p, space)
+    assert (kinds, layers, rank) == ([False, True, False, True, False], [True, False, True, False], 4)
+    assert propose(space, make_budget(space, 1.0, 8, 2), [2, 4, 8], kinds, layers, rank)[0] == p
+
+
+# ---- prior probabilities and repair ---------------------------------------------------------
+def test_prior_probabilities_follow_the_scores_and_the_budget():
+    space = _space()
+    budget = make_budget(space, 0.4, 8, 2)
+    prio = priorities(_scores(space), space)
+    prior = PlacementPrior(space, budget, [2, 4, 8], 1e-3, 1e-2, prio, fills=(0.2, 0.8))
+    p, q = prior.probabilities(8, 0.8)
+    assert np.argsort(p).tolist() == [0, 3, 4, 2, 1]  # ascending probability = descending NFN
+    assert q[1] == max(q) and q[3] == min(q)  # layer 1: top CKA and activation; layer 3: bottom
+    for fill in (0.2, 0.8):
+        assert prior.expected_params(8, fill) == pytest.approx(fill * budget.max_params, rel=1e-6)
+    p_lo, _ = prior.probabilities(8, 0.2)
+    assert all(a < b for a, b in zip(p_lo, p))
+    # without scores: uniform over kinds and over layers, still scaled to the budget
+    flat = PlacementPrior(space, budget, [2, 4, 8], 1e-3, 1e-2, priorities(None, space), fills=(0.5,))
+    p, q = flat.probabilities(4, 0.5)
+    assert len(set(p)) == 1 and len(set(q)) == 1
+    assert flat.expected_params(4, 0.5) == pytest.approx(0.5 * budget.max_params, rel=1e-6)
+
+
+def test_repair_drops_the_lowest_prior_unit():
+    space = _space()
+    budget = make_budget(space, 0.05, 8, 2)  # 409.6 adapter params; q, v, o at r2 on 4 layers: 768
+    prio = priorities(_scores(space, act=(0.8, 1.3, 1.0, 0.9)), space)  # kind q: -1, layers >= -2/3
+    on = [True, True, True, False, False]
+    p, steps = propose(space, budget, [2], on, [True] * 4, 2, prio.kind, prio.layer)
+    assert steps[0] == "dropped kind q"  # highest NFN of the three
+    plain, plain_steps = propose(space, budget, [2], on, [True] * 4, 2)
+    assert plain_steps[0] == "dropped layer 3"  # no priorities: ties drop the last layer first
+    # the prior sampler's define-by-run space repairs with these priorities; tpe and random do not
+    scores = _scores(space, act=(0.8, 1.3, 1.0, 0.9))
+    pspace = make_sampler("prior", space, budget, [2], 1e-3, 1e-2, 12, 0, scores).space
+    assert (pspace.kind_priority, pspace.layer_priority) == (prio.kind, prio.layer)
+    assert make_sampler("tpe", space, budget, [2], 1e-3, 1e-2, 12, 0, scores).space.kind_priority is None
+
+
+# ---- the searcher ---------------------------------------------------------------------------
+def test_first_suggestions_are_the_baselines_in_order_then_outcomes_reach_optuna():
+    searcher, space, budget, scores = _searcher(trials=20)
+    expected = make_baselines(space, budget, [2, 4, 8], scores)
+    configs = [searcher.suggest(f"t{i}") for i in range(len(expected) + 3)]
+    assert [c["baseline"] for c in configs[: len(expected)]] == [b.name for b in expected]
+    assert [c["placement_key"] for c in configs[: len(expected)]] == [b.placement.key for b in expected]
+    assert all(c["baseline"] is None for c in configs[len(expected):])
+    lrs = {c["lr"] for c in configs[: len(expected)]}
+    lr_min, lr_max = searcher._space.lr_min, searcher._space.lr_max
+    assert len(lrs) == 1 and lrs.pop() == pytest.approx((lr_min * lr_max) ** 0.5)  # one lr for all baselines
+    for c in configs:
+        p = Placement.from_json(c["placement"]).checked(space)
+        assert budget.fits(p, space) and not p.is_empty() and c["rank"] in (2, 4, 8)
+
+    searcher.on_trial_result("t0", {"epoch": 1, "epoch_score": 0.5})  # must not raise
+    searcher.on_trial_complete("t0", FINAL)
+    searcher.on_trial_complete("t1", {"epoch": 1, "epoch_score": 0.4, "trainable_params": 90, "gpu_hours": 0.001})
+    searcher.on_trial_complete("t2", None, error=True)
+    states = [t.state for t in searcher._ot_study.get_trials(deepcopy=False)[:3]]
+    assert states == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL]
+    assert searcher._ot_study.get_trials()[0].values == [0.8, 100.0, 0.01]
+    assert searcher._ot_study.get_trials()[0].user_attrs["baseline"] == "all"
+
+
+def test_the_search_runs_through_every_phase_within_budget():
+    searcher, space, budget, _ = _searcher(trials=24)
+    sampler = searcher._sampler
+    phases, keys = [], set()
+    for i in range(24):
+        cfg = searcher.suggest(f"t{i}")
+        ot = searcher._ot_trials[f"t{i}"]
+        phases.append(sampler.phase(searcher._ot_study, searcher._ot_study.get_trials(deepcopy=False)[ot.number]))
+        p = Placement.from_json(cfg["placement"]).checked(space)
+        assert budget.fits(p, space) and not p.is_empty()
+        keys.add(p.key)
+        result = {**FINAL, "final_metric": 0.5 + 0.01 * p.n_sites} if i % 5 else {"epoch_score": 0.3}
+        searcher.on_trial_complete(f"t{i}", result)
+    n_base = len(make_baselines(space, budget, [2, 4, 8], _scores(space)))
+    assert phases == ["baseline"] * n_base + ["prior"] * 4 + ["learned"] * (24 - n_base - 4)
+    assert len(keys) > 10
+    states = {t.state for t in searcher._ot_study.get_trials(deepcopy=False)}
+    assert states == {TrialState.COMPLETE, TrialState.PRUNED}
+    restored = pickle.loads(pickle.dumps(searcher))  # Tune checkpoints the searcher
+    assert restored.suggest("again")["placement_key"]
+
+
+def test_without_scores_the_three_structural_baselines_come_first():
+    searcher, space, budget, _ = _searcher(scores=None)
+    names = [searcher.suggest(f"t{i}")["baseline"] for i in range(5)]
+    assert names == ["all", "attention", "mlp", None, None]
+
+
+def test_learned_phase_mixes_the_prior_in_with_a_decaying_weight():
+    assert prior_weight(0, 0.5, 10) == 0.5 and prior_weight(10, 0.5, 10) == 0.25
+    assert prior_weight(90, 0.5, 10) == pytest.approx(0.05)
+    space = _space()
+    budget = make_budget(space, 0.4, 8, 2)
+    setup = make_sampler("prior", space, budget, [2, 4, 8], 1e-3, 1e-2, 30, 0, _scores(space))
+    dists = setup.space.distributions()
+    prior_params = {**{n: True for n in dists if n.startswith(("kind_", "layer_"))}, "rank": 2, "lr": 1e-3}
+    learned_params = {**{n: False for n in dists if n.startswith(("kind_", "layer_"))}, "rank": 8, "lr": 1e-2}
+
+    def run(w0):
+        sampler = PriorSampler(setup.sampler.prior, dists, n_prior=0, w0=w0, tau=1e9, seed=0)
+        sampler.prior.draw = lambda rng: dict(prior_params)
+        sampler._learned.sample_relative = lambda study, trial, space: dict(learned_params)
+        study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=sampler)
+        trial = study.ask()
+        setup.space(trial)
+        assert trial.distributions == dists  # the relative space is exactly what the trial suggests
+        return trial.params
+
+    assert run(1.0) == prior_params
+    assert run(0.0) == learned_params
+
+
+def test_single_valued_rank_and_lr_still_reach_the_learned_phase():
+    space = _space(n_layers=3)
+    budget = make_budget(space, 0.5, 8, 8)
+    setup = make_sampler("prior", space, budget, [8], 1e-3, 1e-3, 12, 0, None)
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=setup.sampler)
+    for params, attrs in setup.enqueue:
+        study.enqueue_trial(params, user_attrs=attrs)
+    for _ in range(12):
+        trial = study.ask()
+        p = Placement.from_json(setup.space(trial)["placement"])
+        assert budget.fits(p, space) and trial.params["rank"] == 8 and trial.params["lr"] == 1e-3
+        study.tell(trial, [p.n_sites / 15, p.adapter_params(space), 0.0])
+    assert setup.sampler.phase(study, study.trials[-1]) == "learned"

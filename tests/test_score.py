@@ -1,0 +1,34 @@
+"""`search/score.py`: the priors table, each method's choice within budget, scores.json and heatmap."""
+
+import json
+
+from search.score import main
+from spaces import Placement
+from spaces.space import ModelSpace
+
+
+def test_score_cli_writes_scores_and_heatmap(tmp_path, capsys):
+    assert main(["--config", "smoke", "--budget", "0.5", "--output-dir", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    for part in ("module kinds", "layers", "what each method alone picks", "plop", "cka", "activation"):
+        assert part in text
+    scores = json.loads((tmp_path / "scores.json").read_text())
+    assert scores["n_examples"] == 128  # priors.calibration_examples, from 154 training examples
+    assert (tmp_path / "scores.png").stat().st_size > 1000
+    from spaces.discovery import discover
+    from trainables.config import load_config
+    from trainables.model import load_model
+
+    cfg = load_config(["smoke"])
+    space = discover(load_model(cfg.model, 2))
+    full = Placement.full(space, cfg.search.r_ref).adapter_params(space)
+    for name, d in scores["choices"].items():
+        p = Placement.from_dict(d).checked(space)
+        assert 0 < p.adapter_params(space) <= 0.5 * full, name
+    assert ModelSpace.from_dict(space.to_dict()) == space
+
+
+def test_score_cli_bad_budget_is_one_line(tmp_path, capsys):
+    assert main(["--config", "smoke", "--budget", "2", "--output-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: search.budget 2.0 is outside (0, 1]") and err.count("\n") == 1
