@@ -24,12 +24,14 @@ def format_table(rows: list[dict], metric_name: str, cost_unit: str, key_width: 
             f"{cost_unit:>14} {'status':<9}")
     lines = [head, "-" * len(head)]
     for r in rows:
-        key = r["key"] if len(r["key"]) <= key_width else r["key"][: key_width - 3] + "..."
+        key = f"[{r['baseline']}] {r['key']}" if r.get("baseline") else r["key"]
+        key = key if len(key) <= key_width else key[: key_width - 3] + "..."
         score = r.get("metric") if r["status"] == "completed" else r.get("last_score")
         lines.append(
             f"{'*' if r.get('pareto') else ' ':1} {key:<{key_width}} {_fmt(r.get('lr'), '.2e'):>8} {_fmt(score, '.4f'):>17} "
             f"{_fmt(r.get('trainable_params'), ','):>10} {_fmt(r.get('gpu_hours'), '.5f'):>14} {r['status']:<9}"
         )
+    lines.append("[name] = a hand-crafted baseline, fitted to the budget")
     lines.append(f"* = Pareto-optimal among completed trials ({metric_name} up, trainable params down, "
                  f"{cost_unit} down); scores of stopped trials are their last epoch's")
     return "\n".join(lines)
