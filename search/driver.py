@@ -257,9 +257,7 @@ def _trial_dirname(trial) -> str:
 def _finish(tracker, client, pid: str, name: str, output_dir: Path, metric: str, cost_unit: str, uri: str,
             status: str, t_start: float) -> int:
     """Mark the frontier, write the tables, close the parent run, print the summary."""
-    from analysis.pareto import frontier
-    from analysis.report import format_table, write_rows
-
+    from analysis.report import format_table
     from search.report import publish_frontier
 
     # The frontier, its tags on the trial runs, the CSVs and the Pareto plots (PNG and HTML).

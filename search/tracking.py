@@ -63,26 +63,14 @@ class MlflowTracker(Callback):
     def _rehydrate(self) -> None:
         """Map trial ids to the runs already in the store, so a resumed search logs into them
         (one MLflow run per trial, never a duplicate) and its table covers every trial."""
-        runs = self.client.search_runs(
-            [self.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{self.parent_run_id}'",
-            max_results=10000,
-        )
-        for run in runs:
+        from analysis.mlflow_read import trial_row, trial_runs
+
+        for run in trial_runs(self.client, self.client.get_run(self.parent_run_id)):
             tid = run.data.tags.get("trial_id")
             if tid is None or tid in self.runs:
                 continue
             self.runs[tid] = run.info.run_id
-            m, p = run.data.metrics, run.data.params
-            status = run.data.tags.get("status", "running")
-            self.rows[tid] = {
-                "trial_id": tid, "run_id": run.info.run_id, "key": p.get("placement_key", ""),
-                "rank": int(p["rank"]) if "rank" in p else None, "lr": float(p["lr"]) if "lr" in p else None,
-                "adapter_params": int(p["adapter_params"]) if "adapter_params" in p else None,
-                "status": status, "metric": m.get("metric") if status == "completed" else None,
-                "trainable_params": int(m["trainable_params"]) if "trainable_params" in m else None,
-                "gpu_hours": m.get("gpu_hours"), "epochs": 0, "last_score": m.get("epoch_score"),
-                "baseline": run.data.tags.get("baseline"),
-            }
+            self.rows[tid] = trial_row(self.client, run)
 
     # ---- Tune hooks ------------------------------------------------------------------------
     def on_trial_start(self, iteration, trials, trial, **info):
