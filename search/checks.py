@@ -21,6 +21,7 @@ from search.cli import UsageError
 
 SERVER_TIMEOUT_S = 3.0
 _SQLITE_FIX = "pass --tracking-uri sqlite:///<a writable folder>/mlflow.db"
+_STUDY_FIX = "pass --study-storage sqlite:///<a writable folder>/optuna.db"
 
 
 def check_tracking_uri(uri: str, timeout_s: float = SERVER_TIMEOUT_S) -> None:
@@ -34,7 +35,44 @@ def check_tracking_uri(uri: str, timeout_s: float = SERVER_TIMEOUT_S) -> None:
     if scheme in ("http", "https"):
         _check_server(uri, timeout_s)
     elif scheme == "sqlite":
-        _check_sqlite(uri)
+        _check_sqlite(uri, "tracking.uri", _SQLITE_FIX)
+
+
+def check_study_storage(url: str, new_study: str | None = None) -> None:
+    """The Optuna study's database: a SQLite file can be created or written; any other SQLAlchemy
+    URL names a dialect whose driver is installed and a database that accepts a connection.
+    `new_study`: the name a new search gives its study, which the database must not hold yet.
+    Nothing is created or written."""
+    import sqlalchemy
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        raise UsageError(f"search.study_storage {url!r} is not a database URL: {_STUDY_FIX}") from None
+    shown = parsed.render_as_string(hide_password=True)
+    if parsed.get_backend_name() == "sqlite":
+        _check_sqlite(url, "search.study_storage", _STUDY_FIX)
+        if not Path(parsed.database or "").is_file():
+            return  # a new file: no studies yet
+    try:
+        engine = sqlalchemy.create_engine(url)
+    except (ImportError, sqlalchemy.exc.NoSuchModuleError) as e:
+        raise UsageError(f"search.study_storage {shown}: no database driver for it ({e}): install the "
+                         f"driver (e.g. pip install psycopg2-binary for postgresql) or {_STUDY_FIX}") from None
+    try:
+        with engine.connect() as conn:
+            taken = new_study is not None and sqlalchemy.inspect(conn).has_table("studies") and conn.execute(
+                sqlalchemy.text("SELECT 1 FROM studies WHERE study_name = :n"), {"n": new_study}).first()
+    except sqlalchemy.exc.SQLAlchemyError as e:
+        why = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+        raise UsageError(f"search.study_storage {shown} cannot be reached ({why}): start the database "
+                         f"or {_STUDY_FIX}") from None
+    finally:
+        engine.dispose()
+    if taken:
+        raise UsageError(f"search.study_storage {shown} already holds a study named {new_study!r}: pass "
+                         "--resume to continue that search, or another --experiment name")
 
 
 def check_output_dir(path: Path) -> None:
@@ -64,19 +102,19 @@ def _check_server(uri: str, timeout_s: float) -> None:
     )
 
 
-def _check_sqlite(uri: str) -> None:
+def _check_sqlite(uri: str, key: str, fix: str) -> None:
     """sqlite:///relative.db or sqlite:////absolute.db: the file, or its folder, is writable."""
     raw = uri.split("?", 1)[0][len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
     if raw in ("", ":memory:"):
         return
     db = Path(raw)
     if db.is_dir():
-        raise UsageError(f"tracking.uri {uri}: {db} is a folder, not a database file: {_SQLITE_FIX}")
+        raise UsageError(f"{key} {uri}: {db} is a folder, not a database file: {fix}")
     if db.exists():
         if not os.access(db, os.W_OK):
-            raise UsageError(f"tracking.uri {uri}: {db} is not writable: {_SQLITE_FIX}")
+            raise UsageError(f"{key} {uri}: {db} is not writable: {fix}")
         return
-    _check_creatable_dir(db.parent, f"tracking.uri {uri}", _SQLITE_FIX)
+    _check_creatable_dir(db.parent, f"{key} {uri}", fix)
 
 
 def _check_creatable_dir(path: Path, what: str, fix: str) -> None:

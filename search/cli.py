@@ -42,6 +42,7 @@ _FLAG_KEYS = {
     "seed": "search.seed",
     "address": "search.address",
     "storage": "search.storage",
+    "study_storage": "search.study_storage",
     "gpu_hours": "search.gpu_hours",
 }
 

@@ -24,6 +24,28 @@ def _tracking_uri(cfg: Config, output_dir: Path) -> str:
     return cfg.tracking.uri or f"sqlite:///{(output_dir / 'mlflow.db').resolve()}"
 
 
+def _study_storage_url(cfg: Config, output_dir: Path) -> str:
+    return cfg.search.study_storage or f"sqlite:///{(output_dir / 'optuna.db').resolve()}"
+
+
+def _open_study_storage(cfg: Config, output_dir: Path, resume: bool):
+    """The Optuna RDB storage of the search's study and its URL without password.
+
+    On --resume the storage is None: the searcher comes back from Tune's snapshot with its own
+    handle to the database."""
+    import optuna
+    from sqlalchemy.engine import make_url
+
+    from search.searcher import open_study_storage
+
+    url = _study_storage_url(cfg, output_dir)
+    shown = make_url(url).render_as_string(hide_password=True)
+    if resume:
+        return None, shown
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return open_study_storage(url), shown
+
+
 def _init_ray(cfg: Config) -> None:
     import ray
 
@@ -174,6 +196,9 @@ def run_search(cfg: Config, output_dir: Path, experiment: str | None = None, res
             raise UsageError(f"a search named {name!r} already exists in {output_dir}: "
                              "pass --resume to continue it, or another --experiment name")
     _check_inputs(cfg)  # a typo costs no Ray start
+    from search.checks import check_study_storage
+
+    check_study_storage(_study_storage_url(cfg, output_dir), None if resume else name)
     _init_ray(cfg)
     _check_gpus(cfg)
     from search.checks import check_output_dir
@@ -195,8 +220,11 @@ def run_search(cfg: Config, output_dir: Path, experiment: str | None = None, res
           f"metric: {metric}")
     print(f"budget: {cfg.search.budget} x {budget.full_params:,} adapter params (every site at r={cfg.search.r_ref}) "
           f"= at most {int(budget.max_params):,}")
+    study_storage, study_url = _open_study_storage(cfg, output_dir, resume)
     client, exp_id, pid, uri = _open_tracking(cfg, output_dir, name, prep, budget, metric, cost_unit, resume)
     if not resume:
+        client.log_param(pid, "study_storage", study_url)
+        client.log_param(pid, "study_name", name)
         _search_state_path(output_dir, name).write_text(json.dumps({"config": cfg.to_dict(), "prepare": prep}))
 
     resources = {"cpu": cfg.search.cpus_per_trial, "gpu": cfg.search.gpus_per_trial}
@@ -214,7 +242,8 @@ def run_search(cfg: Config, output_dir: Path, experiment: str | None = None, res
     else:
         tracker = MlflowTracker(client, exp_id, pid, space, metric, cost_unit, cfg.search.trials,
                                 cfg.train.lora_alpha_over_rank, cfg.train.lora_dropout)
-        searcher = make_searcher(space, budget, cfg, cfg.search.seed, scores=prep.get("scores"))
+        searcher = make_searcher(space, budget, cfg, cfg.search.seed, scores=prep.get("scores"),
+                                 storage=study_storage, study_name=name)
         scheduler = ASHAScheduler(
             time_attr="training_iteration", metric="epoch_score", mode="max", max_t=cfg.train.epochs,
             grace_period=min(cfg.search.asha_grace_epochs, cfg.train.epochs),
@@ -237,7 +266,7 @@ def run_search(cfg: Config, output_dir: Path, experiment: str | None = None, res
             ),
         )
     print(f"searching: {cfg.search.trials} trials, {cfg.train.epochs} epochs each, ASHA on epoch_score; "
-          f"MLflow experiment {name!r}" + (f"; cost cap {cfg.search.gpu_hours} {cost_unit}" if cfg.search.gpu_hours else ""),
+          f"MLflow experiment {name!r}; Optuna study {name!r} in {study_url}" + (f"; cost cap {cfg.search.gpu_hours} {cost_unit}" if cfg.search.gpu_hours else ""),
           flush=True)
     status = "FINISHED"
     try:

@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", default=None, help="name of the search: MLflow experiment and Ray Tune experiment (default: <search.experiment>-<timestamp>)")
     p.add_argument("--address", default=None, help="join an existing Ray cluster: auto, ray://HOST:10001 or HOST:6379 (default: start a local runtime); config: search.address")
     p.add_argument("--storage", default=None, help="where Ray Tune keeps the experiment: a shared filesystem path or a cloud URI on multi-node clusters (default: <output-dir>/ray_results); config: search.storage")
+    p.add_argument("--study-storage", default=None, help="the Optuna study's database, a SQLAlchemy URL (sqlite:///path.db, postgresql://user@host/db); a restarted driver continues the study from it (default: sqlite:///<output-dir>/optuna.db); config: search.study_storage")
     p.add_argument("--gpu-hours", type=float, default=None, help="end the search once trials have cost this many GPU-hours (CPU-core-hours on CPU); 0 = no cap; config: search.gpu_hours")
     p.add_argument("--resume", action="store_true", help="continue an interrupted search (the one named by --experiment, else the latest in the output dir): finished trials are kept, unfinished ones rerun")
     return p

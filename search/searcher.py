@@ -19,6 +19,13 @@ results that lack the final objective in single-objective mode):
 - final result has every objective, all finite -> COMPLETE with those values;
 - the trial errored -> FAIL;
 - otherwise (stopped early by ASHA) -> PRUNED.
+
+The study can live in an RDB storage (`optuna.storages.RDBStorage`, SQLite by default; see
+`open_study_storage`): Tune's searcher checkpoint then holds only a handle to it, so a driver that
+restarts (`--resume`, on this machine or another that reaches the database) continues the same
+study, including every outcome told after Tune's last snapshot. On restore, trials the dead driver
+had asked for but Tune never recorded are marked FAIL, and an enqueued baseline among them is
+enqueued again.
 """
 
 from __future__ import annotations
@@ -150,6 +157,8 @@ class PlacementOptunaSearch(OptunaSearch):
 
     def _setup_study(self, mode):
         super()._setup_study(mode)
+        if self._ot_study.get_trials(deepcopy=False):
+            return  # a study loaded from its database has its baselines already
         for params, user_attrs in self._enqueue:
             self._ot_study.enqueue_trial(params, user_attrs=user_attrs)
 
@@ -171,8 +180,37 @@ class PlacementOptunaSearch(OptunaSearch):
         state, values = optuna_state(result, error, self.objectives)
         if values is not None and not isinstance(self._metric, list):
             values = values[0]
-        self._ot_study.tell(self._ot_trials[trial_id], values, state=state)
+        # skip_if_finished: with an RDB study, a trial told just before the driver died (after
+        # Tune's last snapshot) is told again when its rerun completes; the first outcome stays.
+        self._ot_study.tell(self._ot_trials[trial_id], values, state=state, skip_if_finished=True)
         self._completed_trials.add(trial_id)
+
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        if self._storage is not None:
+            self.reconcile()
+
+    def reconcile(self) -> list[int]:
+        """Close the study's orphans: trials still RUNNING that no Tune trial owns (asked by a
+        driver that died before Tune's next snapshot). Each becomes FAIL; one that carried fixed
+        params (an enqueued baseline) is enqueued again so it still runs. Returns their numbers."""
+        from optuna.trial import TrialState
+
+        owned = {t.number for t in self._ot_trials.values()}  # Tune reruns these if unfinished
+        orphans = []
+        for t in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if t.number in owned:
+                continue
+            self._ot_study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+            fixed = t.system_attrs.get("fixed_params")
+            if fixed:
+                self._ot_study.enqueue_trial(fixed, user_attrs=dict(t.user_attrs))
+            orphans.append(t.number)
+        if orphans:
+            log.warning("study %s: trials %s were asked for by the previous driver after its last "
+                        "snapshot; marked FAIL (baselines among them are enqueued again)",
+                        self._study_name, orphans)
+        return orphans
 
 
 class SamplerSetup(NamedTuple):
@@ -228,11 +266,14 @@ def make_sampler(name: str, space: ModelSpace, budget: Budget, ranks: list[int],
 
 
 def make_searcher(
-    space: ModelSpace, budget: Budget, cfg, seed: int, scores: dict | None = None
+    space: ModelSpace, budget: Budget, cfg, seed: int, scores: dict | None = None,
+    storage=None, study_name: str | None = None,
 ) -> PlacementOptunaSearch:
     """The searcher for `cfg.search.sampler`; `scores` are the priors (`spaces.priors`), if computed.
 
-    With `prior`, the first trials Tune asks for are the baselines, in order.
+    With `prior`, the first trials Tune asks for are the baselines, in order. `storage`: an Optuna
+    RDB storage for the study (`open_study_storage`), None keeps it in memory; `study_name` names
+    the study in it (the search's name).
     """
     s = cfg.search
     setup = make_sampler(s.sampler, space, budget, list(s.ranks), s.lr_min, s.lr_max, s.trials, seed, scores)
@@ -242,4 +283,17 @@ def make_searcher(
         mode=list(MODES),
         sampler=setup.sampler,
         enqueue=setup.enqueue,
+        storage=storage,
+        study_name=study_name,
     )
+
+
+def open_study_storage(url: str):
+    """An Optuna RDB storage at a SQLAlchemy URL (sqlite:///path.db, postgresql://..., mysql://...).
+
+    SQLite waits up to 60 s for a lock instead of failing at once (an `optuna-dashboard` or a
+    notebook reading the same file holds it briefly)."""
+    import optuna
+
+    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite:") else {}
+    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)

@@ -9,6 +9,10 @@ Where it sits: train -> **track** -> frontier. A Tune `Callback` (runs on the dr
   `pruned` (ASHA stopped it) or `failed` (with the reason); the MLflow run is closed FINISHED,
   or FAILED for a failed trial, so no run stays RUNNING.
 It also keeps one plain row per trial for the end-of-run table and the frontier.
+
+Each hook writes in as few store calls as it can (`log_batch`): a trial waits for the driver to
+take each epoch's result before it goes on, so tracking time is trial time
+(`benchmarks/trial_overhead.py`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import json
 import math
 import time
 
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
@@ -96,13 +101,11 @@ class MlflowTracker(Callback):
             "repairs": _short(cfg.get("repairs") or "none"),
         }
         params.update({k: v for k, v in cfg.items() if k.startswith(("kind_", "layer_"))})
-        for k, v in params.items():
-            self.client.log_param(rid, k, v)
+        tags = [RunTag("baseline", str(cfg["baseline"]))] if cfg.get("baseline") else []
+        self.client.log_batch(rid, params=[Param(k, str(v)) for k, v in params.items()], tags=tags)
         self.client.log_dict(rid, placement.to_dict(), "placement.json")
         self.client.log_dict(rid, placement.lora_config_kwargs(
             self.space, alpha_over_rank=self.lora_alpha_over_rank, dropout=self.lora_dropout), "lora_config.json")
-        if cfg.get("baseline"):
-            self.client.set_tag(rid, "baseline", cfg["baseline"])
         self.rows[trial.trial_id] = {
             "trial_id": trial.trial_id, "run_id": rid, "key": placement.key,
             "rank": max(placement.rank_values()), "lr": cfg["lr"],
@@ -117,16 +120,15 @@ class MlflowTracker(Callback):
             return
         epoch = int(result.get("epoch", result.get("training_iteration", 0)))
         now = int(time.time() * 1000)
-        for name in EPOCH_METRICS:
-            value = result.get(name)
-            if isinstance(value, (int, float)) and math.isfinite(value):
-                self.client.log_metric(rid, name, float(value), timestamp=now, step=epoch)
-        row = self.rows[trial.trial_id]
+        metrics = [Metric(name, float(result[name]), now, epoch) for name in EPOCH_METRICS
+                   if isinstance(result.get(name), (int, float)) and math.isfinite(result[name])]
+        row, tags = self.rows[trial.trial_id], []
         if row.get("trainable_params") is None and "trainable_params" in result:
-            self.client.log_metric(rid, "trainable_params", float(result["trainable_params"]))
+            metrics.append(Metric("trainable_params", float(result["trainable_params"]), now, 0))
         if result.get("node_id") and row.get("node_id") != result["node_id"]:
             row["node_id"] = result["node_id"]
-            self.client.set_tag(rid, "node_id", result["node_id"])
+            tags.append(RunTag("node_id", result["node_id"]))
+        self.client.log_batch(rid, metrics=metrics, tags=tags)
         row.update(epochs=epoch, trainable_params=result.get("trainable_params"),
                    gpu_hours=result.get("gpu_hours"), last_score=result.get("epoch_score"))
 
@@ -136,16 +138,17 @@ class MlflowTracker(Callback):
             return
         result = trial.last_result or {}
         row = self.rows[trial.trial_id]
+        metrics = []
         if "final_metric" in result:
             row.update(status="completed", metric=result["final_metric"])
-            self.client.log_metric(rid, "metric", float(result["final_metric"]))
-            for name in ("trainable_params", "adapter_params"):
-                self.client.log_metric(rid, name, float(result[name]))
+            now = int(time.time() * 1000)
+            metrics = [Metric("metric", float(result["final_metric"]), now, 0)]
+            metrics += [Metric(name, float(result[name]), now, 0) for name in ("trainable_params", "adapter_params")]
             if trial.checkpoint is not None:
                 self.client.log_artifacts(rid, trial.checkpoint.path, "adapter")
         else:
             row.update(status="pruned")
-        self._close(trial, rid, row, "FINISHED")
+        self._close(trial, rid, row, "FINISHED", metrics)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         rid = self.runs.get(trial.trial_id)
@@ -183,10 +186,11 @@ class MlflowTracker(Callback):
         print(f"retrying {trial.trial_id} {row['key']} (attempt {row['retries'] + 1}): {reason[:200]}", flush=True)
 
     # ---- helpers ---------------------------------------------------------------------------
-    def _close(self, trial, rid: str, row: dict, mlflow_status: str) -> None:
-        self.client.set_tag(rid, "status", row["status"])
+    def _close(self, trial, rid: str, row: dict, mlflow_status: str, metrics: list | None = None) -> None:
+        metrics = list(metrics or [])
         if row.get("gpu_hours") is not None:
-            self.client.log_metric(rid, "gpu_hours", float(row["gpu_hours"]))
+            metrics.append(Metric("gpu_hours", float(row["gpu_hours"]), int(time.time() * 1000), 0))
+        self.client.log_batch(rid, metrics=metrics, tags=[RunTag("status", row["status"])])
         self.client.set_terminated(rid, mlflow_status)
         done = sum(r["status"] != "running" for r in self.rows.values())
         metric = f"{row['metric']:.4f}" if row["metric"] is not None else f"({row.get('last_score') or 0:.4f} at epoch {row['epochs']})"

@@ -185,3 +185,36 @@ def test_remote_code_is_off_unless_configured(monkeypatch):
             with pytest.raises(Exception, match="stop here|could not be loaded"):
                 load()
         assert seen[-2:] == [expected, expected]
+
+
+def test_study_storage_that_is_not_a_database_url(tmp_path, monkeypatch, capsys):
+    line = _main_in(tmp_path, monkeypatch, capsys, "--study-storage", "optuna.db")
+    assert "search.study_storage 'optuna.db' is not a database URL" in line
+    assert "pass --study-storage sqlite:///" in line
+
+
+def test_study_storage_without_its_driver_hides_the_password(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("sqlalchemy")
+    if any(__import__("importlib").util.find_spec(m) for m in ("psycopg2", "psycopg")):
+        pytest.skip("a PostgreSQL driver is installed here")
+    url = f"postgresql://user:s3cret@127.0.0.1:{_closed_port()}/studies"
+    line = _main_in(tmp_path, monkeypatch, capsys, "--study-storage", url)
+    assert "search.study_storage postgresql://user:***@127.0.0.1" in line and "no database driver" in line
+    assert "s3cret" not in line
+
+
+def test_study_storage_in_a_folder_that_is_a_file(tmp_path, monkeypatch, capsys):
+    (tmp_path / "plain").write_text("x")
+    line = _main_in(tmp_path, monkeypatch, capsys, "--study-storage", f"sqlite:///{tmp_path / 'plain' / 'optuna.db'}")
+    assert "search.study_storage sqlite:///" in line and "is a file, not a folder" in line
+
+
+def test_a_new_search_may_not_take_over_an_existing_study(tmp_path, monkeypatch, capsys):
+    import optuna
+
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.create_study(study_name="taken", storage=url)
+    capsys.readouterr()
+    line = _main_in(tmp_path, monkeypatch, capsys, "--study-storage", url, "--experiment", "taken")
+    assert "already holds a study named 'taken'" in line and "--resume" in line

@@ -106,6 +106,16 @@ def test_resume_after_the_driver_is_killed(tmp_path):
         if r.data.tags["trial_id"] in finished_before:
             assert r.info.end_time == finished_before[r.data.tags["trial_id"]]
         assert r.data.tags["status"] == "completed"
+    # The Optuna study in its database went on across the restart: one study, every trial told
+    # once with the outcome MLflow holds, nothing left RUNNING.
+    import optuna
+
+    study = optuna.load_study(study_name="resumed", storage=f"sqlite:///{out / 'optuna.db'}")
+    told = study.get_trials(deepcopy=False)
+    assert not [t for t in told if t.state == optuna.trial.TrialState.RUNNING]
+    complete = [t for t in told if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 4
+    assert sorted(t.values[0] for t in complete) == pytest.approx(sorted(r.data.metrics["metric"] for r in trials))
     # Asking to resume what does not exist is a clear error.
     bad = subprocess.run(_cli("--resume", "--output-dir", str(tmp_path / "nothing")), capture_output=True,
                          text=True, timeout=120, cwd=ROOT)

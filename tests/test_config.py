@@ -47,7 +47,7 @@ def test_cluster_manifests_parse_and_run_the_search():
     job = yaml.safe_load((CONFIG_DIR / "cluster" / "rayjob.yaml").read_text())
     assert job["kind"] == "RayJob"
     entry = job["spec"]["entrypoint"]
-    for flag in ("search/run.py", "--address auto", "--gpus-per-trial", "--storage", "--tracking-uri"):
+    for flag in ("search/run.py", "--address auto", "--gpus-per-trial", "--storage", "--tracking-uri", "--study-storage"):
         assert flag in entry
     # Every flag the manifest passes exists in the CLI.
     from search.run import build_parser

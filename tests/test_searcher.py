@@ -5,7 +5,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search.searcher import OBJECTIVES, PlacementSpace, make_searcher, optuna_state, propose
+from search.searcher import OBJECTIVES, PlacementSpace, make_searcher, open_study_storage, optuna_state, propose
 from spaces import Placement, make_budget
 from spaces.space import ModelSpace
 from trainables.config import load_config
@@ -13,15 +13,22 @@ from trainables.config import load_config
 
 def _space(n_layers=4):
     shapes = ((16, 16),) * n_layers
-    return ModelSpace("enc.layer", n_layers, ("a.q", "a.v", "m.up"), ("q", "v", "up"),
+    return ModelSpace("enc.layer", n_layers, ("attn.q_proj", "attn.v_proj", "mlp.up_proj"), ("q", "v", "up"),
                       (shapes, shapes, ((16, 64),) * n_layers), (False, False, False))
 
 
-def _searcher(trials=6, sampler="tpe"):
+def _searcher(trials=6, sampler="tpe", storage=None):
     cfg = load_config(["smoke"], [f"search.trials={trials}", f"search.sampler='{sampler}'"])
     space = _space()
     budget = make_budget(space, 0.3, 8, 2)
-    return make_searcher(space, budget, cfg, seed=0), space, budget
+    store = open_study_storage(storage) if storage else None
+    return make_searcher(space, budget, cfg, seed=0, storage=store, study_name="s" if store else None), space, budget
+
+
+def _ready(searcher):
+    """What Tune does before the first suggest: hand the searcher its (empty) config space."""
+    searcher.set_search_properties(None, None, {})
+    return searcher
 
 
 FINAL = {"epoch": 2, "epoch_score": 0.8, "final_metric": 0.8, "trainable_params": 100, "gpu_hours": 0.01}
@@ -72,3 +79,59 @@ def test_proposal_is_the_product_of_kinds_and_layers():
     budget = make_budget(space, 1.0, 8, 2)
     p, steps = propose(space, budget, [2, 4, 8], [True, False, True], [False, True, True, False], 4)
     assert p.key == "r4 q[1-2] up[1-2]" and steps == []
+
+
+def test_a_restarted_driver_continues_the_same_study_in_its_database(tmp_path):
+    """The RDB study outlives the driver: what was told after Tune's last snapshot is kept, trials
+    asked for after it are closed as FAIL, and the restored searcher goes on in the same study."""
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    live, _, _ = _searcher(trials=10, storage=url)
+    _ready(live)
+    for tid in ("t0", "t1", "t2"):
+        live.suggest(tid)
+    live.on_trial_complete("t0", FINAL)
+    live.save(str(tmp_path / "searcher.pkl"))  # Tune's snapshot
+    live.on_trial_complete("t1", {**FINAL, "final_metric": 0.9})  # told after the snapshot ...
+    live.suggest("t3")  # ... and asked for after it: Tune's restored state has no t3
+    del live  # the driver dies
+
+    restored, space, budget = _searcher(trials=10, storage=url)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    study = optuna.load_study(study_name="s", storage=url)
+    states = [t.state for t in study.get_trials()]
+    assert states == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.RUNNING, TrialState.FAIL]
+    restored.on_trial_complete("t1", {**FINAL, "final_metric": 0.1})  # the rerun of t1: first outcome stays
+    restored.on_trial_complete("t2", FINAL)
+    cfg = restored.suggest("t4")
+    assert budget.fits(Placement.from_json(cfg["placement"]).checked(space), space)
+    trials = optuna.load_study(study_name="s", storage=url).get_trials()
+    assert [t.number for t in trials] == [0, 1, 2, 3, 4]  # one study, its history kept
+    assert trials[1].values[0] == 0.9 and trials[2].state == TrialState.COMPLETE
+
+
+def test_a_baseline_lost_with_the_driver_is_enqueued_again(tmp_path):
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    live, _, _ = _searcher(trials=12, sampler="prior", storage=url)
+    _ready(live)
+    first = live.suggest("t0")
+    live.save(str(tmp_path / "searcher.pkl"))
+    lost = live.suggest("t1")  # the second baseline, asked for after the snapshot
+    assert first["baseline"] and lost["baseline"] and lost["baseline"] != first["baseline"]
+    n_baselines = sum(1 for t in live._ot_study.get_trials() if t.state == TrialState.WAITING) + 2
+    del live
+
+    restored, _, _ = _searcher(trials=12, sampler="prior", storage=url)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    names = [restored.suggest(f"r{i}")["baseline"] for i in range(n_baselines - 1)]
+    assert sorted(names) == sorted({*names}) and lost["baseline"] in names and first["baseline"] not in names
+
+
+def test_the_in_memory_study_still_restores(tmp_path):
+    live, _, _ = _searcher(trials=6)
+    _ready(live)
+    live.suggest("t0")
+    live.on_trial_complete("t0", FINAL)
+    live.save(str(tmp_path / "searcher.pkl"))
+    restored, _, _ = _searcher(trials=6)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    assert [t.state for t in restored._ot_study.get_trials()] == [TrialState.COMPLETE]

@@ -127,6 +127,10 @@ class SearchConfig:
     # multi-node cluster a shared filesystem path or a cloud URI such as s3://bucket/path).
     address: str = ""
     storage: str = ""
+    # The Optuna study's database, a SQLAlchemy URL ("" = sqlite:///<output-dir>/optuna.db; on a
+    # cluster whose driver may restart elsewhere, e.g. postgresql://user@host/db). The study is
+    # named after the search.
+    study_storage: str = ""
     # End the search once its trials have cost this many GPU-hours (CPU-core-hours on CPU); 0 = no cap.
     gpu_hours: float = 0.0
 

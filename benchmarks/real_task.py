@@ -1,0 +1,124 @@
+"""Benchmark: samplers head to head on a real task, at equal trial counts.
+
+    python benchmarks/real_task.py                                   # prior vs random, seeds 0-2, default task
+    python benchmarks/real_task.py --samplers prior tpe random --seeds 0 1 2 3 4 --trials 20
+
+Each (sampler, seed) is a full search (`search/run.py --sampler S --seed K`, its own process)
+on the same config; every search trains its trials for real, with ASHA as configured. Searches
+that already finished in --output-dir are read, not rerun, so an interrupted benchmark continues
+where it stopped. The training seed stays fixed: runs differ only in which placements the
+sampler proposes.
+
+Reported per search and as the median per sampler:
+- best metric within the budget (every trained placement is within it) among completed trials;
+- hypervolume of the completed trials on (metric max, trainable params min, cost min), with one
+  set of bounds for all searches (ideal and nadir per objective over every completed trial of
+  every search here; reference 1.1 per objective after normalising, `analysis.pareto`), so the
+  numbers compare across samplers and seeds but not with other benchmark runs;
+- how many trials it took to reach its own best metric.
+A summary is written to <output-dir>/summary.json and printed as a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT)]
+
+from analysis.pareto import hypervolume  # noqa: E402
+
+SENSES = ("max", "min", "min")
+
+
+def run_one(args, sampler: str, seed: int) -> Path:
+    name = f"{sampler}-seed{seed}"
+    table = args.output_dir / f"{name}-trials.csv"
+    if table.exists():
+        print(f"{name}: done earlier ({table})", flush=True)
+        return table
+    cmd = [sys.executable, str(ROOT / "search" / "run.py"), "--config", args.config, "--sampler", sampler,
+           "--seed", str(seed), "--trials", str(args.trials), "--output-dir", str(args.output_dir),
+           "--experiment", name, *sum((["--set", s] for s in args.overrides), [])]
+    print(f"{name}: searching ...", flush=True)
+    t0 = time.perf_counter()
+    with open(args.output_dir / f"{name}.log", "w") as log:
+        code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT).returncode
+    if code != 0 or not table.exists():
+        sys.exit(f"{name}: the search failed (exit {code}); see {args.output_dir / (name + '.log')}")
+    print(f"{name}: {time.perf_counter() - t0:.0f} s", flush=True)
+    return table
+
+
+def read_trials(table: Path) -> list[dict]:
+    with open(table) as f:
+        rows = list(csv.DictReader(f))
+    return rows  # in the order the trials started (the order the sampler proposed them)
+
+
+def points(rows: list[dict]) -> list[tuple[float, float, float]]:
+    return [(float(r["metric"]), float(r["trainable_params"]), float(r["gpu_hours"]))
+            for r in rows if r["status"] == "completed"]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", default="default")
+    p.add_argument("--samplers", nargs="+", default=["prior", "random"], choices=["prior", "tpe", "random"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--trials", type=int, default=12)
+    p.add_argument("--set", action="append", default=[], dest="overrides", metavar="SECTION.KEY=VALUE")
+    p.add_argument("--output-dir", type=Path, default=Path("outputs/bench-real-task"))
+    args = p.parse_args()
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+
+    runs = {(s, k): read_trials(run_one(args, s, k)) for s in args.samplers for k in args.seeds}
+    everything = [pt for rows in runs.values() for pt in points(rows)]
+    if not everything:
+        sys.exit("no search completed a trial: nothing to compare")
+    cols = list(zip(*everything))
+    bounds = ((max(cols[0]), min(cols[1]), min(cols[2])), (min(cols[0]), max(cols[1]), max(cols[2])))
+
+    summary = []
+    for (sampler, seed), rows in runs.items():
+        pts = points(rows)
+        best = max((m for m, _, _ in pts), default=float("nan"))
+        ordered = [float(r["metric"]) if r["status"] == "completed" else None for r in rows]
+        to_best = next((i + 1 for i, m in enumerate(ordered) if m == best), None)
+        summary.append({
+            "sampler": sampler, "seed": seed, "trials": len(rows),
+            "completed": len(pts), "pruned": sum(r["status"] == "pruned" for r in rows),
+            "failed": sum(r["status"] == "failed" for r in rows),
+            "best_metric": best, "trials_to_best": to_best,
+            "best_key": next((r["key"] for r in rows if r["status"] == "completed" and float(r["metric"]) == best), ""),
+            "hypervolume": hypervolume(pts, SENSES, bounds=bounds) if pts else 0.0,
+        })
+    (args.output_dir / "summary.json").write_text(json.dumps({"bounds": bounds, "runs": summary}, indent=2))
+
+    print()
+    print("| sampler | seed | best metric | hypervolume | trials to best | completed / pruned / failed | best placement |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for r in summary:
+        print(f"| {r['sampler']} | {r['seed']} | {r['best_metric']:.4f} | {r['hypervolume']:.4f} | {r['trials_to_best']} "
+              f"| {r['completed']} / {r['pruned']} / {r['failed']} | `{r['best_key']}` |")
+    print()
+    print("| sampler | median best metric | median hypervolume | median trials to best |")
+    print("| --- | --- | --- | --- |")
+    for s in args.samplers:
+        mine = [r for r in summary if r["sampler"] == s]
+        print(f"| {s} | {statistics.median(r['best_metric'] for r in mine):.4f} "
+              f"| {statistics.median(r['hypervolume'] for r in mine):.4f} "
+              f"| {statistics.median(r['trials_to_best'] or args.trials for r in mine):g} |")
+    print(f"\nbounds (metric, trainable params, cost): ideal {bounds[0]}, nadir {bounds[1]}; "
+          f"summary: {args.output_dir / 'summary.json'}")
+
+
+if __name__ == "__main__":
+    main()
