@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-from spaces.budget import Budget, repair
+from spaces.budget import Budget, fill_units, repair
 from spaces.placement import Placement
 from spaces.space import ModelSpace
 
@@ -117,15 +117,10 @@ def _repaired(space, budget, ranks, sites, rank, prio: Priorities) -> Placement:
 
 def _fill(space, budget, ranks, units, rank, prio: Priorities) -> Placement:
     """Whole units (lists of sites) in order at `rank` while the placement fits; never empty."""
-    units = [u for u in units if u]
-    chosen: list[tuple[int, int]] = []
-    for unit in units:
-        if not budget.fits(Placement.from_sites(space, chosen + unit, rank), space):
-            break
-        chosen += unit
-    if chosen:
-        return Placement.from_sites(space, chosen, rank)
-    return _repaired(space, budget, ranks, units[0], rank, prio)
+    filled = fill_units(space, budget, units, rank)
+    if filled is not None:
+        return filled
+    return _repaired(space, budget, ranks, next(u for u in units if u), rank, prio)
 
 
 def make_baselines(

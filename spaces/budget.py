@@ -59,6 +59,19 @@ def make_budget(space: ModelSpace, fraction: float, r_ref: int, min_rank: int) -
     return budget
 
 
+def fill_units(space: ModelSpace, budget: Budget, units: list[list[tuple[int, int]]], rank: int) -> Placement | None:
+    """Whole units (lists of (kind, layer) sites), in order, at `rank`, while the placement fits.
+
+    Stops at the first unit that would break the budget. None if not even the first unit fits:
+    each caller has its own fallback."""
+    chosen: list[tuple[int, int]] = []
+    for unit in (u for u in units if u):
+        if not budget.fits(Placement.from_sites(space, chosen + unit, rank), space):
+            break
+        chosen += unit
+    return Placement.from_sites(space, chosen, rank) if chosen else None
+
+
 def repair(
     placement: Placement,
     space: ModelSpace,

@@ -24,7 +24,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from spaces.budget import Budget, make_budget
+from spaces.budget import Budget, fill_units, make_budget
 from spaces.placement import Placement
 from spaces.space import ModelSpace
 
@@ -332,15 +332,10 @@ def _fill(space: ModelSpace, budget: Budget, units: list[list[tuple[int, int]]],
     cheapest site at the highest rank that fits; then the model's cheapest site at rank 1 (which
     `make_budget` has checked fits).
     """
-    units = [u for u in units if u]
-    chosen: list[tuple[int, int]] = []
-    for unit in units:
-        if not budget.fits(Placement.from_sites(space, chosen + unit, r_ref), space):
-            break
-        chosen += unit
-    if chosen:
-        return Placement.from_sites(space, chosen, r_ref)
-    best = units[0]
+    filled = fill_units(space, budget, units, r_ref)
+    if filled is not None:
+        return filled
+    best = next(u for u in units if u)
     cheapest = min(best, key=lambda s: (space.site_width(*s), s))
     for sites in (best, [cheapest]):
         for r in range(r_ref - 1 if sites is best else r_ref, 0, -1):

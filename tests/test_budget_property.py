@@ -117,3 +117,25 @@ def test_the_first_trials_of_a_prior_search_fit_the_budget(problem, seed):
         if i < len(setup.baselines):
             assert cfg["baseline"] == setup.baselines[i].name and p == setup.baselines[i].placement
         study.tell(trial, [0.5, p.adapter_params(space), 0.0])
+
+
+@given(problems(), st.randoms(use_true_random=False))
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_fill_takes_the_longest_prefix_of_whole_units_that_fits(problem, rnd):
+    from spaces.budget import fill_units
+
+    space, budget, ranks, _ = problem
+    sites = space.sites()
+    rnd.shuffle(sites)
+    cuts = sorted(rnd.sample(range(1, len(sites)), min(3, len(sites) - 1))) if len(sites) > 1 else []
+    units = [sites[a:b] for a, b in zip([0, *cuts], [*cuts, len(sites)])]
+    rank = rnd.choice(ranks)
+    filled = fill_units(space, budget, units, rank)
+    taken = 0
+    while taken < len(units) and budget.fits(Placement.from_sites(space, sum(units[: taken + 1], []), rank), space):
+        taken += 1
+    if taken == 0:
+        assert filled is None
+    else:
+        assert filled == Placement.from_sites(space, sum(units[:taken], []), rank)
+        assert budget.fits(filled, space)
