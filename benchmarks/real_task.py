@@ -90,14 +90,14 @@ def main() -> None:
     for (sampler, seed), rows in runs.items():
         pts = points(rows)
         best = max((m for m, _, _ in pts), default=float("nan"))
-        ordered = [float(r["metric"]) if r["status"] == "completed" else None for r in rows]
-        to_best = next((i + 1 for i, m in enumerate(ordered) if m == best), None)
+        # The first trial, in proposal order, that reached the best metric (None if none completed).
+        at = next((i for i, r in enumerate(rows) if r["status"] == "completed" and float(r["metric"]) == best), None)
         summary.append({
             "sampler": sampler, "seed": seed, "trials": len(rows),
             "completed": len(pts), "pruned": sum(r["status"] == "pruned" for r in rows),
             "failed": sum(r["status"] == "failed" for r in rows),
-            "best_metric": best, "trials_to_best": to_best,
-            "best_key": next((r["key"] for r in rows if r["status"] == "completed" and float(r["metric"]) == best), ""),
+            "best_metric": best, "trials_to_best": None if at is None else at + 1,
+            "best_key": "" if at is None else rows[at]["key"],
             "hypervolume": hypervolume(pts, SENSES, bounds=bounds) if pts else 0.0,
         })
     (args.output_dir / "summary.json").write_text(json.dumps({"bounds": bounds, "runs": summary}, indent=2))

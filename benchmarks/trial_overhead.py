@@ -55,13 +55,11 @@ def _epochs(config: str, extra: list[str]) -> int:
 
 def search_trials(out: Path) -> list[dict]:
     """The search's trials in start order: placement, lr, span (s) and in-trial training time."""
-    from mlflow.tracking import MlflowClient
+    from analysis.mlflow_read import find_parent, open_store, trial_runs
 
-    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("overhead")
-    runs = [r for r in client.search_runs([exp.experiment_id]) if "trial_id" in r.data.tags]
+    client = open_store(f"sqlite:///{out / 'mlflow.db'}")
     trials = []
-    for r in sorted(runs, key=lambda r: r.info.start_time):
+    for r in trial_runs(client, find_parent(client, experiment="overhead")):
         if r.data.tags.get("status") != "completed":
             sys.exit(f"trial {r.data.tags['trial_id']} ended {r.data.tags.get('status')}: the comparison needs "
                      "every trial to run all its epochs")
