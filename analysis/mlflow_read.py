@@ -1,17 +1,11 @@
 """Read a finished (or interrupted) search back from an MLflow store alone: no Ray, no torch.
 
-Where it sits: track -> **frontier**. `search.tracking.MlflowTracker` writes one parent run per
-search (tag role=search, params metric and cost_unit, artifacts config.json and space.json) and
-one nested child run per trial (tags mlflow.parentRunId, trial_id, status; params placement_key,
-rank, lr, adapter_params; per-epoch metrics with step = epoch; final metrics metric,
-trainable_params, adapter_params). This module turns that back into the same plain trial rows the
-tracker hands the end-of-run table, so `analysis.pareto.frontier`, `analysis.report` and
-`analysis.plots` work on a store as they do on a live search.
-
-A row: trial_id, run_id, key, rank, lr, status (completed | pruned | failed | running), metric
-(completed trials only), trainable_params, adapter_params, gpu_hours, epochs (last epoch
-reported), last_score (the last epoch's epoch_score), baseline (param or tag `baseline`, else
-None), pareto (the run's pareto tag as stored), error (failed trials).
+Where it sits: track -> **frontier**. `search.tracking` writes one parent run per search (tag
+role=search, params metric_name and cost_unit, artifacts config.json and space.json) and one
+nested child run per trial (names in `trainables.record`). This module turns the trial runs back
+into `TrialRecord`s with the same builder the tracker uses (`trainables.record.build_record`), so
+`analysis.pareto.frontier`, `analysis.report` and `analysis.plots` work on a store as they do on a
+live search.
 
 Store problems (no such file, unreachable server, unknown experiment or run) raise `StoreError`
 whose message names the fix.
@@ -28,8 +22,18 @@ from mlflow.entities import Run, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-DEFAULT_TRACKING_URI = "sqlite:///outputs/mlflow.db"
-TRIAL_STATUSES = ("completed", "pruned", "failed")
+from trainables import record as R
+from trainables.record import TrialRecord
+
+DEFAULT_OUTPUT_DIR = "outputs"
+
+
+def default_tracking_uri(output_dir: str | Path = DEFAULT_OUTPUT_DIR) -> str:
+    """The MLflow store a search keeps under its output folder (the one place this is defined)."""
+    return f"sqlite:///{Path(output_dir) / 'mlflow.db'}"
+
+
+DEFAULT_TRACKING_URI = default_tracking_uri()
 
 
 class StoreError(LookupError):
@@ -101,8 +105,8 @@ def find_parent(client: MlflowClient, experiment: str | None = None, run_id: str
     latest search in the store."""
     if run_id:
         run = get_run(client, run_id)
-        if run.data.tags.get("role") != "search":
-            parent = run.data.tags.get("mlflow.parentRunId")
+        if run.data.tags.get(R.ROLE_TAG) != R.ROLE_SEARCH:
+            parent = run.data.tags.get(R.PARENT_TAG)
             hint = f"; its search is {parent}" if parent else ""
             raise StoreError(f"run {run_id} is not a search's parent run (no tag role=search){hint}: "
                              "pass the parent run id, or --experiment NAME")
@@ -116,7 +120,7 @@ def find_parent(client: MlflowClient, experiment: str | None = None, run_id: str
         ids = [exp.experiment_id]
     else:
         ids = _experiment_ids(client)
-    runs = client.search_runs(ids, "tags.role = 'search'", max_results=1,
+    runs = client.search_runs(ids, f"tags.{R.ROLE_TAG} = '{R.ROLE_SEARCH}'", max_results=1,
                               order_by=["attributes.start_time DESC"]) if ids else []
     if not runs:
         where = f"experiment {experiment!r}" if experiment else "this store"
@@ -137,58 +141,19 @@ def read_json_artifact(client: MlflowClient, run_id: str, path: str) -> dict | N
 # --- rows -----------------------------------------------------------------------------------------
 
 
-def _num(text, kind=float):
-    if text is None:
-        return None
-    try:
-        return kind(float(text)) if kind is int else kind(text)
-    except ValueError:
-        return None
-
-
 def trial_status(run: Run) -> str:
-    """completed | pruned | failed from the tracker's tag; running while MLflow says so; killed or
-    unknown for a closed run the tracker never finished (a search stopped from outside)."""
-    if run.info.status in ("RUNNING", "SCHEDULED"):
-        return "running"
-    tag = run.data.tags.get("status")
-    if tag in TRIAL_STATUSES:
-        return tag
-    return {"FAILED": "failed", "KILLED": "killed"}.get(run.info.status, "unknown")
+    return R.run_status(run.info.status, run.data.tags.get(R.STATUS_TAG))
 
 
-def trial_row(client: MlflowClient, run: Run) -> dict:
-    tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
-    history = client.get_metric_history(run.info.run_id, "epoch_score")
-    history = sorted(history, key=lambda m: (m.step, m.timestamp))
-    status = trial_status(run)
-    trainable = metrics.get("trainable_params")
-    adapter = metrics.get("adapter_params", _num(params.get("adapter_params")))
-    row = {
-        "trial_id": tags.get("trial_id"),
-        "run_id": run.info.run_id,
-        "key": params.get("placement_key", tags.get("placement_key", "")),
-        "rank": _num(params.get("rank"), int),
-        "lr": _num(params.get("lr")),
-        "status": status,
-        "metric": metrics.get("metric") if status == "completed" else None,
-        "trainable_params": None if trainable is None else int(trainable),
-        "adapter_params": None if adapter is None else int(adapter),
-        "gpu_hours": metrics.get("gpu_hours"),
-        "epochs": history[-1].step if history else 0,
-        "last_score": history[-1].value if history else None,
-        "baseline": params.get("baseline") or tags.get("baseline") or None,
-        "pareto": tags.get("pareto") == "true",
-        "start_time": run.info.start_time,
-    }
-    if status == "failed":
-        row["error"] = tags.get("error")
-    return row
+def trial_record(run: Run) -> TrialRecord:
+    """A trial run as a `TrialRecord`."""
+    return R.build_record(run.info.run_id, run.info.status, run.data.tags, run.data.params, run.data.metrics,
+                          run.info.start_time)
 
 
 def trial_runs(client: MlflowClient, parent: Run) -> list[Run]:
     """The parent's child runs, oldest first."""
-    flt = f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    flt = f"tags.{R.PARENT_TAG} = '{parent.info.run_id}'"
     return _all(lambda t: client.search_runs(
         [parent.info.experiment_id], flt, run_view_type=ViewType.ACTIVE_ONLY, max_results=1000,
         order_by=["attributes.start_time ASC"], page_token=t))
@@ -199,7 +164,7 @@ def read_search(client_or_uri: MlflowClient | str = DEFAULT_TRACKING_URI, experi
     """One search from the store: {"parent": {...}, "rows": [one dict per trial, oldest first]}.
 
     parent: run_id, experiment_id, experiment, status, start_time, end_time, params, tags,
-    artifact_uri, metric_name (param `metric`), cost_unit (param `cost_unit`).
+    artifact_uri, metric_name and cost_unit (params of the parent run). rows: `TrialRecord`s.
     """
     client = open_store(client_or_uri) if isinstance(client_or_uri, str) else client_or_uri
     run = find_parent(client, experiment, run_id)
@@ -215,8 +180,8 @@ def read_search(client_or_uri: MlflowClient | str = DEFAULT_TRACKING_URI, experi
         "params": params,
         "tags": dict(run.data.tags),
         "artifact_uri": run.info.artifact_uri,
-        "metric_name": params.get("metric", "metric"),
-        "cost_unit": params.get("cost_unit", "GPU-hours"),
+        "metric_name": params.get(R.METRIC_NAME, "score"),
+        "cost_unit": params.get(R.COST_UNIT, R.GPU_HOURS),
     }
-    rows = [trial_row(client, r) for r in trial_runs(client, run) if "trial_id" in r.data.tags]
+    rows = [trial_record(r) for r in trial_runs(client, run) if R.TRIAL_ID_TAG in r.data.tags]
     return {"parent": parent, "rows": rows}

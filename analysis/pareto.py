@@ -1,8 +1,8 @@
 """Pareto frontier and hypervolume: the last step of score -> sample -> train -> track -> frontier.
 
 Pure functions over plain lists of objective tuples (no torch, no numpy needed), plus one thin
-wrapper, `frontier`, over the trial dicts that tracking hands back. See METHODS.md, "Objectives and
-the frontier": maximize the task metric, minimize trainable parameters, minimize gpu_hours; the
+wrapper, `frontier`, over trial rows (`TrialRecord.as_dict()`). See docs/methods.md, "Objectives and
+the frontier": maximize the task metric, minimize trainable parameters, minimize compute hours; the
 frontier is the set of completed, within-budget trials that no other such trial dominates; the
 hypervolume is measured on normalized objectives against a reference point written down with it.
 
@@ -11,8 +11,9 @@ Conventions
 - `normalize` maps every objective to minimization with 0 at the ideal (best) bound and 1 at the
   nadir (worst) bound. Bounds are in the original units, so two searches normalized with the same
   explicit bounds are comparable; bounds taken from the points themselves are not.
-- A trial dict carries the objective keys (default "metric", "trainable_params", "gpu_hours"),
-  "status" (only "completed" trials count) and optionally "within_budget" (False drops the trial).
+- A trial dict carries the objective keys (default `trainables.record.OBJECTIVES`: "score",
+  "trainable_params", "compute_hours"), "status" (only "completed" trials count) and optionally
+  "within_budget" (False drops the trial).
 """
 
 from __future__ import annotations
@@ -20,14 +21,12 @@ from __future__ import annotations
 import math
 from typing import Iterable, Literal, NamedTuple, Sequence
 
+from trainables.record import OBJECTIVES
+
 Sense = Literal["max", "min"]
 Point = tuple[float, ...]
 
-DEFAULT_OBJECTIVES: tuple[tuple[str, Sense], ...] = (
-    ("metric", "max"),
-    ("trainable_params", "min"),
-    ("gpu_hours", "min"),
-)
+DEFAULT_OBJECTIVES: tuple[tuple[str, Sense], ...] = OBJECTIVES
 DEFAULT_REFERENCE = 1.1  # per objective, in normalized minimization space
 
 
@@ -254,7 +253,7 @@ def frontier(
 ) -> list[dict]:
     """Eligible trials (see `is_eligible`) as shallow copies with "pareto": bool added.
 
-    `objectives` pairs each trial key with its sense, e.g. (("metric", "max"), ("gpu_hours", "min")).
+    `objectives` pairs each trial key with its sense, e.g. (("score", "max"), ("compute_hours", "min")).
     Input dicts are not modified; ineligible trials are left out of the result.
     """
     kept = [t for t in trials if is_eligible(t)]

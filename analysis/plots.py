@@ -7,8 +7,8 @@ trials; "pareto" marks the 3-objective front):
   an inline SVG scatter with a tooltip per point and a table of every trial, sortable by clicking a
   column header.
 
-Axes: x = trainable parameters (log scale), y = the task metric, colour = cost (gpu_hours, in the
-unit the caller names: GPU-hours, or CPU-core-hours on CPU-only runs). The step line joins the front
+Axes: x = trainable parameters (log scale), y = the task metric, colour = cost (compute_hours, in
+the unit the caller names: GPU-hours, or CPU-core-hours on CPU-only runs). The step line joins the front
 points that are also on the 2-objective (metric vs parameters) front, i.e. the best metric reachable
 at each parameter count; front points off that line are there because they are cheaper to train.
 
@@ -31,6 +31,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import LogLocator, MaxNLocator  # noqa: E402
 
 from analysis.pareto import Sense, frontier, is_eligible, pareto_mask  # noqa: E402
+from trainables import record as R  # noqa: E402
 
 CMAP = "viridis"
 
@@ -55,9 +56,9 @@ def plot_pareto_png(
     metric_name: str = "accuracy",
     cost_unit: str = "GPU-hours",
     *,
-    metric_key: str = "metric",
-    params_key: str = "trainable_params",
-    cost_key: str = "gpu_hours",
+    metric_key: str = R.SCORE,
+    params_key: str = R.TRAINABLE_PARAMS,
+    cost_key: str = R.COMPUTE_HOURS,
     title: str | None = None,
 ) -> Path:
     """Write a PNG scatter of metric vs trainable parameters, coloured by cost; return its path."""
@@ -232,9 +233,9 @@ def plot_pareto_html(
     metric_name: str = "accuracy",
     cost_unit: str = "GPU-hours",
     *,
-    metric_key: str = "metric",
-    params_key: str = "trainable_params",
-    cost_key: str = "gpu_hours",
+    metric_key: str = R.SCORE,
+    params_key: str = R.TRAINABLE_PARAMS,
+    cost_key: str = R.COMPUTE_HOURS,
     title: str | None = None,
 ) -> Path:
     """Write a self-contained interactive HTML page (SVG scatter + sortable table); return its path.

@@ -5,18 +5,14 @@
 
 Both passes run over the same calibration batches, interleaved, `--repeats` times each; the
 median of each is reported, so machine noise hits both alike (compare the ratio, not seconds).
-Target (METHODS.md): priors <= 1.25x the plain forward.
+Target (docs/methods.md): priors <= 1.25x the plain forward.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
-
-sys.path[:0] = [str(Path(__file__).resolve().parent.parent)]
 
 
 def main() -> None:
@@ -37,7 +33,7 @@ def main() -> None:
     from trainables.data import load_task
     from trainables.model import load_model, load_tokenizer, vocab_size
     from trainables.prepare import calibration_batches
-    from trainables.train import resolve_metric, tokenize, train_placement
+    from trainables.train import Resources, TokenizedTask, TrialPlan, resolve_metric, tokenize, train_placement
 
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config or ["default"], args.overrides)
@@ -75,8 +71,9 @@ def main() -> None:
     if not args.no_trial:
         val = tokenize(task.val, tok, cfg.model.max_length)
         t0 = time.perf_counter()
-        train_placement(cfg, Placement.full(space, cfg.search.r_ref), space, 2e-3, model, train, val,
-                        task.num_labels, resolve_metric(cfg, task), lambda m: None, n_cpus=args.threads)
+        data = TokenizedTask(train, val, task.num_labels, resolve_metric(cfg, task))
+        train_placement(cfg, TrialPlan(Placement.full(space, cfg.search.r_ref), space, 2e-3), model, data,
+                        lambda m: None, resources=Resources(n_cpus=args.threads))
         trial_s = time.perf_counter() - t0
         print(f"one trial (every site at r={cfg.search.r_ref}, {cfg.train.epochs} epochs): {trial_s:.1f} s; "
               f"priors = {mq / trial_s * 100:.2f}% of a trial")

@@ -31,9 +31,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT)]
 
-from analysis.pareto import hypervolume  # noqa: E402
+from analysis.pareto import hypervolume
 
 SENSES = ("max", "min", "min")
 
@@ -64,7 +63,7 @@ def read_trials(table: Path) -> list[dict]:
 
 
 def points(rows: list[dict]) -> list[tuple[float, float, float]]:
-    return [(float(r["metric"]), float(r["trainable_params"]), float(r["gpu_hours"]))
+    return [(float(r["score"]), float(r["trainable_params"]), float(r["compute_hours"]))
             for r in rows if r["status"] == "completed"]
 
 
@@ -91,7 +90,7 @@ def main() -> None:
         pts = points(rows)
         best = max((m for m, _, _ in pts), default=float("nan"))
         # The first trial, in proposal order, that reached the best metric (None if none completed).
-        at = next((i for i, r in enumerate(rows) if r["status"] == "completed" and float(r["metric"]) == best), None)
+        at = next((i for i, r in enumerate(rows) if r["status"] == "completed" and float(r["score"]) == best), None)
         summary.append({
             "sampler": sampler, "seed": seed, "trials": len(rows),
             "completed": len(pts), "pruned": sum(r["status"] == "pruned" for r in rows),

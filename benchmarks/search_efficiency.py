@@ -6,7 +6,7 @@
 
 Where it sits: score -> **sample** -> (train replaced by a formula) -> frontier. Every trial goes
 through the real define-by-run space (`PlacementSpace`: flags, rank, lr, budget repair) and the
-real samplers from `search.searcher.make_sampler` (prior | tpe | random), on a plain Optuna study
+real samplers from `search.samplers.make_sampler` (prior | tpe | random), on a plain Optuna study
 (ask / tell, no Ray). Training is replaced by a synthetic landscape:
 
     site value     v[k][l] = a_k * b_l * exp(N(0, 0.25^2))       a_k ~ logN(0, 1), b_l ~ logN(0, 0.8^2)
@@ -35,22 +35,21 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path[:0] = [str(Path(__file__).resolve().parent.parent)]
+import numpy as np
+import optuna
 
-import numpy as np  # noqa: E402
-import optuna  # noqa: E402
+from analysis.pareto import hypervolume, pareto_mask
+from search.samplers import SamplerInputs, make_sampler
+from search.searcher import DIRECTIONS
+from spaces.budget import make_budget
+from spaces.placement import Placement
+from spaces.scores import PriorScores
+from spaces.space import ModelSpace
+from trainables.record import OBJECTIVES
 
-from analysis.pareto import hypervolume, pareto_mask  # noqa: E402
-from search.searcher import MODES, make_sampler  # noqa: E402
-from spaces.budget import make_budget  # noqa: E402
-from spaces.placement import Placement  # noqa: E402
-from spaces.space import ModelSpace  # noqa: E402
-
-SENSES = tuple(MODES)  # metric max, params min, cost min
+SENSES = tuple(sense for _, sense in OBJECTIVES)  # metric max, params min, cost min
 RANKS, R_REF, LR_MIN, LR_MAX = [2, 4, 8, 16], 8, 1e-3, 8e-3
 METRIC_LO, METRIC_HI = 0.5, 0.9
 
@@ -85,14 +84,11 @@ class Landscape:
         sign = {"informative": 1.0, "misleading": -1.0}.get(prior)
         self.scores = None if sign is None else self._scores(rng, sign * _z(log_a), sign * _z(log_b))
 
-    def _scores(self, rng, za, zb) -> dict:
-        return {
-            "kinds": list(self.space.aliases), "n_layers": len(zb),
-            "nfn": {"per_kind": {a: float(1.5 - 0.4 * z + rng.normal(0, 0.15))
-                                 for a, z in zip(self.space.aliases, za)}},
-            "cka": {"importance": [float(0.3 + 0.1 * z + rng.normal(0, 0.04)) for z in zb]},
-            "act": {"per_layer": [float(1.0 + 0.2 * z + rng.normal(0, 0.08)) for z in zb]},
-        }
+    def _scores(self, rng, za, zb) -> PriorScores:
+        nfn = [float(1.5 - 0.4 * z + rng.normal(0, 0.15)) for z in za]
+        importance = [float(0.3 + 0.1 * z + rng.normal(0, 0.04)) for z in zb]
+        act = [float(1.0 + 0.2 * z + rng.normal(0, 0.08)) for z in zb]
+        return PriorScores.from_summaries(self.space.aliases, nfn, importance, act)
 
     def signal(self, p: Placement) -> float:
         return float(sum(self.values[k][l] * (p.ranks[k][l] / R_REF) ** 0.5 for k, l in p.sites()))
@@ -105,11 +101,12 @@ def _z(x: np.ndarray) -> np.ndarray:
     return (x - x.mean()) / (x.std() or 1.0)
 
 
-def run(method: str, land: Landscape, scores: dict | None, budget, trials: int, seed: int,
+def run(method: str, land: Landscape, scores: PriorScores | None, budget, trials: int, seed: int,
         prior_options: dict | None = None) -> tuple[list[float], list[float]]:
     """Hypervolume and best true metric after each trial of one search."""
-    setup = make_sampler(method, land.space, budget, RANKS, LR_MIN, LR_MAX, trials, seed, scores, prior_options)
-    study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=setup.sampler)
+    inputs = SamplerInputs(land.space, budget, tuple(RANKS), (LR_MIN, LR_MAX), trials, seed, scores)
+    setup = make_sampler(method, inputs, prior_options)
+    study = optuna.create_study(directions=DIRECTIONS, sampler=setup.sampler)
     for params, attrs in setup.enqueue:
         study.enqueue_trial(params, user_attrs=attrs)
     bounds = ((METRIC_HI, 0.0, 0.0), (METRIC_LO, budget.max_params, budget.fraction))

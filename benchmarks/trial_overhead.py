@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT)]
 
 
 def run_search(config: str, trials: int, out: Path, extra: list[str]) -> float:
@@ -82,7 +81,7 @@ def bare_loop(config: str, extra: list[str], trials: list[dict]) -> list[float]:
     from trainables.config import load_config
     from trainables.data import load_task
     from trainables.model import load_model, load_tokenizer, vocab_size
-    from trainables.train import resolve_metric, tokenize, train_placement
+    from trainables.train import Resources, TokenizedTask, TrialPlan, resolve_metric, tokenize, train_placement
 
     cfg = load_config([config], extra)
     torch.set_num_threads(cfg.search.cpus_per_trial)
@@ -90,7 +89,7 @@ def bare_loop(config: str, extra: list[str], trials: list[dict]) -> list[float]:
     tok = load_tokenizer(cfg.model)
     train = tokenize(task.train, tok, cfg.model.max_length)
     val = tokenize(task.val, tok, cfg.model.max_length)
-    metric = resolve_metric(cfg, task)
+    data = TokenizedTask(train, val, task.num_labels, resolve_metric(cfg, task))
     from spaces.discovery import discover
 
     space: ModelSpace = discover(load_model(cfg.model, task.num_labels, seed=cfg.train.seed, tokenizer=tok))
@@ -100,8 +99,8 @@ def bare_loop(config: str, extra: list[str], trials: list[dict]) -> list[float]:
         with tempfile.TemporaryDirectory() as save_dir:
             t0 = time.perf_counter()
             model = load_model(cfg.model, task.num_labels, seed=cfg.train.seed, tokenizer=tok)
-            train_placement(cfg, placement, space, t["lr"], model, train, val, task.num_labels, metric,
-                            lambda m: None, n_cpus=cfg.search.cpus_per_trial, save_dir=save_dir)
+            train_placement(cfg, TrialPlan(placement, space, t["lr"], cfg.train.seed), model, data, lambda m: None,
+                            resources=Resources(n_cpus=cfg.search.cpus_per_trial), save_dir=save_dir)
             times.append(time.perf_counter() - t0)
     return times
 

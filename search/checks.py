@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
-from search.cli import UsageError
+from search.errors import UsageError
 
 SERVER_TIMEOUT_S = 3.0
 _SQLITE_FIX = "pass --tracking-uri sqlite:///<a writable folder>/mlflow.db"

@@ -1,4 +1,4 @@
-"""Command-line plumbing shared by `run.py` and `score.py`: flags, config layering, errors.
+"""Command-line plumbing shared by the scripts (`run.py`, `score.py`, `report.py`, `deploy.py`).
 
 Bad input ends in one line on stderr, `error: <what> : <fix>`, and exit code 2: no traceback.
 """
@@ -6,18 +6,24 @@ Bad input ends in one line on stderr, `error: <what> : <fix>`, and exit code 2: 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
+from search.errors import UsageError
 from trainables.config import ConfigError, load_config
-
-
-class UsageError(Exception):
-    """Bad input from the user; the message names the value and the fix."""
 
 
 def fail(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     return 2
+
+
+def mlflow_client_defaults() -> None:
+    """An unreachable MLflow server fails in seconds, not after MLflow's default minutes of retries;
+    no progress bars on artifact downloads (environment defaults the user can override)."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def add_common_args(p: argparse.ArgumentParser) -> None:
@@ -43,11 +49,12 @@ _FLAG_KEYS = {
     "address": "search.address",
     "storage": "search.storage",
     "study_storage": "search.study_storage",
-    "gpu_hours": "search.gpu_hours",
+    "max_compute_hours": "search.max_compute_hours",
 }
 
 
 def config_from_args(args: argparse.Namespace):
+    """The layered config: files, then --set, then the named flags; problems as one UsageError."""
     overrides = list(args.overrides)
     for attr, key in _FLAG_KEYS.items():
         value = getattr(args, attr, None)

@@ -2,16 +2,16 @@
 prior mixed in at a decaying weight.
 
 Where it sits: score -> **sample** -> train -> track -> frontier. An Optuna sampler for the
-define-by-run space of `search.searcher.PlacementSpace` (params `kind_<alias>`, `layer_<l>`,
-`rank`, `lr`), used by OptunaSearch under Tune or by a plain Optuna study (the benchmark).
+define-by-run space of `search.proposal.PlacementSpace` (params `kind_<alias>`, `layer_<l>`,
+`rank`, `lr`), used by the searcher under Tune or by a plain Optuna study (the benchmarks).
 
-Phases, by trial (METHODS.md, "From scores to a search"):
-(a) the baselines of `search.baselines`, enqueued into the study before any trial (fixed params plus
+Phases, by trial (docs/methods.md, "From scores to a search"):
+(a) the baselines of `spaces.baselines`, enqueued into the study before any trial (fixed params plus
     the baseline's placement in the trial's user attrs); Optuna answers them, not this sampler.
 (b) the next `n_prior` trials are prior draws: rank uniform over the allowed ranks, lr log-uniform,
     then each `kind_<a>` ~ Bernoulli(p_k) and `layer_<l>` ~ Bernoulli(q_l) independently, with
         p_k = clip(sigmoid(c + strength * z_k), floor, 1 - floor)   (q_l likewise with z_l)
-    where z are the rank scores of `search.baselines.priorities` (lower NFN -> higher p; higher
+    where z are the rank scores of `spaces.baselines.priorities` (lower NFN -> higher p; higher
     1 - CKA and activation -> higher q; all 0 without scores, i.e. uniform) and the shift c is
     solved per (rank, fill) so that the expected adapter params of a draw are fill x the budget,
     fill drawn uniformly from `fills` (default 0.05 ... 0.8, doubling). Not all near the budget:
@@ -28,25 +28,52 @@ Phases, by trial (METHODS.md, "From scores to a search"):
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler, RandomSampler, TPESampler
 
-from search.baselines import Priorities
-from search.searcher import flag_params
+from search.proposal import flag_params, is_baseline
+from spaces.baselines import Priorities
 from spaces.budget import Budget
 from spaces.space import ModelSpace
 
-DEFAULT_STRENGTH = 3.0  # logit gap between the best (z = +1) and worst (z = -1) unit: 2 x this
-# Expected adapter params of a prior draw / budget; 0.8 at the top leaves room for the spread of a
-# draw (repair trims any overshoot).
-DEFAULT_FILLS = (0.05, 0.1, 0.2, 0.4, 0.8)
-DEFAULT_FLOOR = 0.05
-DEFAULT_W0 = 0.5
-DEFAULT_TAU = 10.0
+
+@dataclass(frozen=True)
+class PriorOptions:
+    """The prior sampler's settings (ablations change them; the defaults are the product's).
+
+    strength: logit gap between the best (z = +1) and worst (z = -1) unit is 2 x this.
+    fills: expected adapter params of a prior draw / budget; 0.8 at the top leaves room for the
+    spread of a draw (repair trims any overshoot). floor: every unit's probability stays in
+    [floor, 1 - floor]. n_prior: prior draws after the baselines. w0, tau: the learned phase's
+    prior weight w_t = w0 / (1 + t / tau). n_startup_trials: TPE's random start.
+    """
+
+    strength: float = 3.0
+    fills: tuple[float, ...] = (0.05, 0.1, 0.2, 0.4, 0.8)
+    floor: float = 0.05
+    n_prior: int = 2
+    w0: float = 0.5
+    tau: float = 10.0
+    n_startup_trials: int = 3
+
+    def __post_init__(self):
+        if self.n_prior < 0 or not (0.0 <= self.w0 <= 1.0) or self.tau <= 0:
+            raise ValueError(f"need n_prior >= 0, 0 <= w0 <= 1, tau > 0; got {self.n_prior}, {self.w0}, {self.tau}")
+
+    def with_overrides(self, overrides: dict) -> "PriorOptions":
+        """These options with some replaced by name (unknown names are an error)."""
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise ValueError(f"unknown prior options {sorted(unknown)}; known: {sorted(known)}")
+        values = {k: tuple(v) if k == "fills" else v for k, v in overrides.items()}
+        return dataclasses.replace(self, **values)
 
 
 def _sigmoid(x: float) -> float:
@@ -56,13 +83,12 @@ def _sigmoid(x: float) -> float:
 class PlacementPrior:
     """Inclusion probabilities per kind and per layer, scaled per (rank, fill) to the budget; draws params."""
 
-    def __init__(self, space: ModelSpace, budget: Budget, ranks: list[int], lr_min: float, lr_max: float,
-                 prio: Priorities, strength: float = DEFAULT_STRENGTH,
-                 fills: tuple[float, ...] = DEFAULT_FILLS, floor: float = DEFAULT_FLOOR):
+    def __init__(self, space: ModelSpace, budget: Budget, ranks: list[int], lr_range: tuple[float, float],
+                 prio: Priorities, options: PriorOptions = PriorOptions()):
         self.space, self.ranks = space, sorted(ranks)
-        self.lr_min, self.lr_max = lr_min, lr_max
-        self.prio, self.strength, self.floor = prio, strength, floor
-        self.fills = tuple(fills)
+        self.lr_min, self.lr_max = lr_range
+        self.prio, self.strength, self.floor = prio, options.strength, options.floor
+        self.fills = tuple(options.fills)
         # widths[k][l] = d_in + d_out, 0 where the layer lacks the kind
         self._widths = [[space.site_width(k, l) if space.has_site(k, l) else 0 for l in range(space.n_layers)]
                         for k in range(len(space.kinds))]
@@ -124,15 +150,12 @@ class PriorSampler(BaseSampler):
     as the relative search space of every trial so a prior draw sets all params jointly.
     """
 
-    def __init__(self, prior: PlacementPrior, search_space: dict[str, BaseDistribution], *,
-                 n_prior: int, w0: float = DEFAULT_W0, tau: float = DEFAULT_TAU, seed: int | None = None,
-                 n_startup_trials: int = 3):
-        if n_prior < 0 or not (0.0 <= w0 <= 1.0) or tau <= 0:
-            raise ValueError(f"need n_prior >= 0, 0 <= w0 <= 1, tau > 0; got {n_prior}, {w0}, {tau}")
-        self.prior, self.n_prior, self.w0, self.tau = prior, n_prior, w0, tau
+    def __init__(self, prior: PlacementPrior, search_space: dict[str, BaseDistribution],
+                 options: PriorOptions = PriorOptions(), seed: int | None = None):
+        self.prior, self.n_prior, self.w0, self.tau = prior, options.n_prior, options.w0, options.tau
         self._space = dict(search_space)
         self._rng = np.random.RandomState(seed)
-        self._learned = TPESampler(seed=seed, multivariate=True, n_startup_trials=n_startup_trials)
+        self._learned = TPESampler(seed=seed, multivariate=True, n_startup_trials=options.n_startup_trials)
         self._random = RandomSampler(seed=None if seed is None else seed + 1)
 
     def reseed_rng(self) -> None:
@@ -141,16 +164,16 @@ class PriorSampler(BaseSampler):
         self._random.reseed_rng()
 
     def infer_relative_search_space(self, study, trial) -> dict[str, BaseDistribution]:
-        if "fixed_params" in trial.system_attrs:
+        if is_baseline(trial):
             return {}
         return {name: d for name, d in self._space.items() if not d.single()}  # Optuna sets singles
 
     def phase(self, study, trial) -> str:
         """The phase of a trial of this study: "baseline", "prior" or "learned"."""
-        if "fixed_params" in trial.system_attrs:
+        if is_baseline(trial):
             return "baseline"
         trials = study.get_trials(deepcopy=False)
-        enqueued_before = sum("fixed_params" in t.system_attrs for t in trials if t.number < trial.number)
+        enqueued_before = sum(is_baseline(t) for t in trials if t.number < trial.number)
         return "prior" if trial.number - enqueued_before < self.n_prior else "learned"
 
     def sample_relative(self, study, trial, search_space: dict[str, BaseDistribution]) -> dict[str, Any]:

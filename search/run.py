@@ -13,16 +13,11 @@ Pareto-optimal ones marked, and the command that opens the MLflow UI.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import time
 from pathlib import Path
 
-# Run as a script (`python search/run.py`): the project is installed, but the script's own folder
-# would shadow nothing; make sure the project root wins over a stray `search` module.
-sys.path[:0] = [str(Path(__file__).resolve().parent.parent)] if __package__ in (None, "") else []
-
-from search.cli import UsageError, add_common_args, config_from_args, fail  # noqa: E402
+from search.cli import add_common_args, config_from_args, fail
+from search.errors import UsageError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=None, help="join an existing Ray cluster: auto, ray://HOST:10001 or HOST:6379 (default: start a local runtime); config: search.address")
     p.add_argument("--storage", default=None, help="where Ray Tune keeps the experiment: a shared filesystem path or a cloud URI on multi-node clusters (default: <output-dir>/ray_results); config: search.storage")
     p.add_argument("--study-storage", default=None, help="the Optuna study's database, a SQLAlchemy URL (sqlite:///path.db, postgresql://user@host/db); a restarted driver continues the study from it (default: sqlite:///<output-dir>/optuna.db); config: search.study_storage")
-    p.add_argument("--gpu-hours", type=float, default=None, help="end the search once trials have cost this many GPU-hours (CPU-core-hours on CPU); 0 = no cap; config: search.gpu_hours")
+    p.add_argument("--max-compute-hours", "--gpu-hours", type=float, default=None, dest="max_compute_hours",
+                   help="end the search once its trials have cost this much, in GPU-hours (CPU-core-hours when trials use no GPU); 0 = no cap; config: search.max_compute_hours")
     p.add_argument("--resume", action="store_true", help="continue an interrupted search (the one named by --experiment, else the latest in the output dir): finished trials are kept, unfinished ones rerun")
     return p
 

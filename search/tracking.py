@@ -1,14 +1,17 @@
 """Record every trial in MLflow, from the driver: one experiment per search, a parent run for the
 search and one nested child run per trial.
 
-Where it sits: train -> **track** -> frontier. A Tune `Callback` (runs on the driver, no torch):
+Where it sits: train -> **track** -> frontier. `open_search_run` makes (or, on --resume, reopens)
+the search's parent run with its config, space, task and priors. `MlflowTracker`, a Tune
+`Callback` on the driver (no torch), logs each trial under the names of `trainables.record`:
 - trial start: a child run with the placement key, rank, learning rate and the rest of the
   sampled values as params; `placement.json` and `lora_config.json` as artifacts;
-- each epoch: the epoch's metrics, with step = epoch;
-- trial end: status `completed` (with `metric`, the objective, and the adapter PEFT saved),
-  `pruned` (ASHA stopped it) or `failed` (with the reason); the MLflow run is closed FINISHED,
-  or FAILED for a failed trial, so no run stays RUNNING.
-It also keeps one plain row per trial for the end-of-run table and the frontier.
+- each result: the epoch's metrics, with step = epoch;
+- trial end: status `completed` (with `score`, the objective, and the adapter PEFT saved),
+  `pruned` (ASHA or the cost cap stopped it) or `failed` (with the reason in tag `error`); the
+  MLflow run is closed FINISHED, or FAILED for a failed trial, so no run stays RUNNING.
+It keeps a mirror of what it wrote per trial, so `records()` gives the same `TrialRecord`s that
+`analysis.mlflow_read` reads back from the store (one builder, `trainables.record.build_record`).
 
 Each hook writes in as few store calls as it can (`log_batch`): a trial waits for the driver to
 take each epoch's result before it goes on, so tracking time is trial time
@@ -17,9 +20,10 @@ take each epoch's result before it goes on, so tracking time is trial time
 
 from __future__ import annotations
 
-import json
 import math
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
@@ -27,9 +31,8 @@ from ray.tune import Callback
 
 from spaces.placement import Placement
 from spaces.space import ModelSpace
-from trainables.tune_entry import NOT_RETRIED, NOT_RETRIED_KEY
-
-EPOCH_METRICS = ("accuracy", "balanced_accuracy", "epoch_score", "train_loss", "wall_s", "gpu_hours")
+from trainables import record as R
+from trainables.record import TrialRecord
 
 
 def _short(value) -> str:
@@ -37,185 +40,217 @@ def _short(value) -> str:
     return text if len(text) <= 500 else text[:497] + "..."
 
 
+@dataclass(frozen=True)
+class SearchRun:
+    """Where a search is tracked: its MLflow store, experiment and parent run."""
+
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What the tracker needs to know to log and print a trial of this search."""
+
+    space: ModelSpace
+    metric_name: str
+    cost_unit: str
+    total_trials: int
+    lora_alpha_over_rank: float = 2.0
+    lora_dropout: float = 0.0
+
+
+@dataclass
+class _Mirror:
+    """What the tracker wrote to one trial run: tags, params, latest metric per name (by step)."""
+
+    run_id: str
+    tags: dict = field(default_factory=dict)
+    params: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)  # name -> (step, value)
+    mlflow_status: str = "RUNNING"
+    start_time: int | None = None
+
+    def log(self, metrics: list[Metric]) -> None:
+        for m in metrics:
+            if m.key not in self.metrics or m.step >= self.metrics[m.key][0]:
+                self.metrics[m.key] = (m.step, m.value)
+
+    def record(self) -> TrialRecord:
+        return R.build_record(self.run_id, self.mlflow_status, self.tags, self.params,
+                              {k: v for k, (_, v) in self.metrics.items()}, self.start_time)
+
+
+def open_search_run(client: MlflowClient, name: str, *, artifact_location: str | None, resume: bool) -> SearchRun:
+    """The experiment named `name` (made if needed) and its search parent run: the existing one on
+    `resume`, else a new one (the caller logs what the search is made of)."""
+    exp = client.get_experiment_by_name(name)
+    exp_id = exp.experiment_id if exp else client.create_experiment(name, artifact_location=artifact_location)
+    if resume:
+        parents = client.search_runs([exp_id], filter_string=f"tags.{R.ROLE_TAG} = '{R.ROLE_SEARCH}'", max_results=1)
+        if parents:
+            client.update_run(parents[0].info.run_id, status="RUNNING")
+            return SearchRun(client.tracking_uri, exp_id, parents[0].info.run_id)
+    pid = client.create_run(exp_id, run_name="search", tags={R.ROLE_TAG: R.ROLE_SEARCH}).info.run_id
+    return SearchRun(client.tracking_uri, exp_id, pid)
+
+
 class MlflowTracker(Callback):
-    def __init__(self, client: MlflowClient, experiment_id: str, parent_run_id: str, space: ModelSpace,
-                 metric_name: str, cost_unit: str, total_trials: int, lora_alpha_over_rank: float = 2.0,
-                 lora_dropout: float = 0.0):
-        self.client = client
-        self.experiment_id = experiment_id
-        self.parent_run_id = parent_run_id
-        self.space = space
-        self.metric_name = metric_name
-        self.cost_unit = cost_unit
-        self.total_trials = total_trials
-        self.lora_alpha_over_rank, self.lora_dropout = lora_alpha_over_rank, lora_dropout
-        self.runs: dict[str, str] = {}  # trial id -> MLflow run id
-        self.rows: dict[str, dict] = {}  # trial id -> row for the table / frontier
+    def __init__(self, client: MlflowClient, run: SearchRun, context: TrialContext):
+        self.client, self.run, self.context = client, run, context
+        self._mirrors: dict[str, _Mirror] = {}  # trial id -> what was written to its run
         self.t0 = time.time()
         self._rehydrate()
 
     # ---- resume: Tune pickles its callbacks with the experiment and restores them on --resume ----
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["client"] = self.client.tracking_uri  # a client holds connections: keep its URI
+        state["client"] = None  # a client holds connections; rebuilt from the run's tracking URI
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self.client = MlflowClient(state["client"])
+        self.client = MlflowClient(self.run.tracking_uri)
         self._rehydrate()
 
     def _rehydrate(self) -> None:
         """Map trial ids to the runs already in the store, so a resumed search logs into them
-        (one MLflow run per trial, never a duplicate) and its table covers every trial."""
-        from analysis.mlflow_read import trial_row, trial_runs
+        (one MLflow run per trial, never a duplicate)."""
+        from analysis.mlflow_read import trial_runs
 
-        for run in trial_runs(self.client, self.client.get_run(self.parent_run_id)):
-            tid = run.data.tags.get("trial_id")
-            if tid is None or tid in self.runs:
+        for run in trial_runs(self.client, self.client.get_run(self.run.parent_run_id)):
+            tid = run.data.tags.get(R.TRIAL_ID_TAG)
+            if tid is None or tid in self._mirrors:
                 continue
-            self.runs[tid] = run.info.run_id
-            self.rows[tid] = trial_row(self.client, run)
+            m = _Mirror(run.info.run_id, dict(run.data.tags), dict(run.data.params),
+                        {k: (0, v) for k, v in run.data.metrics.items()}, run.info.status, run.info.start_time)
+            self._mirrors[tid] = m
+
+    def run_id(self, trial_id: str) -> str | None:
+        m = self._mirrors.get(trial_id)
+        return m.run_id if m else None
+
+    def records(self) -> list[TrialRecord]:
+        """Every trial this tracker knows, in the order they started."""
+        return [m.record() for m in self._mirrors.values()]
 
     # ---- Tune hooks ------------------------------------------------------------------------
     def on_trial_start(self, iteration, trials, trial, **info):
-        if trial.trial_id in self.runs:
+        if trial.trial_id in self._mirrors:
             return  # a retried trial keeps its run
-        cfg = trial.config
+        cfg, space = trial.config, self.context.space
         placement = Placement.from_json(cfg["placement"])
-        run = self.client.create_run(
-            self.experiment_id,
-            run_name=f"{trial.trial_id} {placement.key}"[:250],
-            tags={"mlflow.parentRunId": self.parent_run_id, "trial_id": trial.trial_id,
-                  "placement_key": _short(placement.key), "status": "running"},
-        )
-        rid = run.info.run_id
-        self.runs[trial.trial_id] = rid
+        tags = {R.PARENT_TAG: self.run.parent_run_id, R.TRIAL_ID_TAG: trial.trial_id,
+                R.PLACEMENT_KEY: _short(placement.key), R.STATUS_TAG: R.RUNNING}
+        run = self.client.create_run(self.run.experiment_id, run_name=f"{trial.trial_id} {placement.key}"[:250],
+                                     tags=tags)
+        m = _Mirror(run.info.run_id, tags, start_time=run.info.start_time)
+        self._mirrors[trial.trial_id] = m
         params = {
-            "placement_key": _short(placement.key),
+            R.PLACEMENT_KEY: _short(placement.key),
             "rank": max(placement.rank_values()),
             "lr": cfg["lr"],
             "n_sites": placement.n_sites,
-            "adapter_params": placement.adapter_params(self.space),
+            R.ADAPTER_PARAMS: placement.adapter_params(space),
             "budget_ratio": round(cfg.get("budget_ratio", float("nan")), 6),
             "repairs": _short(cfg.get("repairs") or "none"),
         }
         params.update({k: v for k, v in cfg.items() if k.startswith(("kind_", "layer_"))})
-        tags = [RunTag("baseline", str(cfg["baseline"]))] if cfg.get("baseline") else []
-        self.client.log_batch(rid, params=[Param(k, str(v)) for k, v in params.items()], tags=tags)
-        self.client.log_dict(rid, placement.to_dict(), "placement.json")
-        self.client.log_dict(rid, placement.lora_config_kwargs(
-            self.space, alpha_over_rank=self.lora_alpha_over_rank, dropout=self.lora_dropout), "lora_config.json")
-        self.rows[trial.trial_id] = {
-            "trial_id": trial.trial_id, "run_id": rid, "key": placement.key,
-            "rank": max(placement.rank_values()), "lr": cfg["lr"],
-            "adapter_params": placement.adapter_params(self.space),
-            "status": "running", "metric": None, "trainable_params": None, "gpu_hours": None,
-            "epochs": 0, "baseline": cfg.get("baseline"),
-        }
+        params = {k: str(v) for k, v in params.items()}
+        new_tags = {R.BASELINE_TAG: str(cfg["baseline"])} if cfg.get("baseline") else {}
+        self._write(m, params=params, tags=new_tags)
+        self.client.log_dict(m.run_id, placement.to_dict(), "placement.json")
+        self.client.log_dict(m.run_id, placement.lora_config_kwargs(
+            space, alpha_over_rank=self.context.lora_alpha_over_rank, dropout=self.context.lora_dropout),
+            "lora_config.json")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        rid = self.runs.get(trial.trial_id)
-        if rid is None:
+        m = self._mirrors.get(trial.trial_id)
+        if m is None:
             return
-        epoch = int(result.get("epoch", result.get("training_iteration", 0)))
+        epoch = int(result.get(R.EPOCH, result.get("training_iteration", 0)))
         now = int(time.time() * 1000)
-        metrics = [Metric(name, float(result[name]), now, epoch) for name in EPOCH_METRICS
+        names = R.EPOCH_METRICS + (R.EPOCH,)
+        metrics = [Metric(name, float(result[name]), now, epoch) for name in names
                    if isinstance(result.get(name), (int, float)) and math.isfinite(result[name])]
-        row, tags = self.rows[trial.trial_id], []
-        if row.get("trainable_params") is None and "trainable_params" in result:
-            metrics.append(Metric("trainable_params", float(result["trainable_params"]), now, 0))
-        if result.get("node_id") and row.get("node_id") != result["node_id"]:
-            row["node_id"] = result["node_id"]
-            tags.append(RunTag("node_id", result["node_id"]))
-        self.client.log_batch(rid, metrics=metrics, tags=tags)
-        row.update(epochs=epoch, trainable_params=result.get("trainable_params"),
-                   gpu_hours=result.get("gpu_hours"), last_score=result.get("epoch_score"))
+        if R.TRAINABLE_PARAMS not in m.metrics and R.TRAINABLE_PARAMS in result:
+            metrics.append(Metric(R.TRAINABLE_PARAMS, float(result[R.TRAINABLE_PARAMS]), now, 0))
+        tags = {}
+        if result.get(R.NODE_ID) and m.tags.get(R.NODE_ID) != result[R.NODE_ID]:
+            tags[R.NODE_ID] = result[R.NODE_ID]
+        self._write(m, metrics=metrics, tags=tags)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        rid = self.runs.get(trial.trial_id)
-        if rid is None:
+        m = self._mirrors.get(trial.trial_id)
+        if m is None:
             return
         result = trial.last_result or {}
-        row = self.rows[trial.trial_id]
+        if R.FAILURE in result:
+            self._close(m, R.FAILED, "FAILED", tags={R.ERROR_TAG: _short(result[R.FAILURE])})
+            return
         metrics = []
-        if "final_metric" in result:
-            row.update(status="completed", metric=result["final_metric"])
+        status = R.PRUNED
+        if R.SCORE in result:
+            status = R.COMPLETED
             now = int(time.time() * 1000)
-            metrics = [Metric("metric", float(result["final_metric"]), now, 0)]
-            metrics += [Metric(name, float(result[name]), now, 0) for name in ("trainable_params", "adapter_params")]
+            metrics = [Metric(name, float(result[name]), now, 0)
+                       for name in (R.SCORE, R.TRAINABLE_PARAMS, R.ADAPTER_PARAMS)]
             if trial.checkpoint is not None:
-                self.client.log_artifacts(rid, trial.checkpoint.path, "adapter")
-        else:
-            row.update(status="pruned")
-        self._close(trial, rid, row, "FINISHED", metrics)
+                self.client.log_artifacts(m.run_id, trial.checkpoint.path, "adapter")
+        self._close(m, status, "FINISHED", metrics=metrics)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        rid = self.runs.get(trial.trial_id)
-        if rid is None:
+        m = self._mirrors.get(trial.trial_id)
+        if m is None:
             return
-        row = self.rows[trial.trial_id]
-        reason = _error_reason(trial)
-        if NOT_RETRIED in reason:  # "...TrialFailed: not retried: <reason>" -> "<reason>"
-            reason = reason.split(NOT_RETRIED, 1)[1]
-        row.update(status="failed", error=reason)
-        self.client.set_tag(rid, "error", _short(reason))
-        self._close(trial, rid, row, "FAILED")
+        self._close(m, R.FAILED, "FAILED", tags={R.ERROR_TAG: _short(_error_reason(trial))})
 
     def on_trial_recover(self, iteration, trials, trial, **info):
-        """The trial errored and Ray runs it again (`search.max_failures`), in the same MLflow run.
-
-        A failure that a retry would repeat (`TrialFailed`: non-finite loss, out of memory) gets
-        no real retry (Ray retries any error): max_failures 0 makes the requeued attempt the last,
-        and the reason in its config makes it fail at once, before training (tune_entry.run_trial).
-        Any other failure (a worker that died) is retried from epoch 1: the run's metric history
-        then holds both attempts' epochs, and tag `retries` counts the retries.
-        """
+        """The trial errored and Ray runs it again (`search.max_failures`: a worker that died), from
+        epoch 1, in the same MLflow run: its metric history then holds both attempts' epochs, and
+        tag `retries` counts the retries."""
+        m = self._mirrors.get(trial.trial_id)
+        if m is None:
+            return
         reason = _error_reason(trial)
-        if NOT_RETRIED in reason:
-            trial.max_failures = 0
-            trial.set_config({**trial.config, NOT_RETRIED_KEY: reason.split(NOT_RETRIED, 1)[1]})
-            return
-        rid = self.runs.get(trial.trial_id)
-        if rid is None:
-            return
-        row = self.rows[trial.trial_id]
-        row["retries"] = row.get("retries", 0) + 1
-        self.client.set_tag(rid, "retries", str(row["retries"]))
-        self.client.set_tag(rid, "retry_reason", _short(reason))
-        print(f"retrying {trial.trial_id} {row['key']} (attempt {row['retries'] + 1}): {reason[:200]}", flush=True)
+        retries = int(m.tags.get(R.RETRIES_TAG, 0)) + 1
+        self._write(m, tags={R.RETRIES_TAG: str(retries), R.RETRY_REASON_TAG: _short(reason)})
+        print(f"retrying {trial.trial_id} {m.params.get(R.PLACEMENT_KEY, '')} (attempt {retries + 1}): "
+              f"{reason[:200]}", flush=True)
 
     # ---- helpers ---------------------------------------------------------------------------
-    def _close(self, trial, rid: str, row: dict, mlflow_status: str, metrics: list | None = None) -> None:
-        metrics = list(metrics or [])
-        if row.get("gpu_hours") is not None:
-            metrics.append(Metric("gpu_hours", float(row["gpu_hours"]), int(time.time() * 1000), 0))
-        self.client.log_batch(rid, metrics=metrics, tags=[RunTag("status", row["status"])])
-        self.client.set_terminated(rid, mlflow_status)
-        done = sum(r["status"] != "running" for r in self.rows.values())
-        metric = f"{row['metric']:.4f}" if row["metric"] is not None else f"({row.get('last_score') or 0:.4f} at epoch {row['epochs']})"
-        print(
-            f"[{done}/{self.total_trials}] {row['status']:<9} {self.metric_name} {metric}  "
-            f"params {row.get('trainable_params') or 0:,}  {row['key']}  "
-            f"({time.time() - self.t0:.0f}s elapsed)",
-            flush=True,
-        )
+    def _write(self, m: _Mirror, *, metrics: list | None = None, params: dict | None = None,
+               tags: dict | None = None) -> None:
+        """One store call for everything a hook logs, mirrored."""
+        metrics, params, tags = list(metrics or []), dict(params or {}), dict(tags or {})
+        if metrics or params or tags:
+            self.client.log_batch(m.run_id, metrics=metrics, params=[Param(k, v) for k, v in params.items()],
+                                  tags=[RunTag(k, v) for k, v in tags.items()])
+        m.log(metrics)
+        m.params.update(params)
+        m.tags.update(tags)
 
-    def table_rows(self) -> list[dict]:
-        return list(self.rows.values())
+    def _close(self, m: _Mirror, status: str, mlflow_status: str, *, metrics: list | None = None,
+               tags: dict | None = None) -> None:
+        self._write(m, metrics=metrics, tags={**(tags or {}), R.STATUS_TAG: status})
+        self.client.set_terminated(m.run_id, mlflow_status)
+        m.mlflow_status = mlflow_status
+        self._print_done(m.record())
+
+    def _print_done(self, r: TrialRecord) -> None:
+        done = sum(m.mlflow_status != "RUNNING" for m in self._mirrors.values())
+        score = f"{r.score:.4f}" if r.score is not None else f"({r.last_score or 0:.4f} at epoch {r.epochs})"
+        print(f"[{done}/{self.context.total_trials}] {r.status:<9} {self.context.metric_name} {score}  "
+              f"params {r.trainable_params or 0:,}  {r.key}  ({time.time() - self.t0:.0f}s elapsed)", flush=True)
 
 
 def _error_reason(trial) -> str:
     """The last line of the trial's error (Ray keeps the traceback in a file)."""
     path = getattr(trial, "error_file", None)
     try:
-        text = open(path).read().strip() if path else ""
+        text = Path(path).read_text().strip() if path else ""
     except OSError:
         text = ""
-    lines = [l for l in text.splitlines() if l.strip()]
+    lines = [line for line in text.splitlines() if line.strip()]
     return lines[-1] if lines else "trial errored (no message)"
-
-
-def write_json(path, data) -> None:
-    with open(path, "w") as f:
-        json.dump(data, f, indent=2, default=str)

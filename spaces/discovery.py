@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from torch import nn
 
+from spaces.errors import DiscoveryError
 from spaces.space import ModelSpace
+
+__all__ = ["DiscoveryError", "discover", "find_block_stack"]
 
 # Display aliases for module names relative to a block, by architecture family. Anything not
 # listed falls back to its last name component, made unique with its parent's name if needed.
@@ -67,7 +70,7 @@ def find_block_stack(model: nn.Module) -> tuple[str, nn.ModuleList]:
         if best is None or rank > best[0]:
             best = (rank, name, module)
     if best is None:
-        raise ValueError(
+        raise DiscoveryError(
             f"no stack of repeated blocks found in {type(model).__name__}: looked for an "
             "nn.ModuleList of same-class blocks containing nn.Linear or transformers Conv1D "
             "modules (like bert.encoder.layer, transformer.h or model.layers): point model.name at a "

@@ -1,9 +1,10 @@
 """Placement priors: cheap scores from one hooked forward pass, no training.
 
 Where it sits: *score* -> sample -> train -> track -> frontier. `compute_priors` runs once per
-model and calibration set (a Ray task on a GPU worker when there is one) and hands back a plain
-JSON dict; the sampler, the baselines (`method_choices`) and the plots read that dict and never
-need torch. The mathematics is the "Placement priors" section of METHODS.md:
+model and calibration set (a Ray task on a GPU worker when there is one) and hands back a
+`spaces.scores.PriorScores`; the baselines (`spaces.baselines`), the sampler and the plots read
+that value and never need torch. The mathematics is the "Placement priors" section of
+docs/methods.md:
 
 - PLoP NFN per site: sqrt(d_in) * mean_t(||W x_t|| / ||x_t||) / ||W||_F (low = adapt first).
 - CKA per layer between block input and output, one pooled vector per example; importance = 1 - CKA.
@@ -24,8 +25,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from spaces.budget import Budget, fill_units, make_budget
-from spaces.placement import Placement
+from spaces.errors import PriorsError
+from spaces.scores import ActScores, CkaScores, PriorScores, SiteScores
 from spaces.space import ModelSpace
 
 POOLINGS = ("mean", "cls", "last")
@@ -172,8 +173,8 @@ def compute_priors(
     pooling: str = "mean",
     gradients: bool = False,
     labels: Iterable[torch.Tensor] | None = None,
-) -> dict:
-    """All placement priors from one hooked forward pass over `batches`; a plain JSON dict.
+) -> PriorScores:
+    """All placement priors from one hooked forward pass over `batches`.
 
     batches: dicts with `input_ids` and `attention_mask` (0 = padding), passed to the model as
     keyword arguments (minus `labels`). pooling: "mean" over non-pad tokens, "cls" (first token) or
@@ -181,22 +182,18 @@ def compute_priors(
     ||grad_W L||_F / ||W||_F, where L is the example-weighted mean of the model's per-batch loss;
     labels come from each batch's `labels` or from `labels`, one tensor per batch.
 
-    Returned layout (per_site grids are kinds x layers, None where a layer lacks that kind):
-      n_examples, n_tokens, pooling, kinds (aliases), n_layers,
-      nfn:  {per_site, per_kind}            per_kind = mean over layers; low = adapt first
-      cka:  {per_layer, importance, degenerate, neutral_importance}
-            per_layer is None where degenerate; importance = 1 - CKA, and for degenerate layers
-            the median importance of the other layers (0.0 if none), so they rank mid-pack
-      act:  {per_site, per_site_normalized, per_layer}
-            per_site_normalized = per_site / that kind's mean over layers (removes the depth
-            trend of pre-LN residual norms and the scale gap between kinds); per_layer = mean
-            of a layer's normalised sites; high = adapt first
-      grad: {per_site, per_kind} or None
+    The result (`PriorScores`; per_site grids are kinds x layers, None where a layer lacks that
+    kind): nfn per site and per kind (mean over layers; low = adapt first); cka per layer (None
+    where degenerate), importance = 1 - CKA (for degenerate layers the median importance of the
+    others, 0.0 if none, so they rank mid-pack); act per site, per site normalised by that kind's
+    mean over layers (removes the depth trend of pre-LN residual norms and the scale gap between
+    kinds) and per layer (the mean of a layer's normalised sites; high = adapt first); grad per
+    site and per kind, or None.
     The model runs in eval mode; every module's previous mode, and every parameter's
     requires_grad, are restored and all hooks removed, also on error.
     """
     if pooling not in POOLINGS:
-        raise ValueError(f"pooling {pooling!r} is not one of {POOLINGS}")
+        raise PriorsError(f"priors.pooling {pooling!r} is not one of {', '.join(POOLINGS)}")
     sites = space.sites()
     modules = {s: model.get_submodule(space.module_name(*s)) for s in sites}
     blocks = model.get_submodule(space.block_prefix)
@@ -231,7 +228,8 @@ def compute_priors(
             mask = torch.ones_like(inputs["input_ids"], dtype=torch.bool) if mask is None else mask.bool()
             empty = int((mask.sum(1) == 0).sum())
             if empty:
-                raise ValueError(f"{empty} calibration example(s) have no non-pad token; drop them")
+                raise PriorsError(f"{empty} calibration example(s) have no non-pad token: drop empty examples "
+                                  "from the data")
             rec.set_batch(mask)
             n_b = mask.shape[0]
             n_examples += n_b
@@ -241,12 +239,12 @@ def compute_priors(
                     model(**inputs)
                 continue
             if "labels" not in batch:
-                raise ValueError("gradients=True needs labels: put `labels` in each batch or pass labels=")
+                raise PriorsError("gradients=True needs labels: put `labels` in each batch or pass labels=")
             with torch.enable_grad():
                 loss = model(**inputs, labels=batch["labels"].to(device)).loss
                 if loss is None:
-                    raise ValueError(f"{type(model).__name__} returned no loss for labels; gradients=True "
-                                     "needs a model with a task head (e.g. *ForSequenceClassification)")
+                    raise PriorsError(f"{type(model).__name__} returned no loss for labels; gradients=True "
+                                      "needs a model with a task head (e.g. *ForSequenceClassification)")
                 grads = torch.autograd.grad(loss * n_b, weights, allow_unused=True)
             grads = [torch.zeros((), device=device) if g is None else g.detach().float() for g in grads]
             grad_sums = grads if grad_sums is None else [a + g for a, g in zip(grad_sums, grads)]
@@ -258,7 +256,8 @@ def compute_priors(
         for p, flag in requires:
             p.requires_grad_(flag)
     if n_examples == 0:
-        raise ValueError("no calibration batches: compute_priors needs at least one example")
+        raise PriorsError("no calibration batches: compute_priors needs at least one example; raise "
+                          "priors.calibration_examples or give the task more training examples")
     return _summarise(space, rec, w_norms, grad_sums, n_examples, n_tokens, pooling)
 
 
@@ -267,7 +266,7 @@ def _with_labels(batches, labels):
         yield {**batch, "labels": y}
 
 
-def _summarise(space, rec, w_norms, grad_sums, n_examples, n_tokens, pooling) -> dict:
+def _summarise(space, rec, w_norms, grad_sums, n_examples, n_tokens, pooling) -> PriorScores:
     index = {s: i for i, s in enumerate(space.sites())}
 
     def nfn(k, l):
@@ -304,78 +303,21 @@ def _summarise(space, rec, w_norms, grad_sums, n_examples, n_tokens, pooling) ->
                 return None
             return float(torch.linalg.vector_norm(grad_sums[i]) / n_examples) / w_norms[i]
         grad_grid = _grid(space, g)
-        grad = {"per_site": grad_grid, "per_kind": _per_kind(space, grad_grid)}
+        grad = SiteScores(_frozen(grad_grid), _per_kind(space, grad_grid))
 
-    return {
-        "n_examples": n_examples,
-        "n_tokens": n_tokens,
-        "pooling": pooling,
-        "kinds": list(space.aliases),
-        "n_layers": space.n_layers,
-        "nfn": {"per_site": nfn_grid, "per_kind": _per_kind(space, nfn_grid)},
-        "cka": {
-            "per_layer": cka,
-            "importance": [neutral if c is None else 1.0 - c for c in cka],
-            "degenerate": [c is None for c in cka],
-            "neutral_importance": neutral,
-        },
-        "act": {"per_site": act_grid, "per_site_normalized": act_norm, "per_layer": act_layer},
-        "grad": grad,
-    }
+    return PriorScores(
+        kinds=tuple(space.aliases),
+        n_layers=space.n_layers,
+        nfn=SiteScores(_frozen(nfn_grid), _per_kind(space, nfn_grid)),
+        cka=CkaScores(tuple(cka), tuple(neutral if c is None else 1.0 - c for c in cka),
+                      tuple(c is None for c in cka), neutral),
+        act=ActScores(_frozen(act_grid), _frozen(act_norm), tuple(act_layer)),
+        n_examples=n_examples,
+        n_tokens=n_tokens,
+        pooling=pooling,
+        grad=grad,
+    )
 
 
-# ---- what each prior alone would pick --------------------------------------------------------
-def _fill(space: ModelSpace, budget: Budget, units: list[list[tuple[int, int]]], r_ref: int) -> Placement:
-    """Add units (lists of sites) in order at r_ref while the placement fits; never empty.
-
-    If not even the first unit fits at r_ref: that unit at the highest rank that fits; then its
-    cheapest site at the highest rank that fits; then the model's cheapest site at rank 1 (which
-    `make_budget` has checked fits).
-    """
-    filled = fill_units(space, budget, units, r_ref)
-    if filled is not None:
-        return filled
-    best = next(u for u in units if u)
-    cheapest = min(best, key=lambda s: (space.site_width(*s), s))
-    for sites in (best, [cheapest]):
-        for r in range(r_ref - 1 if sites is best else r_ref, 0, -1):
-            p = Placement.from_sites(space, sites, r)
-            if budget.fits(p, space):
-                return p
-    return Placement.from_sites(space, [min(space.sites(), key=lambda s: (space.site_width(*s), s))], 1)
-
-
-def _order(scores: list[float | None], descending: bool) -> list[int]:
-    """Indices best first; None last; ties by index."""
-    sign = -1.0 if descending else 1.0
-    return sorted(range(len(scores)), key=lambda i: (scores[i] is None, sign * (scores[i] or 0.0), i))
-
-
-def method_choices(
-    scores: dict, space: ModelSpace, budget_fraction: float, r_ref: int
-) -> dict[str, Placement]:
-    """What each prior alone would adapt at `budget_fraction` of the full placement at r_ref.
-
-    plop: kinds in ascending layer-averaged NFN, each at all its layers, added while within budget.
-    cka: layers in descending importance (1 - CKA), each with all its kinds.
-    activation: layers in descending normalised activation score, each with all its kinds.
-    Every placement is non-empty and within budget (see `_fill` for the fallbacks).
-    """
-    if list(scores["kinds"]) != list(space.aliases) or scores["n_layers"] != space.n_layers:
-        raise ValueError(
-            f"scores are for kinds {scores['kinds']} x {scores['n_layers']} layers, the space has "
-            f"{list(space.aliases)} x {space.n_layers}: recompute priors for this model"
-        )
-    budget = make_budget(space, budget_fraction, r_ref, min_rank=1)
-    n_kinds, n_layers = len(space.kinds), space.n_layers
-    by_kind = [[(k, l) for l in range(n_layers) if space.has_site(k, l)] for k in range(n_kinds)]
-    by_layer = [[(k, l) for k in range(n_kinds) if space.has_site(k, l)] for l in range(n_layers)]
-    nfn = [scores["nfn"]["per_kind"][a] for a in space.aliases]
-    kinds_low_nfn = _order(nfn, descending=False)
-    layers_by_cka = _order(scores["cka"]["importance"], descending=True)
-    layers_by_act = _order(scores["act"]["per_layer"], descending=True)
-    return {
-        "plop": _fill(space, budget, [by_kind[k] for k in kinds_low_nfn], r_ref),
-        "cka": _fill(space, budget, [by_layer[l] for l in layers_by_cka], r_ref),
-        "activation": _fill(space, budget, [by_layer[l] for l in layers_by_act], r_ref),
-    }
+def _frozen(grid) -> tuple:
+    return tuple(tuple(row) for row in grid)

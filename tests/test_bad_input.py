@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from search.checks import check_tracking_uri
-from search.cli import UsageError
+from search.errors import UsageError
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -11,9 +11,11 @@ import optuna
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from search.baselines import make_baselines, priorities
+from spaces.baselines import make_baselines, priorities
+from spaces.scores import PriorScores
 from search.prior_sampler import PlacementPrior
-from search.searcher import make_sampler, propose
+from search.proposal import propose
+from search.samplers import SamplerInputs, make_sampler
 from spaces import BudgetError, ModelSpace, Placement, make_budget
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -44,12 +46,10 @@ def problems(draw):
     scores = None
     if draw(st.booleans()):
         maybe = st.one_of(st.none(), st.floats(0.0, 3.0))
-        scores = {
-            "kinds": list(space.aliases), "n_layers": n_layers,
-            "nfn": {"per_kind": {a: draw(maybe) for a in space.aliases}},
-            "cka": {"importance": draw(st.lists(st.floats(0.0, 1.0), min_size=n_layers, max_size=n_layers))},
-            "act": {"per_layer": draw(st.lists(maybe, min_size=n_layers, max_size=n_layers))},
-        }
+        scores = PriorScores.from_summaries(
+            space.aliases, [draw(maybe) for _ in space.aliases],
+            draw(st.lists(st.floats(0.0, 1.0), min_size=n_layers, max_size=n_layers)),
+            draw(st.lists(maybe, min_size=n_layers, max_size=n_layers)))
     return space, budget, ranks, scores
 
 
@@ -71,9 +71,9 @@ def test_proposals_are_repaired_deterministically_into_the_budget(problem, data)
         kinds_on = data.draw(st.lists(st.booleans(), min_size=len(space.kinds), max_size=len(space.kinds)))
         layers_on = data.draw(st.lists(st.booleans(), min_size=space.n_layers, max_size=space.n_layers))
         rank = data.draw(st.sampled_from(ranks))
-        for kp, lp in ((None, None), (prio.kind, prio.layer)):
-            first = propose(space, budget, ranks, kinds_on, layers_on, rank, kp, lp)
-            again = propose(space, budget, ranks, list(kinds_on), list(layers_on), rank, kp, lp)
+        for p in (None, prio):
+            first = propose(space, budget, ranks, kinds_on, layers_on, rank, p)
+            again = propose(space, budget, ranks, list(kinds_on), list(layers_on), rank, p)
             assert first == again  # same placement and the same repair log
             assert _trainable(first[0], space, budget), first
             assert max(first[0].rank_values()) in ranks
@@ -90,13 +90,13 @@ def test_baselines_and_prior_draws_fit_the_budget(problem, seed):
         assert _trainable(b.placement, space, budget), b
         assert max(b.placement.rank_values()) in ranks
     prio = priorities(scores, space)
-    prior = PlacementPrior(space, budget, ranks, 1e-4, 1e-2, prio)
+    prior = PlacementPrior(space, budget, ranks, (1e-4, 1e-2), prio)
     rng = np.random.RandomState(seed)
     for _ in range(5):
         d = prior.draw(rng)
         kinds_on = [d[f"kind_{a}"] for a in space.aliases]
         layers_on = [d[f"layer_{l}"] for l in range(space.n_layers)]
-        p, _ = propose(space, budget, ranks, kinds_on, layers_on, d["rank"], prio.kind, prio.layer)
+        p, _ = propose(space, budget, ranks, kinds_on, layers_on, d["rank"], prio)
         assert _trainable(p, space, budget)
 
 
@@ -105,7 +105,7 @@ def test_baselines_and_prior_draws_fit_the_budget(problem, seed):
 @given(problems(), st.integers(0, 2**16))
 def test_the_first_trials_of_a_prior_search_fit_the_budget(problem, seed):
     space, budget, ranks, scores = problem
-    setup = make_sampler("prior", space, budget, ranks, 1e-4, 1e-2, 12, seed, scores)
+    setup = make_sampler("prior", SamplerInputs(space, budget, tuple(ranks), (1e-4, 1e-2), 12, seed, scores))
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=setup.sampler)
     for params, attrs in setup.enqueue:
         study.enqueue_trial(params, user_attrs=attrs)

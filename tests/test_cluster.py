@@ -115,7 +115,7 @@ def test_resume_after_the_driver_is_killed(tmp_path):
     assert not [t for t in told if t.state == optuna.trial.TrialState.RUNNING]
     complete = [t for t in told if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(complete) == 4
-    assert sorted(t.values[0] for t in complete) == pytest.approx(sorted(r.data.metrics["metric"] for r in trials))
+    assert sorted(t.values[0] for t in complete) == pytest.approx(sorted(r.data.metrics["score"] for r in trials))
     # Asking to resume what does not exist is a clear error.
     bad = subprocess.run(_cli("--resume", "--output-dir", str(tmp_path / "nothing")), capture_output=True,
                          text=True, timeout=120, cwd=ROOT)

@@ -57,6 +57,7 @@ def test_cluster_manifests_parse_and_run_the_search():
 
 
 def test_string_settings_take_the_text_as_given():
-    cfg = load_config(["smoke"], ["train.fault=nan", "train.fault_marker=/tmp/no-such-marker-file",
+    cfg = load_config(["smoke"], ["train.precision=no", "data.source=/tmp/no-such-file.csv",
                                   "model.name=1234", "train.epochs=2"])
-    assert cfg.train.fault == "nan" and cfg.model.name == "1234" and cfg.train.epochs == 2
+    assert cfg.train.precision == "no" and cfg.model.name == "1234" and cfg.train.epochs == 2
+    assert cfg.data.source == "/tmp/no-such-file.csv"

@@ -74,7 +74,7 @@ def test_refuses_what_cannot_be_deployed(fake_store, which, message, capsys, tmp
 
 
 def test_registry_check():
-    from search.deploy import registry_supported
+    from search.export import registry_supported
 
     assert registry_supported("sqlite:///outputs/mlflow.db")
     assert registry_supported("http://127.0.0.1:5000")
@@ -122,7 +122,8 @@ def test_deployed_adapter_reproduces_the_trial_metric(smoke, tmp_path):
     from peft import PeftModel
 
     from analysis.mlflow_read import read_json_artifact, read_search
-    from search.deploy import load_deployed, main
+    from search.deploy import main
+    from search.export import load_deployed
     from trainables.config import Config
     from trainables.data import load_task
     from trainables.model import load_model, load_tokenizer, vocab_size
@@ -131,20 +132,20 @@ def test_deployed_adapter_reproduces_the_trial_metric(smoke, tmp_path):
     uri, _, _ = smoke
     client = MlflowClient(uri)
     search = read_search(client, experiment="deploy-test")
-    front = [r for r in search["rows"] if r["pareto"]]  # what a user picks from: tags.pareto = "true"
+    front = [r for r in search["rows"] if r.pareto]  # what a user picks from: tags.pareto = "true"
     assert front, search["rows"]
-    best = max(front, key=lambda r: r["metric"])
-    assert best["metric"] > 0.6, f"the smoke search learnt nothing, so this test would prove little: {best}"
-    run = client.get_run(best["run_id"])
+    best = max(front, key=lambda r: r.score)
+    assert best.score > 0.6, f"the smoke search learnt nothing, so this test would prove little: {best}"
+    run = client.get_run(best.run_id)
     out = tmp_path / "deployed"
-    assert main(["--run-id", best["run_id"], "--tracking-uri", uri, "--output", str(out)]) == 0
+    assert main(["--run-id", best.run_id, "--tracking-uri", uri, "--output", str(out)]) == 0
 
     info = json.loads((out / "deploy.json").read_text())
     assert {"adapter_config.json", "adapter_model.safetensors", "placement.json", "lora_config.json",
             "README.txt"} <= {p.name for p in out.iterdir()}
-    assert info["placement_key"] == best["key"] and info["metric"] == best["metric"]
+    assert info["placement_key"] == best.key and info["score"] == best.score
     assert info["base_model"] == "tiny-bert" and info["num_labels"] == 2
-    logged = Path(client.download_artifacts(best["run_id"], "adapter", str(tmp_path / "logged")))
+    logged = Path(client.download_artifacts(best.run_id, "adapter", str(tmp_path / "logged")))
     for name in ("adapter_config.json", "adapter_model.safetensors"):  # this run's adapter, byte for byte
         assert (out / name).read_bytes() == (logged / name).read_bytes(), name
 
@@ -160,7 +161,7 @@ def test_deployed_adapter_reproduces_the_trial_metric(smoke, tmp_path):
     model = PeftModel.from_pretrained(base, str(out)).eval()
     scores = classification_metrics(_predict(model, val, cfg.train.eval_batch_size), val.labels, task.num_labels)
     metric_name = search["parent"]["metric_name"]
-    assert scores[metric_name] == run.data.metrics["metric"]
+    assert scores[metric_name] == run.data.metrics["score"]
     assert scores["accuracy"] == run.data.metrics["accuracy"]
     assert scores["balanced_accuracy"] == run.data.metrics["balanced_accuracy"]
     # The adapter and the trained head really were applied (not the fresh base model's guess).
@@ -171,10 +172,10 @@ def test_deployed_adapter_reproduces_the_trial_metric(smoke, tmp_path):
     assert _predict(again, val, cfg.train.eval_batch_size) == _predict(model, val, cfg.train.eval_batch_size)
 
     # Marked in MLflow: tags, and a registry version behind the alias "deploy".
-    tags = client.get_run(best["run_id"]).data.tags
+    tags = client.get_run(best.run_id).data.tags
     assert tags["deployed"] == "true" and tags["deployed_at"] == info["exported_at"]
     version = client.get_model_version_by_alias("deploy-test", "deploy")
-    assert version.run_id == best["run_id"] and version.source == f"runs:/{best['run_id']}/adapter"
+    assert version.run_id == best.run_id and version.source == f"runs:/{best.run_id}/adapter"
     assert info["registered_model"]["version"] == int(version.version)
 
 

@@ -4,7 +4,8 @@ A trial whose loss becomes non-finite or that runs out of memory is recorded as 
 FAILED with the reason, status failed in the table) and not retried; the search goes on. A trial
 whose worker process dies is retried (search.max_failures) in the same MLflow run, which ends
 FINISHED. The fast tests drive the fault hooks and the tracker's hooks directly; the slow ones run
-a 3-trial smoke search through the CLI with `train.fault` injecting one fault into one trial.
+a 3-trial smoke search through the CLI with the test-only `LORA_SEARCH_TEST_FAULT` injecting one
+fault into one trial (`trainables.faults`).
 """
 
 import csv
@@ -16,33 +17,33 @@ from types import SimpleNamespace
 
 import pytest
 
-from trainables.config import ConfigError, load_config
+from trainables import faults
+from trainables.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_TOKEN = "hf_FAKEtokenDoNotLog0123456789abcdefXYZ"
 
 
-def _fault(tmp_path, fault: str, *more: str):
-    return load_config(["smoke"], [f'train.fault="{fault}"', f'train.fault_marker="{tmp_path / "marker"}"', *more])
-
-
-# ---- fast: the hooks -------------------------------------------------------------------------------
-def test_fault_config_is_validated(tmp_path):
-    with pytest.raises(ConfigError, match="train.fault 'segv' is not one of '', 'nan', 'oom', 'kill'"):
-        load_config(["smoke"], ['train.fault="segv"'])
-    with pytest.raises(ConfigError, match="train.fault 'oom' needs train.fault_marker"):
-        load_config(["smoke"], ['train.fault="oom"'])
-    assert load_config(["smoke"]).train.fault == ""  # off unless asked for
+def test_fault_variable_is_validated_and_off_by_default(monkeypatch):
+    with pytest.raises(faults.FaultError, match="expected <fault>:<marker path> with fault one of nan, oom, kill"):
+        faults.parse("segv:/tmp/m")
+    with pytest.raises(faults.FaultError, match="expected <fault>:<marker path>"):
+        faults.parse("oom")
+    monkeypatch.delenv(faults.ENV, raising=False)
+    assert faults.from_environment() is None  # off unless asked for
+    monkeypatch.setenv(faults.ENV, "kill:/tmp/m")
+    assert (faults.from_environment().fault, faults.from_environment().marker) == ("kill", "/tmp/m")
 
 
 def test_exactly_one_claim_per_marker(tmp_path):
-    from trainables.train import claim_fault
-
-    cfg = _fault(tmp_path, "nan")
-    assert not claim_fault(cfg, "oom")  # another fault kind never fires
+    hooks = [faults.FaultHooks("nan", str(tmp_path / "marker")) for _ in range(3)]  # three trials
     assert not (tmp_path / "marker").exists()
-    assert [claim_fault(cfg, "nan") for _ in range(3)] == [True, False, False]
+    assert [h.claimed() for h in hooks] == [True, False, False]
+    assert [h.claimed() for h in hooks] == [True, False, False]  # decided once per trial
     assert "nan injected in pid" in (tmp_path / "marker").read_text()
+    kill = faults.FaultHooks("kill", str(tmp_path / "other"))
+    loss = __import__("torch").tensor(1.5)
+    assert kill.on_loss(0, loss) is loss and not (tmp_path / "other").exists()  # another fault kind never fires
 
 
 @pytest.mark.parametrize("fault, error, reason", [
@@ -54,17 +55,18 @@ def test_fault_fires_at_the_first_step_and_is_not_retryable(tmp_path, fault, err
     from spaces.discovery import discover
     from trainables.data import load_task
     from trainables.model import load_model, vocab_size
-    from trainables.train import tokenize, train_placement
+    from trainables.train import TokenizedTask, TrialPlan, tokenize, train_placement
     from trainables.tune_entry import failure_reason
 
-    cfg = _fault(tmp_path, fault)
+    cfg = load_config(["smoke"])
     task = load_task(cfg.data, vocab_size(cfg.model))
     model = load_model(cfg.model, task.num_labels)
     space = discover(model)
+    data = TokenizedTask(tokenize(task.train, None, 16), tokenize(task.val, None, 16), task.num_labels, "accuracy")
     reports = []
     with pytest.raises(Exception) as e:
-        train_placement(cfg, Placement.full(space, 2), space, 1e-3, model, tokenize(task.train, None, 16),
-                        tokenize(task.val, None, 16), task.num_labels, "accuracy", reports.append)
+        train_placement(cfg, TrialPlan(Placement.full(space, 2), space, 1e-3), model, data, reports.append,
+                        hooks=faults.FaultHooks(fault, str(tmp_path / "marker")))
     assert type(e.value).__name__ == error and reports == []
     assert reason in failure_reason(e.value)
     assert failure_reason(RuntimeError("connection reset by peer")) is None  # other errors: retried
@@ -73,7 +75,7 @@ def test_fault_fires_at_the_first_step_and_is_not_retryable(tmp_path, fault, err
 def _tracker(tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from search.tracking import MlflowTracker
+    from search.tracking import MlflowTracker, SearchRun, TrialContext
     from spaces import Placement
     from spaces.space import ModelSpace
 
@@ -82,44 +84,49 @@ def _tracker(tmp_path):
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.create_experiment("hooks", artifact_location=str(tmp_path / "artifacts"))
     parent = client.create_run(exp, tags={"role": "search"}).info.run_id
-    tracker = MlflowTracker(client, exp, parent, space, "accuracy", "CPU-core-hours", 2)
+    tracker = MlflowTracker(client, SearchRun(client.tracking_uri, exp, parent),
+                            TrialContext(space, "accuracy", "CPU-core-hours", 2))
     config = {"placement": Placement.full(space, 2).to_json(), "lr": 1e-3, "budget_ratio": 0.5, "repairs": ""}
     return client, tracker, config
 
 
-class FakeTrial(SimpleNamespace):
-    def set_config(self, config):
-        self.config = config
-
-
 def test_tracker_retries_a_died_worker_in_its_run_and_fails_a_non_retryable_error(tmp_path):
     client, tracker, config = _tracker(tmp_path)
-    died, nan = tmp_path / "died.txt", tmp_path / "nan.txt"
+    died, broken = tmp_path / "died.txt", tmp_path / "broken.txt"
     died.write_text("Failure # 1\nray.exceptions.ActorDiedError: The actor died unexpectedly.\n")
-    nan.write_text("Failure # 1\n...\ntrainables.tune_entry.TrialFailed: not retried: non-finite training loss\n")
-    a = FakeTrial(trial_id="a", config=dict(config), error_file=str(died), max_failures=1, last_result={},
-                  checkpoint=None)
-    b = FakeTrial(trial_id="b", config=dict(config), error_file=str(nan), max_failures=3)
-    for t in (a, b):
-        tracker.on_trial_start(0, [a, b], t)
+    broken.write_text("Failure # 2\n...\nValueError: the data loader broke\n")
+    a = SimpleNamespace(trial_id="a", config=dict(config), error_file=str(died), last_result={}, checkpoint=None)
+    b = SimpleNamespace(trial_id="b", config=dict(config), error_file=None, last_result={}, checkpoint=None)
+    c = SimpleNamespace(trial_id="c", config=dict(config), error_file=str(broken), last_result={}, checkpoint=None)
+    for t in (a, b, c):
+        tracker.on_trial_start(0, [a, b, c], t)
 
-    tracker.on_trial_recover(0, [a, b], a)  # a worker died: retried in the same run
-    tracker.on_trial_start(0, [a, b], a)
-    assert a.max_failures == 1 and "not_retried" not in a.config
-    a.last_result = {"final_metric": 0.75, "trainable_params": 40, "adapter_params": 32}
-    tracker.on_trial_complete(0, [a, b], a)
+    tracker.on_trial_recover(0, [a, b, c], a)  # a worker died: retried in the same run
+    tracker.on_trial_start(0, [a, b, c], a)
+    a.last_result = {"score": 0.75, "trainable_params": 40, "adapter_params": 32}
+    tracker.on_trial_complete(0, [a, b, c], a)
 
-    tracker.on_trial_recover(0, [a, b], b)  # a repeatable failure: the requeued attempt is the last
-    assert b.max_failures == 0 and b.config["not_retried"] == "non-finite training loss"
-    tracker.on_trial_error(0, [a, b], b)
+    # A repeatable failure reports its reason and ends: Tune completes it, nothing to retry.
+    b.last_result = {"epoch_score": float("nan"), "failure": "non-finite training loss"}
+    tracker.on_trial_result(0, [a, b, c], b, b.last_result)
+    tracker.on_trial_complete(0, [a, b, c], b)
+    tracker.on_trial_error(0, [a, b, c], c)  # retries used up: the error's last line is the reason
 
-    runs = {r.data.tags["trial_id"]: r for r in client.search_runs([tracker.experiment_id]) if "trial_id" in r.data.tags}
-    assert set(runs) == {"a", "b"}  # one run per trial, the retry included
+    runs = {r.data.tags["trial_id"]: r for r in client.search_runs([tracker.run.experiment_id])
+            if "trial_id" in r.data.tags}
+    assert set(runs) == {"a", "b", "c"}  # one run per trial, the retry included
     assert runs["a"].info.status == "FINISHED" and runs["a"].data.tags["status"] == "completed"
     assert runs["a"].data.tags["retries"] == "1" and "ActorDiedError" in runs["a"].data.tags["retry_reason"]
     assert runs["b"].info.status == "FAILED" and runs["b"].data.tags["status"] == "failed"
     assert runs["b"].data.tags["error"] == "non-finite training loss" and "retries" not in runs["b"].data.tags
-    assert {r["trial_id"]: r["status"] for r in tracker.table_rows()} == {"a": "completed", "b": "failed"}
+    assert runs["c"].info.status == "FAILED" and runs["c"].data.tags["error"] == "ValueError: the data loader broke"
+    assert {r.trial_id: r.status for r in tracker.records()} == {"a": "completed", "b": "failed", "c": "failed"}
+    # The tracker's records are what the store gives back (one builder).
+    from analysis.mlflow_read import read_search
+
+    assert sorted(read_search(client, experiment="hooks")["rows"], key=lambda r: r.trial_id) == \
+        sorted((r.replace(start_time=runs[r.trial_id].info.start_time) for r in tracker.records()),
+               key=lambda r: r.trial_id)
 
 
 # ---- slow: a smoke search through the CLI, one injected fault -----------------------------------
@@ -131,10 +138,9 @@ def _search(tmp_path, fault: str, env: dict | None = None):
     marker = tmp_path / "fault.marker"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "search" / "run.py"), "--config", "smoke", "--trials", "3", "--seed", "1",
-         "--output-dir", str(out), "--experiment", "faults", "--set", "train.epochs=2",
-         "--set", f'train.fault="{fault}"', "--set", f'train.fault_marker="{marker}"'],
+         "--output-dir", str(out), "--experiment", "faults", "--set", "train.epochs=2"],
         capture_output=True, text=True, timeout=400, cwd=tmp_path,  # cwd: MLflow's artifacts land here
-        env={**os.environ, "RAY_AUTH_MODE": "disabled", **(env or {})},
+        env={**os.environ, "RAY_AUTH_MODE": "disabled", faults.ENV: f"{fault}:{marker}", **(env or {})},
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert marker.exists()  # the fault fired, in exactly one trial (the marker is claimed once)

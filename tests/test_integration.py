@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-EPOCH_METRICS = {"accuracy", "balanced_accuracy", "epoch_score", "train_loss", "wall_s", "gpu_hours"}
+EPOCH_METRICS = {"accuracy", "balanced_accuracy", "epoch_score", "train_loss", "wall_s", "compute_hours"}
 
 
 @pytest.mark.slow
@@ -57,7 +57,7 @@ def test_smoke_search_logs_one_run_per_trial(tmp_path):
         placement = json.loads(open(client.download_artifacts(run.info.run_id, "placement.json", str(tmp_path))).read())
         assert placement["key"] == run.data.params["placement_key"]
         if status == "completed":
-            assert {"metric", "trainable_params", "adapter_params"} <= set(run.data.metrics)
+            assert {"score", "trainable_params", "adapter_params"} <= set(run.data.metrics)
             assert len(history) == 3  # the smoke schedule: 3 epochs
             adapter = {a.path for a in client.list_artifacts(run.info.run_id, "adapter")}
             assert "adapter/adapter_config.json" in adapter

@@ -110,7 +110,7 @@ def test_search_report_and_deploy_through_a_server(tmp_path, monkeypatch, capsys
         assert front and all(r.data.tags["status"] == "completed" for r in front)
 
         # Deploy a frontier trial: export over REST, registry version with the alias "deploy".
-        chosen = max(front, key=lambda r: r.data.metrics["metric"]).info.run_id
+        chosen = max(front, key=lambda r: r.data.metrics["score"]).info.run_id
         capsys.readouterr()
         assert deploy_main(["--run-id", chosen, "--tracking-uri", url, "--output", str(tmp_path / "deployed")]) == 0
         assert (tmp_path / "deployed" / "adapter_model.safetensors").exists()

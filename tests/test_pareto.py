@@ -248,8 +248,8 @@ def test_same_bounds_make_searches_comparable():
 
 
 def trial(run_id, metric, params, hours, status="completed", **extra):
-    return {"run_id": run_id, "key": f"r8 q[{run_id}]", "metric": metric, "trainable_params": params,
-            "gpu_hours": hours, "status": status, **extra}
+    return {"run_id": run_id, "key": f"r8 q[{run_id}]", "score": metric, "trainable_params": params,
+            "compute_hours": hours, "status": status, **extra}
 
 
 def test_frontier_keeps_completed_within_budget_and_marks_the_front():
@@ -275,8 +275,8 @@ def test_frontier_objectives_are_configurable():
 
 
 def test_frontier_names_a_missing_objective():
-    with pytest.raises(ValueError, match="gpu_hours"):
-        frontier([{"run_id": "x", "status": "completed", "metric": 0.5, "trainable_params": 10}])
+    with pytest.raises(ValueError, match="compute_hours"):
+        frontier([{"run_id": "x", "status": "completed", "score": 0.5, "trainable_params": 10}])
 
 
 # --- plots ----------------------------------------------------------------------------------------

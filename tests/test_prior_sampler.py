@@ -9,10 +9,13 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search.baselines import kind_family, make_baselines, priorities, product_flags, rank_scores
-from search.prior_sampler import PlacementPrior, PriorSampler, prior_weight
-from search.searcher import make_sampler, make_searcher, propose
+from search.prior_sampler import PlacementPrior, PriorOptions, PriorSampler, prior_weight
+from search.proposal import propose
+from search.samplers import SamplerInputs, make_sampler
+from search.searcher import make_searcher
 from spaces import Placement, make_budget
+from spaces.baselines import kind_family, make_baselines, priorities, product_flags, rank_scores
+from spaces.scores import PriorScores
 from spaces.space import ModelSpace
 from trainables.config import load_config
 
@@ -20,7 +23,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 KINDS = ("attention.self.query", "attention.self.value", "attention.output.dense", "intermediate.dense",
          "output.dense")
 ALIASES = ("q", "v", "o", "up", "down")
-FINAL = {"epoch": 2, "epoch_score": 0.8, "final_metric": 0.8, "trainable_params": 100, "gpu_hours": 0.01}
+FINAL = {"epoch": 2, "epoch_score": 0.8, "score": 0.8, "trainable_params": 100, "compute_hours": 0.01}
 
 
 def _space(n_layers=4):
@@ -30,9 +33,11 @@ def _space(n_layers=4):
 
 
 def _scores(space, nfn=(2.5, 0.9, 1.0, 1.4, 1.1), importance=(0.1, 0.5, 0.3, 0.05), act=(0.9, 1.3, 1.0, 0.8)):
-    return {"kinds": list(space.aliases), "n_layers": space.n_layers,
-            "nfn": {"per_kind": dict(zip(space.aliases, nfn))},
-            "cka": {"importance": list(importance)}, "act": {"per_layer": list(act)}}
+    return PriorScores.from_summaries(space.aliases, nfn, importance, act)
+
+
+def _inputs(space, budget, ranks=(2, 4, 8), lr=(1e-3, 1e-2), trials=12, scores=None):
+    return SamplerInputs(space, budget, tuple(ranks), lr, trials, 0, scores)
 
 
 def _searcher(trials=20, scores="default", budget=0.4):
@@ -40,7 +45,7 @@ def _searcher(trials=20, scores="default", budget=0.4):
     space = _space()
     b = make_budget(space, budget, 8, 2)
     scores = _scores(space) if scores == "default" else scores
-    return make_searcher(space, b, cfg, seed=0, scores=scores), space, b, scores
+    return make_searcher(SamplerInputs.from_config(space, b, cfg, scores), "prior"), space, b, scores
 
 
 # ---- baselines -----------------------------------------------------------------------------
@@ -87,13 +92,6 @@ def test_prior_baselines_follow_the_scores_and_dedupe():
     names_and_aliases = [n for b in got for n in (b.name, *b.aliases)]
     assert sorted(names_and_aliases) == sorted(["all", "attention", "mlp", "plop", "cka", "activation", "plop_x_cka"])
     assert len({b.placement.key for b in got}) == len(got)
-    # the same choices as spaces.priors.method_choices where both apply (r0 = r_ref)
-    from spaces.priors import method_choices
-
-    ref = method_choices(_scores(space), space, 0.4, 8)
-    for name in ("plop", "cka", "activation"):
-        mine = next(b.placement for b in got if name in (b.name, *b.aliases))
-        assert mine == ref[name], name
 
 
 def test_product_flags_cover_the_placement():
@@ -109,7 +107,7 @@ def test_prior_probabilities_follow_the_scores_and_the_budget():
     space = _space()
     budget = make_budget(space, 0.4, 8, 2)
     prio = priorities(_scores(space), space)
-    prior = PlacementPrior(space, budget, [2, 4, 8], 1e-3, 1e-2, prio, fills=(0.2, 0.8))
+    prior = PlacementPrior(space, budget, [2, 4, 8], (1e-3, 1e-2), prio, PriorOptions(fills=(0.2, 0.8)))
     p, q = prior.probabilities(8, 0.8)
     assert np.argsort(p).tolist() == [0, 3, 4, 2, 1]  # ascending probability = descending NFN
     assert q[1] == max(q) and q[3] == min(q)  # layer 1: top CKA and activation; layer 3: bottom
@@ -118,7 +116,7 @@ def test_prior_probabilities_follow_the_scores_and_the_budget():
     p_lo, _ = prior.probabilities(8, 0.2)
     assert all(a < b for a, b in zip(p_lo, p))
     # without scores: uniform over kinds and over layers, still scaled to the budget
-    flat = PlacementPrior(space, budget, [2, 4, 8], 1e-3, 1e-2, priorities(None, space), fills=(0.5,))
+    flat = PlacementPrior(space, budget, [2, 4, 8], (1e-3, 1e-2), priorities(None, space), PriorOptions(fills=(0.5,)))
     p, q = flat.probabilities(4, 0.5)
     assert len(set(p)) == 1 and len(set(q)) == 1
     assert flat.expected_params(4, 0.5) == pytest.approx(0.5 * budget.max_params, rel=1e-6)
@@ -129,15 +127,15 @@ def test_repair_drops_the_lowest_prior_unit():
     budget = make_budget(space, 0.05, 8, 2)  # 409.6 adapter params; q, v, o at r2 on 4 layers: 768
     prio = priorities(_scores(space, act=(0.8, 1.3, 1.0, 0.9)), space)  # kind q: -1, layers >= -2/3
     on = [True, True, True, False, False]
-    p, steps = propose(space, budget, [2], on, [True] * 4, 2, prio.kind, prio.layer)
+    p, steps = propose(space, budget, [2], on, [True] * 4, 2, prio)
     assert steps[0] == "dropped kind q"  # highest NFN of the three
     plain, plain_steps = propose(space, budget, [2], on, [True] * 4, 2)
     assert plain_steps[0] == "dropped layer 3"  # no priorities: ties drop the last layer first
     # the prior sampler's define-by-run space repairs with these priorities; tpe and random do not
     scores = _scores(space, act=(0.8, 1.3, 1.0, 0.9))
-    pspace = make_sampler("prior", space, budget, [2], 1e-3, 1e-2, 12, 0, scores).space
-    assert (pspace.kind_priority, pspace.layer_priority) == (prio.kind, prio.layer)
-    assert make_sampler("tpe", space, budget, [2], 1e-3, 1e-2, 12, 0, scores).space.kind_priority is None
+    pspace = make_sampler("prior", _inputs(space, budget, [2], scores=scores)).space
+    assert (pspace.priorities.kind, pspace.priorities.layer) == (prio.kind, prio.layer)
+    assert make_sampler("tpe", _inputs(space, budget, [2], scores=scores)).space.priorities is None
 
 
 # ---- the searcher ---------------------------------------------------------------------------
@@ -149,7 +147,7 @@ def test_first_suggestions_are_the_baselines_in_order_then_outcomes_reach_optuna
     assert [c["placement_key"] for c in configs[: len(expected)]] == [b.placement.key for b in expected]
     assert all(c["baseline"] is None for c in configs[len(expected):])
     lrs = {c["lr"] for c in configs[: len(expected)]}
-    lr_min, lr_max = searcher._space.lr_min, searcher._space.lr_max
+    lr_min, lr_max = searcher.space.lr_min, searcher.space.lr_max
     assert len(lrs) == 1 and lrs.pop() == pytest.approx((lr_min * lr_max) ** 0.5)  # one lr for all baselines
     for c in configs:
         p = Placement.from_json(c["placement"]).checked(space)
@@ -157,31 +155,31 @@ def test_first_suggestions_are_the_baselines_in_order_then_outcomes_reach_optuna
 
     searcher.on_trial_result("t0", {"epoch": 1, "epoch_score": 0.5})  # must not raise
     searcher.on_trial_complete("t0", FINAL)
-    searcher.on_trial_complete("t1", {"epoch": 1, "epoch_score": 0.4, "trainable_params": 90, "gpu_hours": 0.001})
+    searcher.on_trial_complete("t1", {"epoch": 1, "epoch_score": 0.4, "trainable_params": 90, "compute_hours": 0.001})
     searcher.on_trial_complete("t2", None, error=True)
-    states = [t.state for t in searcher._ot_study.get_trials(deepcopy=False)[:3]]
+    states = [t.state for t in searcher.study.get_trials(deepcopy=False)[:3]]
     assert states == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL]
-    assert searcher._ot_study.get_trials()[0].values == [0.8, 100.0, 0.01]
-    assert searcher._ot_study.get_trials()[0].user_attrs["baseline"] == "all"
+    assert searcher.study.get_trials()[0].values == [0.8, 100.0, 0.01]
+    assert searcher.study.get_trials()[0].user_attrs["baseline"] == "all"
 
 
 def test_the_search_runs_through_every_phase_within_budget():
     searcher, space, budget, _ = _searcher(trials=24)
-    sampler = searcher._sampler
+    sampler = searcher.study.sampler
     phases, keys = [], set()
     for i in range(24):
         cfg = searcher.suggest(f"t{i}")
-        ot = searcher._ot_trials[f"t{i}"]
-        phases.append(sampler.phase(searcher._ot_study, searcher._ot_study.get_trials(deepcopy=False)[ot.number]))
+        number = searcher.trial_number(f"t{i}")
+        phases.append(sampler.phase(searcher.study, searcher.study.get_trials(deepcopy=False)[number]))
         p = Placement.from_json(cfg["placement"]).checked(space)
         assert budget.fits(p, space) and not p.is_empty()
         keys.add(p.key)
-        result = {**FINAL, "final_metric": 0.5 + 0.01 * p.n_sites} if i % 5 else {"epoch_score": 0.3}
+        result = {**FINAL, "score": 0.5 + 0.01 * p.n_sites} if i % 5 else {"epoch_score": 0.3}
         searcher.on_trial_complete(f"t{i}", result)
     n_base = len(make_baselines(space, budget, [2, 4, 8], _scores(space)))
     assert phases == ["baseline"] * n_base + ["prior"] * 4 + ["learned"] * (24 - n_base - 4)
     assert len(keys) > 10
-    states = {t.state for t in searcher._ot_study.get_trials(deepcopy=False)}
+    states = {t.state for t in searcher.study.get_trials(deepcopy=False)}
     assert states == {TrialState.COMPLETE, TrialState.PRUNED}
     restored = pickle.loads(pickle.dumps(searcher))  # Tune checkpoints the searcher
     assert restored.suggest("again")["placement_key"]
@@ -198,13 +196,13 @@ def test_learned_phase_mixes_the_prior_in_with_a_decaying_weight():
     assert prior_weight(90, 0.5, 10) == pytest.approx(0.05)
     space = _space()
     budget = make_budget(space, 0.4, 8, 2)
-    setup = make_sampler("prior", space, budget, [2, 4, 8], 1e-3, 1e-2, 30, 0, _scores(space))
+    setup = make_sampler("prior", _inputs(space, budget, trials=30, scores=_scores(space)))
     dists = setup.space.distributions()
     prior_params = {**{n: True for n in dists if n.startswith(("kind_", "layer_"))}, "rank": 2, "lr": 1e-3}
     learned_params = {**{n: False for n in dists if n.startswith(("kind_", "layer_"))}, "rank": 8, "lr": 1e-2}
 
     def run(w0):
-        sampler = PriorSampler(setup.sampler.prior, dists, n_prior=0, w0=w0, tau=1e9, seed=0)
+        sampler = PriorSampler(setup.sampler.prior, dists, PriorOptions(n_prior=0, w0=w0, tau=1e9), seed=0)
         sampler.prior.draw = lambda rng: dict(prior_params)
         sampler._learned.sample_relative = lambda study, trial, space: dict(learned_params)
         study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=sampler)
@@ -220,7 +218,7 @@ def test_learned_phase_mixes_the_prior_in_with_a_decaying_weight():
 def test_single_valued_rank_and_lr_still_reach_the_learned_phase():
     space = _space(n_layers=3)
     budget = make_budget(space, 0.5, 8, 8)
-    setup = make_sampler("prior", space, budget, [8], 1e-3, 1e-3, 12, 0, None)
+    setup = make_sampler("prior", _inputs(space, budget, [8], (1e-3, 1e-3)))
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=setup.sampler)
     for params, attrs in setup.enqueue:
         study.enqueue_trial(params, user_attrs=attrs)

@@ -28,7 +28,10 @@ from transformers import (
 from analysis.heatmap import plot_heatmap
 from spaces.discovery import discover
 from spaces.placement import Placement
-from spaces.priors import _pool, compute_priors, linear_cka, method_choices
+from spaces.baselines import make_baselines
+from spaces.budget import make_budget
+from spaces.priors import _pool, compute_priors, linear_cka
+from spaces.scores import PriorScores
 
 R_REF = 8
 
@@ -179,11 +182,11 @@ def test_cls_pooling_flags_the_constant_first_token():
     # Every example starts with token 2, so the CLS input to BERT's layer 0 is the same vector.
     model = _bert()
     scores = compute_priors(model, discover(model), _batches(_examples(), [8]), pooling="cls")
-    cka = scores["cka"]
-    assert cka["degenerate"] == [True, False, False]
-    assert cka["per_layer"][0] is None
-    assert cka["importance"][0] == pytest.approx(float(np.median(cka["importance"][1:])))
-    assert all(math.isfinite(v) for v in cka["importance"])
+    cka = scores.cka
+    assert cka.degenerate == (True, False, False)
+    assert cka.per_layer[0] is None
+    assert cka.importance[0] == pytest.approx(float(np.median(cka.importance[1:])))
+    assert all(math.isfinite(v) for v in cka.importance)
 
 
 # ---- NFN and activation norm on a toy model with controlled inputs --------------------------
@@ -232,16 +235,16 @@ def test_nfn_random_weight_near_one_and_activation_norm_exact():
     batches = _toy_batches(vocab)
     space = discover(model)
     scores = compute_priors(model, space, batches)
-    for row in scores["nfn"]["per_site"]:
+    for row in scores.nfn.per_site:
         for v in row:
             assert v == pytest.approx(1.0, abs=0.1)
     # act: mean over non-pad tokens of ||x_t||; block l sees 2**l times the embeddings.
     ids, mask = batches[0]["input_ids"], batches[0]["attention_mask"].bool()
     base = table[ids][mask].norm(dim=-1).mean().item()
-    assert scores["act"]["per_site"][0] == pytest.approx([base, 2 * base, 4 * base], rel=1e-5)
+    assert scores.act.per_site[0] == pytest.approx([base, 2 * base, 4 * base], rel=1e-5)
     # normalised by the kind's mean over layers (7/3 base), then averaged over kinds
-    assert scores["act"]["per_layer"] == pytest.approx([3 / 7, 6 / 7, 12 / 7], rel=1e-5)
-    assert scores["cka"]["per_layer"] == pytest.approx([1.0] * 3)
+    assert scores.act.per_layer == pytest.approx([3 / 7, 6 / 7, 12 / 7], rel=1e-5)
+    assert scores.cka.per_layer == pytest.approx([1.0] * 3)
 
 
 def test_nfn_aligned_weight_scores_high_and_plop_avoids_it():
@@ -254,10 +257,10 @@ def test_nfn_aligned_weight_scores_high_and_plop_avoids_it():
         nn.init.normal_(block.b.weight)  # random directions
     space = discover(model)
     scores = compute_priors(model, space, _toy_batches(vocab))
-    nfn = scores["nfn"]["per_kind"]
+    nfn = scores.nfn.per_kind
     assert nfn["a"] > 2.5  # about sqrt(d / k) = 4
     assert nfn["b"] == pytest.approx(1.0, abs=0.15)
-    plop = method_choices(scores, space, 0.5, R_REF)["plop"]
+    plop = _baseline(scores, space, 0.5, "plop")
     assert plop.key == "r8 b[0-2]"
 
 
@@ -269,26 +272,26 @@ def test_padding_and_batching_do_not_change_scores(name, pooling):
     space = discover(model)
     tight = compute_priors(model, space, _batches(examples, [8]), pooling=pooling)
     padded = compute_priors(model, space, _batches(examples, [3, 2, 3], extra_pad=5), pooling=pooling)
-    _assert_close(tight, padded)
+    _assert_close(tight.to_dict(), padded.to_dict())
     # only BERT's CLS input to layer 0 is the same for every example
-    assert tight["cka"]["degenerate"] == [pooling == "cls", False, False]
+    assert tight.cka.degenerate == (pooling == "cls", False, False)
 
 
 def test_shapes_finite_and_json(scored):
     name, model, space, scores = scored
     K, L = len(space.kinds), space.n_layers
     examples = _examples()
-    assert scores["n_examples"] == 8 and scores["n_tokens"] == sum(map(len, examples))
-    assert scores["kinds"] == list(space.aliases) and scores["n_layers"] == L
-    for grid in (scores["nfn"]["per_site"], scores["act"]["per_site"], scores["act"]["per_site_normalized"]):
+    assert scores.n_examples == 8 and scores.n_tokens == sum(map(len, examples))
+    assert scores.kinds == tuple(space.aliases) and scores.n_layers == L
+    for grid in (scores.nfn.per_site, scores.act.per_site, scores.act.per_site_normalized):
         assert len(grid) == K and all(len(row) == L for row in grid)
         assert all(math.isfinite(v) and v > 0 for row in grid for v in row)
-    assert set(scores["nfn"]["per_kind"]) == set(space.aliases)
+    assert set(scores.nfn.per_kind) == set(space.aliases)
     for key in ("per_layer", "importance", "degenerate"):
-        assert len(scores["cka"][key]) == L
-    assert all(0.0 <= v <= 1.0 for v in scores["cka"]["per_layer"])
-    assert len(scores["act"]["per_layer"]) == L and scores["grad"] is None
-    assert json.loads(json.dumps(scores)) == scores
+        assert len(getattr(scores.cka, key)) == L
+    assert all(0.0 <= v <= 1.0 for v in scores.cka.per_layer)
+    assert len(scores.act.per_layer) == L and scores.grad is None
+    assert PriorScores.from_dict(json.loads(json.dumps(scores.to_dict()))) == scores
 
 
 def test_deterministic_in_eval_mode_and_mode_restored():
@@ -333,50 +336,67 @@ def test_gradients_match_one_full_batch_backward():
     model(**_batches(examples, [8], labels=y)[0]).loss.backward()
     for (k, l), w in zip(space.sites(), weights):
         want = (w.grad.norm() / w.detach().norm()).item()
-        assert scores["grad"]["per_site"][k][l] == pytest.approx(want, rel=1e-4)
+        assert scores.grad.per_site[k][l] == pytest.approx(want, rel=1e-4)
 
 
-# ---- what each prior alone would pick ------------------------------------------------------
+# ---- what each prior alone would pick (the baselines) ------------------------------------------
+RANKS = [2, 4, 8, 16]
+
+
+def _baselines(scores, space, fraction):
+    budget = make_budget(space, fraction, R_REF, min(RANKS))
+    return {name: b.placement for b in make_baselines(space, budget, RANKS, scores) for name in (b.name, *b.aliases)}
+
+
+def _baseline(scores, space, fraction, name):
+    return _baselines(scores, space, fraction)[name]
+
+
 @pytest.mark.parametrize("fraction", [0.1, 0.5, 1.0])
-def test_method_choices_fit_the_budget(scored, fraction):
+def test_prior_baselines_fit_the_budget(scored, fraction):
     _, _, space, scores = scored
     full = Placement.full(space, R_REF)
-    choices = method_choices(scores, space, fraction, R_REF)
-    assert set(choices) == {"plop", "cka", "activation"}
+    choices = _baselines(scores, space, fraction)
+    assert {"plop", "cka", "activation"} <= set(choices)
     for placement in choices.values():
         assert not placement.is_empty()
         assert placement.adapter_params(space) <= fraction * full.adapter_params(space)
-        if fraction == 1.0:
-            assert placement == full
+        assert placement.rank_values() <= set(RANKS)  # only ranks the search trains
+    if fraction == 1.0:
+        assert all(choices[name] == full for name in ("plop", "cka", "activation"))
 
 
-def test_method_choices_follow_the_scores():
+def test_prior_baselines_follow_the_scores():
+    import dataclasses
+
     model = _llama()
     space = discover(model)
     scores = compute_priors(model, space, _batches(_examples(), [8]))
     nfn = {a: 2.0 for a in space.aliases} | {"o": 0.5, "v": 0.9}
-    scores["nfn"]["per_kind"] = nfn
-    scores["cka"]["importance"] = [0.1, 0.9, 0.3]
-    scores["act"]["per_layer"] = [1.5, 0.7, 0.8]
+    scores = dataclasses.replace(
+        scores, nfn=dataclasses.replace(scores.nfn, per_kind=nfn),
+        cka=dataclasses.replace(scores.cka, importance=(0.1, 0.9, 0.3)),
+        act=dataclasses.replace(scores.act, per_layer=(1.5, 0.7, 0.8)))
     widths = {a: sum(space.site_width(space.kind_index(a), l) for l in range(3)) for a in space.aliases}
     full = Placement.full(space, R_REF).adapter_params(space)
     # room for exactly o and v at all layers, not a third kind
     fraction = R_REF * (widths["o"] + widths["v"] + min(widths["q"], widths["k"]) - 1) / full
-    choices = method_choices(scores, space, fraction, R_REF)
+    choices = _baselines(scores, space, fraction)
     assert choices["plop"].key == "r8 v[0-2] o[0-2]"
     assert choices["cka"].key.startswith("r8 ") and {l for _, l in choices["cka"].sites()} == {1}
     assert {l for _, l in choices["activation"].sites()} == {0}
 
 
-def test_method_choices_fall_back_to_a_lower_rank():
+def test_prior_baselines_fall_back_to_a_lower_rank_the_search_uses():
     model = _bert()
     space = discover(model)
     scores = compute_priors(model, space, _batches(_examples(), [8]))
-    plop = method_choices(scores, space, 0.1, R_REF)["plop"]
-    # one BERT kind at rank 8 on all 3 layers needs 768 of the 499 allowed parameters
-    best = min(scores["nfn"]["per_kind"], key=scores["nfn"]["per_kind"].get)
+    plop = _baseline(scores, space, 0.1, "plop")
+    # one BERT kind at rank 8 on all 3 layers needs 768 of the 499 allowed parameters: the next
+    # allowed rank, 4, fits (a rank outside search.ranks, like 5, is never proposed)
+    best = min(scores.nfn.per_kind, key=scores.nfn.per_kind.get)
     assert {space.aliases[k] for k, _ in plop.sites()} == {best} and plop.n_sites == 3
-    assert plop.rank_values() == {5}
+    assert plop.rank_values() == {4}
 
 
 # ---- the heatmap ---------------------------------------------------------------------------

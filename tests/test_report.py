@@ -39,11 +39,11 @@ def _space():
                       fan_in_fan_out=(False, False), model_type="bert")
 
 
-def _result(epoch, score, trainable, gpu_hours, final=False):
+def _result(epoch, score, trainable, hours, final=False):
     r = {"epoch": epoch, "accuracy": score, "balanced_accuracy": score, "epoch_score": score, "train_loss": 0.5,
-         "wall_s": 3600 * gpu_hours, "gpu_hours": gpu_hours, "trainable_params": trainable, "adapter_params": trainable - 66}
+         "wall_s": 3600 * hours, "compute_hours": hours, "trainable_params": trainable, "adapter_params": trainable - 66}
     if final:
-        r["final_metric"] = score
+        r["score"] = score
     return r
 
 
@@ -52,9 +52,9 @@ def make_search(tmp_path, name="t", stale_tag_on=None):
     parent run id)."""
     from mlflow.tracking import MlflowClient
 
-    from analysis.pareto import frontier
     from analysis.report import write_rows
-    from search.tracking import MlflowTracker
+    from search.frontier import mark_frontier
+    from search.tracking import MlflowTracker, SearchRun, TrialContext
     from spaces.placement import Placement
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -63,10 +63,10 @@ def make_search(tmp_path, name="t", stale_tag_on=None):
     exp_id = exp.experiment_id if exp else client.create_experiment(
         name, artifact_location=(tmp_path / "artifacts").resolve().as_uri())
     pid = client.create_run(exp_id, run_name="search", tags={"role": "search"}).info.run_id
-    client.log_param(pid, "metric", METRIC)
+    client.log_param(pid, "metric_name", METRIC)
     client.log_param(pid, "cost_unit", COST)
     space = _space()
-    tracker = MlflowTracker(client, exp_id, pid, space, METRIC, COST, 5)
+    tracker = MlflowTracker(client, SearchRun(uri, exp_id, pid), TrialContext(space, METRIC, COST, 5))
     p = lambda q, v: Placement(("q", "v"), (tuple(q), tuple(v)))  # noqa: E731
     error_file = tmp_path / "error.txt"
     error_file.write_text("Traceback ...\nNonFiniteLoss: training loss became nan at step 3\n")
@@ -90,16 +90,13 @@ def make_search(tmp_path, name="t", stale_tag_on=None):
         elif end == "error":
             tracker.on_trial_error(0, [], trial)
     if stale_tag_on:
-        client.set_tag(tracker.runs[stale_tag_on], "pareto", "true")
-    # The driver's end of search, as search/driver.py does it.
-    rows = tracker.table_rows()
-    on_front = {r["trial_id"] for r in frontier(rows) if r["pareto"]}
-    for r in rows:
-        r["pareto"] = r["trial_id"] in on_front
+        client.set_tag(tracker.run_id(stale_tag_on), "pareto", "true")
+    # The driver's end of search: the frontier over the tracker's records, written as CSV.
+    rows = mark_frontier(tracker.records())
     csv_path = tmp_path / f"{name}-trials.csv"
     write_rows(rows, csv_path)
     client.set_terminated(pid, "FINISHED")
-    return uri, csv_path, {r["trial_id"]: r for r in rows}, pid
+    return uri, csv_path, {r.trial_id: r.as_dict() for r in rows}, pid
 
 
 @pytest.fixture(autouse=True)
@@ -141,7 +138,7 @@ def test_rebuild_matches_the_search_csv(search, tmp_path, capsys):
     assert set(ours) == set(theirs) and len(ours) == 6
     for run_id, mine in ours.items():
         ref = theirs[run_id]
-        same = ["trial_id", "status", "pareto", "key", "rank", "lr", "metric", "adapter_params", "gpu_hours", "epochs"]
+        same = ["trial_id", "status", "pareto", "key", "rank", "lr", "score", "adapter_params", "compute_hours", "epochs"]
         # MLflow has trainable_params only for completed trials (the tracker logs it at the end).
         if ref["status"] == "completed":
             same.append("trainable_params")
@@ -158,9 +155,9 @@ def test_read_search_rows(search):
     found = read_search(uri)  # no experiment and no run id: the latest search
     assert found["parent"]["run_id"] == pid
     assert (found["parent"]["metric_name"], found["parent"]["cost_unit"]) == (METRIC, COST)
-    got = {r["trial_id"]: r for r in found["rows"]}
-    assert got["pruned"]["metric"] is None and got["pruned"]["last_score"] == 0.55 and got["pruned"]["epochs"] == 1
-    assert got["best"]["metric"] == 0.9 and got["best"]["last_score"] == 0.9 and got["best"]["epochs"] == 2
+    got = {r.trial_id: r.as_dict() for r in found["rows"]}
+    assert got["pruned"]["score"] is None and got["pruned"]["last_score"] == 0.55 and got["pruned"]["epochs"] == 1
+    assert got["best"]["score"] == 0.9 and got["best"]["last_score"] == 0.9 and got["best"]["epochs"] == 2
     assert got["running"]["status"] == "running" and got["running"]["epochs"] == 1
     assert got["failed"]["status"] == "failed" and "NonFiniteLoss" in got["failed"]["error"]
     assert got["best"]["lr"] == 1e-3 and got["best"]["rank"] == 2 and got["best"]["baseline"] is None

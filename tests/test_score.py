@@ -10,7 +10,7 @@ from spaces.space import ModelSpace
 def test_score_cli_writes_scores_and_heatmap(tmp_path, capsys):
     assert main(["--config", "smoke", "--budget", "0.5", "--output-dir", str(tmp_path)]) == 0
     text = capsys.readouterr().out
-    for part in ("module kinds", "layers", "what each method alone picks", "plop", "cka", "activation"):
+    for part in ("module kinds", "layers", "what each prior alone picks", "plop", "cka", "activation"):
         assert part in text
     scores = json.loads((tmp_path / "scores.json").read_text())
     assert scores["n_examples"] == 128  # priors.calibration_examples, from 154 training examples
@@ -22,9 +22,11 @@ def test_score_cli_writes_scores_and_heatmap(tmp_path, capsys):
     cfg = load_config(["smoke"])
     space = discover(load_model(cfg.model, 2))
     full = Placement.full(space, cfg.search.r_ref).adapter_params(space)
-    for name, d in scores["choices"].items():
+    assert {"plop", "cka", "activation"} <= {n for d in scores["baselines"].values() for n in d["aliases"]} | set(scores["baselines"])
+    for name, d in scores["baselines"].items():
         p = Placement.from_dict(d).checked(space)
         assert 0 < p.adapter_params(space) <= 0.5 * full, name
+        assert p.rank_values() <= set(cfg.search.ranks), name  # only ranks the search trains
     assert ModelSpace.from_dict(space.to_dict()) == space
 
 

@@ -5,7 +5,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search.searcher import OBJECTIVES, PlacementSpace, make_searcher, open_study_storage, optuna_state, propose
+from search.proposal import propose
+from search.samplers import SamplerInputs
+from search.searcher import OBJECTIVE_NAMES, make_searcher, open_study_storage, optuna_state
 from spaces import Placement, make_budget
 from spaces.space import ModelSpace
 from trainables.config import load_config
@@ -22,7 +24,8 @@ def _searcher(trials=6, sampler="tpe", storage=None):
     space = _space()
     budget = make_budget(space, 0.3, 8, 2)
     store = open_study_storage(storage) if storage else None
-    return make_searcher(space, budget, cfg, seed=0, storage=store, study_name="s" if store else None), space, budget
+    inputs = SamplerInputs.from_config(space, budget, cfg)
+    return make_searcher(inputs, sampler, store, "s" if store else None), space, budget
 
 
 def _ready(searcher):
@@ -31,31 +34,33 @@ def _ready(searcher):
     return searcher
 
 
-FINAL = {"epoch": 2, "epoch_score": 0.8, "final_metric": 0.8, "trainable_params": 100, "gpu_hours": 0.01}
+FINAL = {"epoch": 2, "epoch_score": 0.8, "score": 0.8, "trainable_params": 100, "compute_hours": 0.01}
 
 
 def test_outcomes_reach_optuna_with_the_right_state():
     searcher, space, budget = _searcher()
-    configs = {tid: searcher.suggest(tid) for tid in ("done", "stopped", "crashed", "nan")}
+    configs = {tid: searcher.suggest(tid) for tid in ("done", "stopped", "crashed", "nan", "failure")}
     searcher.on_trial_result("done", {"epoch": 1, "epoch_score": 0.5})  # must not raise
     searcher.on_trial_complete("done", FINAL)
-    searcher.on_trial_complete("stopped", {"epoch": 1, "epoch_score": 0.4, "trainable_params": 90, "gpu_hours": 0.001})
+    searcher.on_trial_complete("stopped", {"epoch": 1, "epoch_score": 0.4, "trainable_params": 90, "compute_hours": 0.001})
     searcher.on_trial_complete("crashed", None, error=True)
-    searcher.on_trial_complete("nan", {**FINAL, "final_metric": float("nan")})
-    states = [t.state for t in searcher._ot_study.get_trials(deepcopy=False)]
-    assert states == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.PRUNED]
-    assert searcher._ot_study.get_trials()[0].values == [0.8, 100.0, 0.01]
+    searcher.on_trial_complete("nan", {**FINAL, "score": float("nan")})
+    searcher.on_trial_complete("failure", {"epoch_score": float("nan"), "failure": "non-finite training loss"})
+    states = [t.state for t in searcher.study.get_trials(deepcopy=False)]
+    assert states == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.PRUNED, TrialState.FAIL]
+    assert searcher.study.get_trials()[0].values == [0.8, 100.0, 0.01]
     for cfg in configs.values():
         assert budget.fits(Placement.from_json(cfg["placement"]).checked(space), space)
     # Tune's strict per-result check must not demand the final-only objectives.
-    assert searcher.metric is None and searcher.objectives == OBJECTIVES
+    assert searcher.metric is None and OBJECTIVE_NAMES == ["score", "trainable_params", "compute_hours"]
 
 
 def test_optuna_state_rules():
-    assert optuna_state(FINAL, False, OBJECTIVES) == (TrialState.COMPLETE, [0.8, 100.0, 0.01])
-    assert optuna_state({"epoch_score": 0.3}, False, OBJECTIVES) == (TrialState.PRUNED, None)
-    assert optuna_state({"epoch_score": 0.3}, True, OBJECTIVES) == (TrialState.FAIL, None)
-    assert optuna_state(None, False, OBJECTIVES) == (TrialState.PRUNED, None)
+    assert optuna_state(FINAL, False) == (TrialState.COMPLETE, [0.8, 100.0, 0.01])
+    assert optuna_state({"epoch_score": 0.3}, False) == (TrialState.PRUNED, None)
+    assert optuna_state({"epoch_score": 0.3}, True) == (TrialState.FAIL, None)
+    assert optuna_state({"epoch_score": 0.3, "failure": "out of memory"}, False) == (TrialState.FAIL, None)
+    assert optuna_state(None, False) == (TrialState.PRUNED, None)
 
 
 @pytest.mark.parametrize("sampler", ["tpe", "random"])
@@ -68,7 +73,7 @@ def test_every_suggestion_fits_the_budget(sampler):
         assert budget.fits(p, space) and not p.is_empty()
         assert cfg["placement_key"] == p.key and 0 < cfg["budget_ratio"] <= 0.3
         keys.add(p.key)
-        searcher.on_trial_complete(f"t{i}", {**FINAL, "final_metric": i / 30})
+        searcher.on_trial_complete(f"t{i}", {**FINAL, "score": i / 30})
     # The space is explored, not collapsed onto one repaired placement (TPE exploits the rising
     # rewards here, so it revisits more).
     assert len(keys) > (10 if sampler == "random" else 4)
@@ -91,7 +96,7 @@ def test_a_restarted_driver_continues_the_same_study_in_its_database(tmp_path):
         live.suggest(tid)
     live.on_trial_complete("t0", FINAL)
     live.save(str(tmp_path / "searcher.pkl"))  # Tune's snapshot
-    live.on_trial_complete("t1", {**FINAL, "final_metric": 0.9})  # told after the snapshot ...
+    live.on_trial_complete("t1", {**FINAL, "score": 0.9})  # told after the snapshot ...
     live.suggest("t3")  # ... and asked for after it: Tune's restored state has no t3
     del live  # the driver dies
 
@@ -100,7 +105,7 @@ def test_a_restarted_driver_continues_the_same_study_in_its_database(tmp_path):
     study = optuna.load_study(study_name="s", storage=url)
     states = [t.state for t in study.get_trials()]
     assert states == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.RUNNING, TrialState.FAIL]
-    restored.on_trial_complete("t1", {**FINAL, "final_metric": 0.1})  # the rerun of t1: first outcome stays
+    restored.on_trial_complete("t1", {**FINAL, "score": 0.1})  # the rerun of t1: first outcome stays
     restored.on_trial_complete("t2", FINAL)
     cfg = restored.suggest("t4")
     assert budget.fits(Placement.from_json(cfg["placement"]).checked(space), space)
@@ -117,7 +122,7 @@ def test_a_baseline_lost_with_the_driver_is_enqueued_again(tmp_path):
     live.save(str(tmp_path / "searcher.pkl"))
     lost = live.suggest("t1")  # the second baseline, asked for after the snapshot
     assert first["baseline"] and lost["baseline"] and lost["baseline"] != first["baseline"]
-    n_baselines = sum(1 for t in live._ot_study.get_trials() if t.state == TrialState.WAITING) + 2
+    n_baselines = sum(1 for t in live.study.get_trials() if t.state == TrialState.WAITING) + 2
     del live
 
     restored, _, _ = _searcher(trials=12, sampler="prior", storage=url)
@@ -134,4 +139,4 @@ def test_the_in_memory_study_still_restores(tmp_path):
     live.save(str(tmp_path / "searcher.pkl"))
     restored, _, _ = _searcher(trials=6)
     restored.restore(str(tmp_path / "searcher.pkl"))
-    assert [t.state for t in restored._ot_study.get_trials()] == [TrialState.COMPLETE]
+    assert [t.state for t in restored.study.get_trials()] == [TrialState.COMPLETE]

@@ -4,7 +4,6 @@ import json
 import random
 
 import pytest
-import torch
 from torch import nn
 
 from spaces import BudgetError, ModelSpace, Placement, make_budget, repair

@@ -9,7 +9,8 @@ from spaces.discovery import discover
 from trainables.config import load_config
 from trainables.data import load_task
 from trainables.model import load_model, vocab_size
-from trainables.train import NonFiniteLoss, classification_metrics, tokenize, train_placement
+from trainables.faults import FaultHooks
+from trainables.train import NonFiniteLoss, TokenizedTask, TrialPlan, classification_metrics, tokenize, train_placement
 
 
 def _setup(**overrides):
@@ -18,17 +19,18 @@ def _setup(**overrides):
     task = load_task(cfg.data, vocab_size(cfg.model))
     model = load_model(cfg.model, task.num_labels, seed=0)
     space = discover(model)
-    return cfg, task, model, space, tokenize(task.train, None, 16), tokenize(task.val, None, 16)
+    data = TokenizedTask(tokenize(task.train, None, 16), tokenize(task.val, None, 16), task.num_labels, "accuracy")
+    return cfg, task, model, space, data
 
 
 def test_metric_rises_on_learnable_synthetic_task(tmp_path):
-    cfg, task, model, space, train, val = _setup(**{"train.epochs": 6, "data.synthetic_examples": 256})
+    cfg, task, model, space, data = _setup(**{"train.epochs": 6, "data.synthetic_examples": 256})
     placement = Placement.full(space, 8)
     reports = []
-    final = train_placement(cfg, placement, space, 1e-2, model, train, val, task.num_labels, "accuracy",
-                            reports.append, save_dir=str(tmp_path / "adapter"))
+    final = train_placement(cfg, TrialPlan(placement, space, 1e-2), model, data, reports.append,
+                            save_dir=str(tmp_path / "adapter"))
     assert [r["epoch"] for r in reports] == list(range(1, 7))
-    assert "final_metric" in reports[-1] and all("final_metric" not in r for r in reports[:-1])
+    assert "score" in reports[-1] and all("score" not in r for r in reports[:-1])
     assert final["accuracy"] >= 0.9 > reports[0]["accuracy"]
     assert reports[-1]["train_loss"] < reports[0]["train_loss"]
     # Exact counts: LoRA parameters + the classifier head (modules_to_save), nothing else.
@@ -36,14 +38,14 @@ def test_metric_rises_on_learnable_synthetic_task(tmp_path):
     assert final["adapter_params"] == placement.adapter_params(space)
     assert final["trainable_params"] == placement.adapter_params(space) + head
     assert (tmp_path / "adapter" / "adapter_config.json").exists()
-    assert final["gpu_hours"] > 0 and math.isclose(final["gpu_hours"], final["wall_s"] / 3600)
+    assert final["compute_hours"] > 0 and math.isclose(final["compute_hours"], final["wall_s"] / 3600)
 
 
 def test_non_finite_loss_is_an_error(tmp_path):
-    cfg, task, model, space, train, val = _setup(**{"train.fault": '"nan"', "train.fault_marker": f'"{tmp_path / "m"}"'})
+    cfg, task, model, space, data = _setup()
     with pytest.raises(NonFiniteLoss, match="non-finite training loss .* at step 0"):
-        train_placement(cfg, Placement.full(space, 2), space, 1e-3, model, train, val, task.num_labels,
-                        "accuracy", lambda m: None)
+        train_placement(cfg, TrialPlan(Placement.full(space, 2), space, 1e-3), model, data, lambda m: None,
+                        hooks=FaultHooks("nan", str(tmp_path / "m")))
 
 
 def test_classification_metrics():

@@ -62,13 +62,9 @@ class DataConfig:
     synthetic_labels: int = 2
 
 
-FAULTS = ("", "nan", "oom", "kill")  # train.fault: test hooks, see TrainConfig
-
-
 @dataclass
 class TrainConfig:
-    """How every trial trains (the same schedule for all). `fault` and `fault_marker` are test hooks
-    (fault injection for tests/test_failures.py), off by default; see their comment."""
+    """How every trial trains (the same schedule for all)."""
 
     epochs: int = 3
     batch_size: int = 32
@@ -83,19 +79,11 @@ class TrainConfig:
     # "auto" (balanced_accuracy when the largest class is >1.5x the smallest), "accuracy",
     # "balanced_accuracy".
     metric: str = "auto"
-    # Test hooks (leave empty in real searches). `fault` is "" (none), "nan" (the
-    # loss becomes NaN at the first step: the trial fails, not retried), "oom" (an out-of-memory
-    # error at the first step: fails, not retried) or "kill" (the trial's worker process SIGKILLs
-    # itself after reporting epoch 1: Ray retries the trial, up to search.max_failures times).
-    # Only the trial that first creates `fault_marker` (a file path, created atomically) faults,
-    # so exactly one trial of a search does, and its retry does not.
-    fault: str = ""
-    fault_marker: str = ""
 
 
 @dataclass
 class PriorsConfig:
-    # Calibration examples drawn from the training split with a fixed seed (METHODS.md).
+    # Calibration examples drawn from the training split with a fixed seed (docs/methods.md).
     calibration_examples: int = 128
     seed: int = 0
     # One vector per example for CKA: "mean" over non-pad tokens, "cls" (first), "last" (last non-pad).
@@ -131,8 +119,9 @@ class SearchConfig:
     # cluster whose driver may restart elsewhere, e.g. postgresql://user@host/db). The study is
     # named after the search.
     study_storage: str = ""
-    # End the search once its trials have cost this many GPU-hours (CPU-core-hours on CPU); 0 = no cap.
-    gpu_hours: float = 0.0
+    # End the search once its trials have cost this much, in the search's cost unit (GPU-hours when
+    # trials reserve GPUs, CPU-core-hours otherwise); 0 = no cap.
+    max_compute_hours: float = 0.0
 
 
 @dataclass
@@ -266,7 +255,7 @@ def load_config(files: list[str] | None = None, overrides: list[str] | None = No
             continue
         section, key, value = parsed
         # A string setting takes the text as given, even where TOML would read a number or a
-        # bool (`--set train.fault=nan`, `--set model.name=1234`).
+        # bool (`--set train.precision=no`, `--set model.name=1234`).
         target = getattr(cfg, section, None)
         if target is not None and typing.get_type_hints(type(target)).get(key) is str and not isinstance(value, str):
             value = text.split("=", 1)[1].strip()
@@ -297,8 +286,8 @@ def validate(cfg: Config) -> list[str]:
         p.append(f"search.gpus_per_trial {s.gpus_per_trial} must be >= 0")
     if s.cpus_per_trial < 1:
         p.append(f"search.cpus_per_trial {s.cpus_per_trial} must be >= 1")
-    if s.gpu_hours < 0:
-        p.append(f"search.gpu_hours {s.gpu_hours} must be >= 0 (0 = no cap)")
+    if s.max_compute_hours < 0:
+        p.append(f"search.max_compute_hours {s.max_compute_hours} must be >= 0 (0 = no cap)")
     if s.asha_reduction_factor < 2:
         p.append(f"search.asha_reduction_factor {s.asha_reduction_factor} must be >= 2")
     if t.epochs < 1:
@@ -309,10 +298,6 @@ def validate(cfg: Config) -> list[str]:
         p.append(f"train.precision {t.precision!r} is not one of auto, no, bf16, fp16")
     if t.metric not in ("auto", "accuracy", "balanced_accuracy"):
         p.append(f"train.metric {t.metric!r} is not one of auto, accuracy, balanced_accuracy")
-    if t.fault not in FAULTS:
-        p.append(f"train.fault {t.fault!r} is not one of {', '.join(map(repr, FAULTS))} (a test hook; leave it empty)")
-    elif t.fault and not t.fault_marker:
-        p.append(f"train.fault {t.fault!r} needs train.fault_marker, a file path that does not exist yet")
     if not (0.0 < d.val_fraction < 1.0):
         p.append(f"data.val_fraction {d.val_fraction} must be in (0, 1)")
     if cfg.priors.pooling not in ("mean", "cls", "last"):

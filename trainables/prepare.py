@@ -1,17 +1,40 @@
 """Prepare a search: load the model and task once, discover the sites, compute the priors.
 
 Where it sits: the step before sampling (**score**). The driver runs `prepare` as a Ray task (on
-a GPU worker when trials use GPUs) and gets back plain data: the `ModelSpace` as a dict, the task
-summary, the resolved metric and the prior scores, so the driver itself never imports torch.
-`search/score.py` calls the same function in-process.
+a GPU worker when trials use GPUs) and gets back a `Preparation` of plain values (the
+`ModelSpace`, the task summary, the resolved metric, the `PriorScores`), so the driver itself
+never imports torch. `search/score.py` calls the same function in-process.
 """
 
 from __future__ import annotations
 
 import random
 import time
+from dataclasses import dataclass
 
+from spaces.scores import PriorScores
+from spaces.space import ModelSpace
 from trainables.config import Config
+
+
+@dataclass(frozen=True)
+class Preparation:
+    """What a search knows before its first trial. task: n_train, n_val, labels, imbalance."""
+
+    space: ModelSpace
+    task: dict
+    metric_name: str
+    scores: PriorScores | None = None
+    priors_s: float | None = None
+
+    def to_dict(self) -> dict:
+        return {"space": self.space.to_dict(), "task": self.task, "metric_name": self.metric_name,
+                "scores": None if self.scores is None else self.scores.to_dict(), "priors_s": self.priors_s}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preparation":
+        return cls(ModelSpace.from_dict(d["space"]), dict(d["task"]), d["metric_name"],
+                   None if d.get("scores") is None else PriorScores.from_dict(d["scores"]), d.get("priors_s"))
 
 
 def calibration_batches(cfg: Config, train, device=None) -> list[dict]:
@@ -25,7 +48,7 @@ def calibration_batches(cfg: Config, train, device=None) -> list[dict]:
     return batches
 
 
-def prepare(cfg_dict: dict, with_priors: bool = True) -> dict:
+def prepare(cfg_dict: dict, with_priors: bool = True) -> Preparation:
     import torch
 
     from spaces.discovery import discover
@@ -34,25 +57,17 @@ def prepare(cfg_dict: dict, with_priors: bool = True) -> dict:
     from trainables.model import load_model, load_tokenizer, vocab_size
     from trainables.train import resolve_metric, tokenize
 
-    t0 = time.perf_counter()
     cfg = Config.from_dict(cfg_dict)
     task = load_task(cfg.data, vocab_size(cfg.model))
     tok = load_tokenizer(cfg.model)
     model = load_model(cfg.model, task.num_labels, seed=cfg.train.seed, tokenizer=tok)
     space = discover(model)
-    out = {
-        "space": space.to_dict(),
-        "task": task.summary(),
-        "metric": resolve_metric(cfg, task),
-        "n_model_params": sum(p.numel() for p in model.parameters()),
-    }
+    scores, priors_s = None, None
     if with_priors:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         model.to(device)
         batches = calibration_batches(cfg, tokenize(task.train, tok, cfg.model.max_length), device)
-        t1 = time.perf_counter()
-        out["scores"] = compute_priors(model, space, batches, pooling=cfg.priors.pooling,
-                                       gradients=cfg.priors.gradients)
-        out["priors_s"] = time.perf_counter() - t1
-    out["prepare_s"] = time.perf_counter() - t0
-    return out
+        t0 = time.perf_counter()
+        scores = compute_priors(model, space, batches, pooling=cfg.priors.pooling, gradients=cfg.priors.gradients)
+        priors_s = time.perf_counter() - t0
+    return Preparation(space, task.summary(), resolve_metric(cfg, task), scores, priors_s)

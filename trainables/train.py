@@ -3,26 +3,26 @@
 Where it sits: sample -> **train** -> track. `train_placement` wraps the base model with PEFT
 LoRA adapters on exactly the placement's sites (plus the classifier head in `modules_to_save`),
 fine-tunes for a fixed schedule with `accelerate` handling device and precision, evaluates after
-every epoch and hands each epoch's metrics to a `report` callback. The Tune entry
-(`trainables.tune_entry`) is a thin wrapper that turns those callbacks into `tune.report` calls.
+every epoch and hands each epoch's results to a `report` callback, under the key names of
+`trainables.record`. The Tune entry (`trainables.tune_entry`) is a thin wrapper that turns those
+callbacks into `tune.report` calls.
 
-Every trial uses the same seed, data order, step count and learning-rate schedule, so placements
-are compared fairly (METHODS.md, "Comparing placements fairly").
+Every trial uses the same data order, step count and learning-rate schedule for a given seed, so
+placements are compared fairly (docs/methods.md, "Comparing placements fairly").
 """
 
 from __future__ import annotations
 
 import math
-import os
-import signal
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
 
 from spaces.placement import Placement
 from spaces.space import ModelSpace
+from trainables import record as R
 from trainables.config import Config
 from trainables.data import Split, TaskData
 
@@ -31,36 +31,43 @@ class NonFiniteLoss(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
-def out_of_memory_error(message: str) -> RuntimeError:
-    """torch's OutOfMemoryError (torch >= 2.5), else the RuntimeError older versions raise."""
-    cls = getattr(torch, "OutOfMemoryError", None)
-    return cls(message) if cls is not None else RuntimeError(message)
-
-
 def is_out_of_memory(error: BaseException) -> bool:
     """A CUDA out-of-memory error, or the CPU allocator failing to allocate."""
-    cls = getattr(torch, "OutOfMemoryError", None)
-    if cls is not None and isinstance(error, cls):
+    if isinstance(error, torch.OutOfMemoryError):
         return True
     text = str(error)
     return isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
-def claim_fault(cfg: Config, fault: str) -> bool:
-    """Test hook: True for the one trial that injects `fault` (see `TrainConfig.fault`).
+@dataclass(frozen=True)
+class TrialPlan:
+    """What one training run trains: a placement of a space, at a learning rate, from a seed."""
 
-    The first trial to create `train.fault_marker` (O_CREAT | O_EXCL: atomic, also across
-    processes) gets the fault; every later trial, and the retry of the faulted one, does not.
-    """
-    if cfg.train.fault != fault:
-        return False
-    try:
-        fd = os.open(cfg.train.fault_marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-        return False
-    os.write(fd, f"{fault} injected in pid {os.getpid()}\n".encode())
-    os.close(fd)
-    return True
+    placement: Placement
+    space: ModelSpace
+    lr: float
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What the run reserved: GPUs (fractional allowed) and CPU cores. Cost is counted in the
+    reserved units (GPU-hours, or CPU-core-hours without a GPU), used or not."""
+
+    n_gpus: float = 0.0
+    n_cpus: int = 1
+
+    @property
+    def cost_units(self) -> float:
+        return self.n_gpus if self.n_gpus > 0 else float(self.n_cpus)
+
+
+class TrainHooks(Protocol):
+    """Optional observers of the training loop (the test-only fault injection is one)."""
+
+    def on_loss(self, step: int, loss: torch.Tensor) -> torch.Tensor: ...
+
+    def after_report(self, epoch: int) -> None: ...
 
 
 @dataclass
@@ -122,14 +129,24 @@ def classification_metrics(preds: list[int], labels: list[int], num_labels: int)
         n = sum(1 for y in labels if y == c)
         if n:
             recalls.append(sum(1 for p, y in zip(preds, labels) if y == c and p == c) / n)
-    return {"accuracy": correct / max(1, len(labels)),
-            "balanced_accuracy": sum(recalls) / max(1, len(recalls))}
+    return {R.ACCURACY: correct / max(1, len(labels)),
+            R.BALANCED_ACCURACY: sum(recalls) / max(1, len(recalls))}
+
+
+@dataclass(frozen=True)
+class TokenizedTask:
+    """A task ready to train on: tokenised splits, the number of labels, the metric's name."""
+
+    train: Batches
+    val: Batches
+    num_labels: int
+    metric_name: str
 
 
 def resolve_metric(cfg: Config, task: TaskData) -> str:
     if cfg.train.metric != "auto":
         return cfg.train.metric
-    return "balanced_accuracy" if task.imbalance() > 1.5 else "accuracy"
+    return R.BALANCED_ACCURACY if task.imbalance() > 1.5 else R.ACCURACY
 
 
 def _precision(requested: str) -> str:
@@ -164,37 +181,35 @@ def evaluate(model, batches: Batches, batch_size: int, accelerator) -> list[int]
 
 def train_placement(
     cfg: Config,
-    placement: Placement,
-    space: ModelSpace,
-    lr: float,
+    plan: TrialPlan,
     model,
-    train: Batches,
-    val: Batches,
-    num_labels: int,
-    metric: str,
+    data: TokenizedTask,
     report: Callable[[dict], None],
-    n_gpus: float = 0.0,
-    n_cpus: int = 1,
+    *,
+    resources: Resources = Resources(),
     save_dir: str | None = None,
+    hooks: TrainHooks | None = None,
 ) -> dict:
-    """Fine-tune `placement` for `cfg.train.epochs` epochs; returns the last epoch's metrics.
+    """Fine-tune `plan.placement` for `cfg.train.epochs` epochs; returns the last epoch's results.
 
-    report(metrics) is called after every epoch with: epoch, accuracy, balanced_accuracy,
-    epoch_score (the task metric, for ASHA), train_loss, trainable_params, adapter_params,
-    wall_s and gpu_hours so far. The last call also carries `final_metric` (the objective), and
-    the adapter is saved to `save_dir` before it (PEFT `save_pretrained`).
+    report(results) is called after every epoch with (names from `trainables.record`): epoch,
+    accuracy, balanced_accuracy, epoch_score (the task metric, for ASHA), train_loss,
+    trainable_params, adapter_params, wall_s and compute_hours so far. The last call also carries
+    `score` (the objective), and the adapter is saved to `save_dir` before it (PEFT
+    `save_pretrained`).
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     t0 = time.perf_counter()
-    set_seed(cfg.train.seed)
-    accelerator = Accelerator(mixed_precision=_precision(cfg.train.precision), cpu=n_gpus == 0)
-    peft_model = wrap_with_lora(model, placement, space, cfg)
+    set_seed(plan.seed)
+    accelerator = Accelerator(mixed_precision=_precision(cfg.train.precision), cpu=resources.n_gpus == 0)
+    peft_model = wrap_with_lora(model, plan.placement, plan.space, cfg)
     trainable, _ = peft_model.get_nb_trainable_parameters()
-    adapter_params = placement.adapter_params(space)
+    adapter_params = plan.placement.adapter_params(plan.space)
     params = [p for p in peft_model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.train.weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=plan.lr, weight_decay=cfg.train.weight_decay)
+    train, val = data.train, data.val
     steps_per_epoch = math.ceil(len(train.ids) / cfg.train.batch_size)
     total = steps_per_epoch * cfg.train.epochs
     warmup = int(cfg.train.warmup_ratio * total)
@@ -202,10 +217,8 @@ def train_placement(
         optimizer, lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (total - s) / max(1, total - warmup))
     )
     peft_model, optimizer = accelerator.prepare(peft_model, optimizer)
-    # One reserved GPU-second is a GPU-second whether used or not; on CPU count core-seconds.
-    cost_units = n_gpus if n_gpus > 0 else n_cpus
-    gen = torch.Generator().manual_seed(cfg.train.seed)
-    step, metrics = 0, {}
+    gen = torch.Generator().manual_seed(plan.seed)
+    step, results = 0, {}
     for epoch in range(1, cfg.train.epochs + 1):
         peft_model.train()
         loss_sum, n_batches = 0.0, 0
@@ -213,10 +226,8 @@ def train_placement(
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             with accelerator.autocast():
                 loss = peft_model(**batch).loss
-            if step == 0 and claim_fault(cfg, "nan"):
-                loss = loss * float("nan")
-            if step == 0 and claim_fault(cfg, "oom"):
-                raise out_of_memory_error("CUDA out of memory. Tried to allocate 20.00 GiB (injected by train.fault=oom)")
+            if hooks is not None:
+                loss = hooks.on_loss(step, loss)
             if not torch.isfinite(loss):
                 raise NonFiniteLoss(f"non-finite training loss ({loss.item()}) at step {step} (epoch {epoch}): "
                                     "lower search.lr_max, or use train.precision=no")
@@ -228,23 +239,23 @@ def train_placement(
             n_batches += 1
             step += 1
         preds = evaluate(peft_model, val, cfg.train.eval_batch_size, accelerator)
-        scores = classification_metrics(preds, val.labels, num_labels)
+        scores = classification_metrics(preds, val.labels, data.num_labels)
         wall_s = time.perf_counter() - t0
-        metrics = {
-            "epoch": epoch,
+        results = {
+            R.EPOCH: epoch,
             **scores,
-            "epoch_score": scores[metric],
-            "train_loss": loss_sum / max(1, n_batches),
-            "trainable_params": int(trainable),
-            "adapter_params": int(adapter_params),
-            "wall_s": wall_s,
-            "gpu_hours": wall_s * cost_units / 3600.0,
+            R.EPOCH_SCORE: scores[data.metric_name],
+            R.TRAIN_LOSS: loss_sum / max(1, n_batches),
+            R.TRAINABLE_PARAMS: int(trainable),
+            R.ADAPTER_PARAMS: int(adapter_params),
+            R.WALL_S: wall_s,
+            R.COMPUTE_HOURS: wall_s * resources.cost_units / 3600.0,
         }
         if epoch == cfg.train.epochs:
             if save_dir:
                 accelerator.unwrap_model(peft_model).save_pretrained(save_dir)
-            metrics["final_metric"] = scores[metric]
-        report(metrics)
-        if epoch == 1 and claim_fault(cfg, "kill"):
-            os.kill(os.getpid(), signal.SIGKILL)  # the worker dies mid-trial, after epoch 1's report
-    return metrics
+            results[R.SCORE] = scores[data.metric_name]
+        report(results)
+        if hooks is not None:
+            hooks.after_report(epoch)
+    return results

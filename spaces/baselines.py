@@ -2,8 +2,9 @@
 
 Where it sits: score -> **sample** -> train -> track -> frontier. The prior sampler
 (`search.prior_sampler`) enqueues these as the first trials of a search, so every report shows the
-hand-crafted strategies side by side with what the search found (METHODS.md, "From scores to a
-search"). Torch-free: it reads the plain scores dict of `spaces.priors.compute_priors`.
+hand-crafted strategies side by side with what the search found (docs/methods.md, "From scores to
+a search"); `search/score.py` prints them as "what each prior alone picks". Torch-free: it reads a
+`spaces.scores.PriorScores`. This is the one place that turns scores into whole placements.
 
 The baselines, in this order (the last four need scores):
 - all:        every site;
@@ -28,6 +29,7 @@ from typing import NamedTuple
 
 from spaces.budget import Budget, fill_units, repair
 from spaces.placement import Placement
+from spaces.scores import PriorScores
 from spaces.space import ModelSpace
 
 ATTENTION_TOKENS = ("attention", "attn")
@@ -63,14 +65,6 @@ def kind_family(kind: str) -> str | None:
     return None
 
 
-def check_scores(scores: dict, space: ModelSpace) -> None:
-    if list(scores["kinds"]) != list(space.aliases) or scores["n_layers"] != space.n_layers:
-        raise ValueError(
-            f"scores are for kinds {scores['kinds']} x {scores['n_layers']} layers, the space has "
-            f"{list(space.aliases)} x {space.n_layers}: recompute priors for this model"
-        )
-
-
 def rank_scores(values: list[float | None], higher_first: bool) -> list[float]:
     """Scores -> [-1, 1] by rank: best +1, worst -1, ties share their mean rank.
 
@@ -87,20 +81,20 @@ def rank_scores(values: list[float | None], higher_first: bool) -> list[float]:
     return [0.0 if v is None else 1.0 - 2.0 * (sum(positions[v]) / len(positions[v])) / top for v in values]
 
 
-def priorities(scores: dict | None, space: ModelSpace) -> Priorities:
+def priorities(scores: PriorScores | None, space: ModelSpace) -> Priorities:
     """Kinds by PLoP (lower NFN first); layers by the mean of their CKA-importance and activation
     ranks. Without scores, all zero (uniform)."""
     if scores is None:
         return Priorities([0.0] * len(space.kinds), [0.0] * space.n_layers)
-    check_scores(scores, space)
-    kind = rank_scores([scores["nfn"]["per_kind"][a] for a in space.aliases], higher_first=False)
-    cka = rank_scores(list(scores["cka"]["importance"]), higher_first=True)
-    act = rank_scores(list(scores["act"]["per_layer"]), higher_first=True)
+    scores.check(space)
+    kind = rank_scores(scores.kind_nfn(), higher_first=False)
+    cka = rank_scores(list(scores.cka.importance), higher_first=True)
+    act = rank_scores(list(scores.act.per_layer), higher_first=True)
     return Priorities(kind, [(c + a) / 2.0 for c, a in zip(cka, act)])
 
 
 def _order(values: list[float | None], descending: bool) -> list[int]:
-    """Indices best first; None last; ties by index (as `spaces.priors.method_choices`)."""
+    """Indices best first; None last; ties by index."""
     sign = -1.0 if descending else 1.0
     return sorted(range(len(values)), key=lambda i: (values[i] is None, sign * (values[i] or 0.0), i))
 
@@ -124,7 +118,7 @@ def _fill(space, budget, ranks, units, rank, prio: Priorities) -> Placement:
 
 
 def make_baselines(
-    space: ModelSpace, budget: Budget, ranks: list[int], scores: dict | None = None
+    space: ModelSpace, budget: Budget, ranks: list[int], scores: PriorScores | None = None
 ) -> list[Baseline]:
     """The baselines of the module docstring, in order, deduplicated by placement key."""
     prio = priorities(scores, space)
@@ -141,11 +135,10 @@ def make_baselines(
         if sites:
             candidates.append((family, _repaired(space, budget, ranks, sites, r0, prio)))
     if scores is not None:
-        check_scores(scores, space)
-        kinds_low_nfn = [k for k in _order([scores["nfn"]["per_kind"][a] for a in space.aliases], descending=False)
-                         if by_kind[k]]
-        layers_cka = _order(list(scores["cka"]["importance"]), descending=True)
-        layers_act = _order(list(scores["act"]["per_layer"]), descending=True)
+        scores.check(space)
+        kinds_low_nfn = [k for k in _order(scores.kind_nfn(), descending=False) if by_kind[k]]
+        layers_cka = _order(list(scores.cka.importance), descending=True)
+        layers_act = _order(list(scores.act.per_layer), descending=True)
         half = kinds_low_nfn[: max(1, math.ceil(len(kinds_low_nfn) / 2))]  # PLoP's kinds for the product
         by_layer, half_by_layer = layer_units(range(n_kinds)), layer_units(half)
         candidates += [

@@ -1,0 +1,95 @@
+"""Which Optuna sampler proposes the placements: `prior` (the default), `tpe` or `random`.
+
+Where it sits: score -> **sample** -> train. `make_sampler` returns the sampler, the define-by-run
+space (`search.proposal.PlacementSpace`) and the trials to enqueue before any other (the
+baselines of `spaces.baselines`, for `prior`). The searcher (`search.searcher`) runs them under
+Ray Tune; the benchmarks run them on a plain Optuna study.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from spaces.baselines import Baseline, make_baselines, priorities, product_flags
+from spaces.budget import Budget
+from spaces.scores import PriorScores
+from spaces.space import ModelSpace
+from search.proposal import BASELINE_ATTR, BASELINE_PLACEMENT_ATTR, PlacementSpace, flag_params
+
+SAMPLERS = ("prior", "tpe", "random")
+
+
+@dataclass(frozen=True)
+class SamplerInputs:
+    """What every sampler needs to know about the search it proposes for."""
+
+    space: ModelSpace
+    budget: Budget
+    ranks: tuple[int, ...]
+    lr_range: tuple[float, float]
+    trials: int
+    seed: int = 0
+    scores: PriorScores | None = None
+
+    @classmethod
+    def from_config(cls, space: ModelSpace, budget: Budget, cfg, scores: PriorScores | None = None) -> "SamplerInputs":
+        s = cfg.search
+        return cls(space, budget, tuple(s.ranks), (s.lr_min, s.lr_max), s.trials, s.seed, scores)
+
+    @property
+    def baseline_lr(self) -> float:
+        """One learning rate for every baseline, so they compare side by side: the geometric middle."""
+        return math.sqrt(self.lr_range[0] * self.lr_range[1])
+
+
+class SamplerSetup(NamedTuple):
+    sampler: Any  # an optuna.samplers.BaseSampler
+    space: PlacementSpace  # the define-by-run function
+    enqueue: list[tuple[dict, dict]]  # (params, user_attrs) to enqueue first: the baselines
+    baselines: list[Baseline]  # in enqueue order
+
+
+def prior_trials(trials: int) -> int:
+    """How many prior draws follow the baselines: a sixth of the trials, 1 to 6."""
+    return max(1, min(6, trials // 6))
+
+
+def baseline_trials(inputs: SamplerInputs, baselines: list[Baseline]) -> list[tuple[dict, dict]]:
+    """(params, user_attrs) that make an Optuna study train each baseline at the baseline lr."""
+    return [
+        (flag_params(inputs.space, *product_flags(b.placement, inputs.space), inputs.baseline_lr),
+         {BASELINE_ATTR: b.name, BASELINE_PLACEMENT_ATTR: b.placement.to_json(), "baseline_aliases": list(b.aliases)})
+        for b in baselines
+    ]
+
+
+def make_sampler(name: str, inputs: SamplerInputs, prior_options: dict | None = None) -> SamplerSetup:
+    """The sampler, define-by-run space and enqueued baselines for `name` in prior | tpe | random.
+
+    `prior` without scores uses uniform probabilities (still scaled to the budget) and the three
+    structural baselines. `tpe` and `random` enqueue nothing and repair without priorities.
+    prior_options (ablations): strength, fills, floor (`PlacementPrior`), n_prior, w0, tau
+    (`PriorSampler`); defaults in `search.prior_sampler`, n_prior from `prior_trials`.
+    """
+    import optuna
+
+    if name not in SAMPLERS:
+        raise ValueError(f"sampler {name!r} is not one of {', '.join(SAMPLERS)}")
+    ranks = list(inputs.ranks)
+    if name == "random":
+        return SamplerSetup(optuna.samplers.RandomSampler(seed=inputs.seed),
+                            PlacementSpace(inputs.space, inputs.budget, ranks, inputs.lr_range), [], [])
+    if name == "tpe":
+        sampler = optuna.samplers.TPESampler(seed=inputs.seed, n_startup_trials=max(2, min(5, inputs.trials // 3)))
+        return SamplerSetup(sampler, PlacementSpace(inputs.space, inputs.budget, ranks, inputs.lr_range), [], [])
+    from search.prior_sampler import PlacementPrior, PriorOptions, PriorSampler
+
+    prio = priorities(inputs.scores, inputs.space)
+    pspace = PlacementSpace(inputs.space, inputs.budget, ranks, inputs.lr_range, prio)
+    baselines = make_baselines(inputs.space, inputs.budget, ranks, inputs.scores)
+    options = PriorOptions(n_prior=prior_trials(inputs.trials)).with_overrides(prior_options or {})
+    prior = PlacementPrior(inputs.space, inputs.budget, ranks, inputs.lr_range, prio, options)
+    sampler = PriorSampler(prior, pspace.distributions(), options, seed=inputs.seed)
+    return SamplerSetup(sampler, pspace, baseline_trials(inputs, baselines), baselines)

@@ -1,0 +1,158 @@
+"""The trial record: one typed home for what a trial reports and what is read back about it.
+
+Where it sits: train -> **track** -> frontier. A trial reports per-epoch results under the key
+names below (`trainables.train`); the tracker logs them to MLflow under the same names
+(`search.tracking`); the frontier, the tables and the plots read `TrialRecord`s built by one
+function, `build_record`, from what MLflow holds (`analysis.mlflow_read`) or from the tracker's
+mirror of what it wrote. Stdlib only, so `analysis/` and the driver use it without torch.
+
+One name per quantity:
+- `epoch_score`: the task metric after an epoch (what ASHA watches);
+- `score`: the task metric after the last epoch, the objective; only in a trial's last report;
+- `metric_name`: which metric `score` is (`accuracy` or `balanced_accuracy`), a search-level param;
+- `compute_hours`: wall time x the units a trial reserved / 3600, in `cost_unit`: GPU-hours when
+  trials reserve GPUs, CPU-core-hours otherwise (never a CPU figure under a GPU name).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+# ---- a trial's report (Tune result keys) and its MLflow metrics: the same names ---------------
+EPOCH = "epoch"
+EPOCH_SCORE = "epoch_score"
+SCORE = "score"
+ACCURACY = "accuracy"
+BALANCED_ACCURACY = "balanced_accuracy"
+TRAIN_LOSS = "train_loss"
+TRAINABLE_PARAMS = "trainable_params"
+ADAPTER_PARAMS = "adapter_params"
+WALL_S = "wall_s"
+COMPUTE_HOURS = "compute_hours"
+NODE_ID = "node_id"
+# A trial that cannot succeed (non-finite loss, out of memory) reports this key, with the reason,
+# and ends without raising, so that it is not retried (a retry would fail the same way).
+FAILURE = "failure"
+
+EPOCH_METRICS = (ACCURACY, BALANCED_ACCURACY, EPOCH_SCORE, TRAIN_LOSS, WALL_S, COMPUTE_HOURS)
+METRICS = (ACCURACY, BALANCED_ACCURACY)  # the task metrics a search can optimise
+
+# The objectives, with their senses, in the order the searcher and the frontier use.
+OBJECTIVES: tuple[tuple[str, str], ...] = ((SCORE, "max"), (TRAINABLE_PARAMS, "min"), (COMPUTE_HOURS, "min"))
+
+# ---- cost units -----------------------------------------------------------------------------
+GPU_HOURS = "GPU-hours"
+CPU_CORE_HOURS = "CPU-core-hours"
+
+
+def cost_unit(gpus_per_trial: float) -> str:
+    return GPU_HOURS if gpus_per_trial > 0 else CPU_CORE_HOURS
+
+
+# ---- MLflow names: the search's parent run and its trial runs -------------------------------
+ROLE_TAG, ROLE_SEARCH = "role", "search"
+PARENT_TAG = "mlflow.parentRunId"
+TRIAL_ID_TAG = "trial_id"
+STATUS_TAG = "status"
+BASELINE_TAG = "baseline"
+PARETO_TAG = "pareto"
+ERROR_TAG = "error"
+RETRIES_TAG, RETRY_REASON_TAG = "retries", "retry_reason"
+PLACEMENT_KEY = "placement_key"  # param and tag of a trial run
+METRIC_NAME = "metric_name"  # params of the parent run
+COST_UNIT = "cost_unit"
+
+# ---- trial statuses -------------------------------------------------------------------------
+RUNNING, COMPLETED, PRUNED, FAILED = "running", "completed", "pruned", "failed"
+TRIAL_STATUSES = (COMPLETED, PRUNED, FAILED)
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One trial as the tables, the frontier and the plots see it.
+
+    status: running | completed | pruned (ASHA stopped it) | failed | killed | unknown.
+    score: the objective, for completed trials only. last_score: the last epoch's epoch_score
+    (what a stopped trial had reached). epochs: the last epoch reported. pareto: on the frontier.
+    """
+
+    trial_id: str
+    run_id: str
+    key: str
+    rank: int | None = None
+    lr: float | None = None
+    status: str = RUNNING
+    score: float | None = None
+    trainable_params: int | None = None
+    adapter_params: int | None = None
+    compute_hours: float | None = None
+    epochs: int = 0
+    last_score: float | None = None
+    baseline: str | None = None
+    pareto: bool = False
+    error: str | None = None
+    start_time: int | None = None
+
+    def replace(self, **changes) -> "TrialRecord":
+        return dataclasses.replace(self, **changes)
+
+    def objectives(self) -> tuple[float, float, float]:
+        """(score, trainable_params, compute_hours) of a completed trial."""
+        return (float(self.score), float(self.trainable_params), float(self.compute_hours))
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+CSV_COLUMNS = ["trial_id", "run_id", "status", "pareto", "key", "rank", "lr", SCORE, TRAINABLE_PARAMS,
+               ADAPTER_PARAMS, COMPUTE_HOURS, "epochs"]
+
+
+def _number(value, kind=float):
+    """A number from an MLflow param (a string) or metric, or None."""
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return int(number) if kind is int and math.isfinite(number) else number
+
+
+def run_status(mlflow_status: str, status_tag: str | None) -> str:
+    """completed | pruned | failed from the tracker's tag; running while MLflow says so; killed or
+    unknown for a closed run the tracker never finished (a search stopped from outside)."""
+    if mlflow_status in ("RUNNING", "SCHEDULED"):
+        return RUNNING
+    if status_tag in TRIAL_STATUSES:
+        return status_tag
+    return {"FAILED": FAILED, "KILLED": "killed"}.get(mlflow_status, "unknown")
+
+
+def build_record(run_id: str, mlflow_status: str, tags: dict, params: dict, metrics: dict,
+                 start_time: int | None = None) -> TrialRecord:
+    """The one way a `TrialRecord` is made: from a trial run's tags, params and latest metrics (the
+    value at the highest step, as MLflow holds them or as the tracker wrote them). The last epoch and
+    its score are the latest `epoch` and `epoch_score` (logged with step = epoch)."""
+    status = run_status(mlflow_status, tags.get(STATUS_TAG))
+    adapter = metrics.get(ADAPTER_PARAMS, _number(params.get(ADAPTER_PARAMS)))
+    return TrialRecord(
+        trial_id=tags.get(TRIAL_ID_TAG, ""),
+        run_id=run_id,
+        key=params.get(PLACEMENT_KEY, tags.get(PLACEMENT_KEY, "")),
+        rank=_number(params.get("rank"), int),
+        lr=_number(params.get("lr")),
+        status=status,
+        score=metrics.get(SCORE) if status == COMPLETED else None,
+        trainable_params=_number(metrics.get(TRAINABLE_PARAMS), int),
+        adapter_params=_number(adapter, int),
+        compute_hours=metrics.get(COMPUTE_HOURS),
+        epochs=_number(metrics.get(EPOCH), int) or 0,
+        last_score=metrics.get(EPOCH_SCORE),
+        baseline=params.get(BASELINE_TAG) or tags.get(BASELINE_TAG) or None,
+        pareto=tags.get(PARETO_TAG) == "true",
+        error=tags.get(ERROR_TAG) if status == FAILED else None,
+        start_time=start_time,
+    )
