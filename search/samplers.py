@@ -32,15 +32,25 @@ class SamplerInputs:
     trials: int
     seed: int = 0
     scores: PriorScores | None = None
+    calibrated_lr: float | None = None  # the probe's choice (search.calibration), if one ran
 
     @classmethod
-    def from_config(cls, space: ModelSpace, budget: Budget, cfg, scores: PriorScores | None = None) -> "SamplerInputs":
+    def from_config(cls, space: ModelSpace, budget: Budget, cfg, scores: PriorScores | None = None,
+                    calibrated_lr: float | None = None) -> "SamplerInputs":
+        """With a calibrated rate the sampler draws within a factor search.lr_band of it; without,
+        over [search.lr_min, search.lr_max]."""
         s = cfg.search
-        return cls(space, budget, tuple(s.ranks), (s.lr_min, s.lr_max), s.trials, s.seed, scores)
+        lr_range = (s.lr_min, s.lr_max)
+        if calibrated_lr is not None:
+            lr_range = (calibrated_lr / s.lr_band, calibrated_lr * s.lr_band)
+        return cls(space, budget, tuple(s.ranks), lr_range, s.trials, s.seed, scores, calibrated_lr)
 
     @property
     def baseline_lr(self) -> float:
-        """One learning rate for every baseline, so they compare side by side: the geometric middle."""
+        """One learning rate for every baseline, so they compare side by side: the calibrated rate,
+        else the geometric middle of the sampler's range."""
+        if self.calibrated_lr is not None:
+            return self.calibrated_lr
         return math.sqrt(self.lr_range[0] * self.lr_range[1])
 
 

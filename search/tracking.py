@@ -29,7 +29,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
-from spaces.placement import Placement
+from spaces.placement import LoraScaling, Placement
 from spaces.space import ModelSpace
 from trainables import record as R
 from trainables.record import TrialRecord
@@ -57,8 +57,10 @@ class TrialContext:
     metric_name: str
     cost_unit: str
     total_trials: int
-    lora_alpha_over_rank: float = 2.0
+    lora_scaling: LoraScaling = LoraScaling()
     lora_dropout: float = 0.0
+    seed: int = 0  # the training seed of trials whose config names none (the search's own)
+    label: str = ""  # printed before each trial's line ("confirm" for the confirmation phase)
 
 
 @dataclass
@@ -127,6 +129,16 @@ class MlflowTracker(Callback):
                         {k: (0, v) for k, v in run.data.metrics.items()}, run.info.status, run.info.start_time)
             self._mirrors[tid] = m
 
+    def _confirmation_of(self, cfg: dict) -> str | None:
+        """The trial id whose run already holds this confirmation job (same trial confirmed, same
+        seed): a confirmation restarted without Tune's state logs into it instead of a second run."""
+        if not cfg.get(R.CONFIRMS_TAG):
+            return None
+        for tid, m in self._mirrors.items():
+            if m.tags.get(R.CONFIRMS_TAG) == cfg[R.CONFIRMS_TAG] and m.params.get(R.SEED) == str(cfg.get(R.SEED)):
+                return tid
+        return None
+
     def run_id(self, trial_id: str) -> str | None:
         m = self._mirrors.get(trial_id)
         return m.run_id if m else None
@@ -139,12 +151,24 @@ class MlflowTracker(Callback):
     def on_trial_start(self, iteration, trials, trial, **info):
         if trial.trial_id in self._mirrors:
             return  # a retried trial keeps its run
-        cfg, space = trial.config, self.context.space
+        cfg, space = R.trial_config(trial.config), self.context.space
+        earlier = self._confirmation_of(cfg)
+        if earlier is not None:
+            m = self._mirrors.pop(earlier)
+            self._mirrors[trial.trial_id] = m
+            self._write(m, tags={R.TRIAL_ID_TAG: trial.trial_id, R.STATUS_TAG: R.RUNNING})
+            self.client.update_run(m.run_id, status="RUNNING")
+            m.mlflow_status = "RUNNING"
+            return
         placement = Placement.from_json(cfg["placement"])
+        seed = int(cfg.get(R.SEED, self.context.seed))
         tags = {R.PARENT_TAG: self.run.parent_run_id, R.TRIAL_ID_TAG: trial.trial_id,
                 R.PLACEMENT_KEY: _short(placement.key), R.STATUS_TAG: R.RUNNING}
-        run = self.client.create_run(self.run.experiment_id, run_name=f"{trial.trial_id} {placement.key}"[:250],
-                                     tags=tags)
+        name = f"{trial.trial_id} {placement.key}"
+        if cfg.get(R.CONFIRMS_TAG):
+            tags[R.CONFIRMS_TAG] = cfg[R.CONFIRMS_TAG]
+            name = f"{trial.trial_id} {placement.key} seed {seed}"
+        run = self.client.create_run(self.run.experiment_id, run_name=name[:250], tags=tags)
         m = _Mirror(run.info.run_id, tags, start_time=run.info.start_time)
         self._mirrors[trial.trial_id] = m
         params = {
@@ -155,6 +179,7 @@ class MlflowTracker(Callback):
             R.ADAPTER_PARAMS: placement.adapter_params(space),
             "budget_ratio": round(cfg.get("budget_ratio", float("nan")), 6),
             "repairs": _short(cfg.get("repairs") or "none"),
+            R.SEED: seed,
         }
         params.update({k: v for k, v in cfg.items() if k.startswith(("kind_", "layer_"))})
         params = {k: str(v) for k, v in params.items()}
@@ -162,7 +187,7 @@ class MlflowTracker(Callback):
         self._write(m, params=params, tags=new_tags)
         self.client.log_dict(m.run_id, placement.to_dict(), "placement.json")
         self.client.log_dict(m.run_id, placement.lora_config_kwargs(
-            space, alpha_over_rank=self.context.lora_alpha_over_rank, dropout=self.context.lora_dropout),
+            space, scaling=self.context.lora_scaling, dropout=self.context.lora_dropout),
             "lora_config.json")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -239,9 +264,12 @@ class MlflowTracker(Callback):
         self._print_done(m.record())
 
     def _print_done(self, r: TrialRecord) -> None:
-        done = sum(m.mlflow_status != "RUNNING" for m in self._mirrors.values())
         score = f"{r.score:.4f}" if r.score is not None else f"({r.last_score or 0:.4f} at epoch {r.epochs})"
-        print(f"[{done}/{self.context.total_trials}] {r.status:<9} {self.context.metric_name} {score}  "
+        label = f"{self.context.label} " if self.context.label else ""
+        # count this phase's trials only: the search's own, or the confirmation runs
+        done = sum(m.mlflow_status != "RUNNING" and (R.CONFIRMS_TAG in m.tags) == bool(self.context.label)
+                   for m in self._mirrors.values())
+        print(f"{label}[{done}/{self.context.total_trials}] {r.status:<9} {self.context.metric_name} {score}  "
               f"params {r.trainable_params or 0:,}  {r.key}  ({time.time() - self.t0:.0f}s elapsed)", flush=True)
 
 

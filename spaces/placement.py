@@ -11,6 +11,7 @@ of a `ModelSpace`. It is immutable, validates itself against its space, has a sh
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
 from spaces.space import ModelSpace
@@ -30,6 +31,28 @@ def _fmt_layers(layers: list[int]) -> str:
     if start is not None:
         runs.append((start, prev))
     return ",".join(f"{a}-{b}" if b > a else f"{a}" for a, b in runs)
+
+
+@dataclass(frozen=True)
+class LoraScaling:
+    """How a LoRA update is scaled: `scale` is the factor on B A at rank `r_ref`.
+
+    Plain LoRA (`rslora=False`): alpha = scale * r, so the factor alpha / r is `scale` at every
+    rank. rsLoRA (Kalajdzievski 2023; PEFT `use_rslora`): the factor is alpha / sqrt(r) with one
+    alpha = scale * sqrt(r_ref) for every rank, so it is `scale` at r_ref and shrinks like
+    1 / sqrt(r) above it, which keeps the best learning rate nearly constant across ranks.
+    """
+
+    scale: float = 2.0
+    rslora: bool = False
+    r_ref: int = 8
+
+    def alpha(self, rank: int) -> float:
+        return self.scale * math.sqrt(self.r_ref) if self.rslora else self.scale * rank
+
+    def factor(self, rank: int) -> float:
+        """What multiplies B A at this rank."""
+        return self.alpha(rank) / (math.sqrt(rank) if self.rslora else rank)
 
 
 @dataclass(frozen=True)
@@ -130,6 +153,30 @@ class Placement:
     def from_dict(cls, d: dict) -> "Placement":
         return cls(tuple(d["kinds"]), tuple(tuple(int(r) for r in row) for row in d["ranks"]))
 
+    @classmethod
+    def from_key(cls, key: str, space: ModelSpace) -> "Placement":
+        """Parse a canonical key back: `r8 q[0-5] v[0,2,4]`, or with per-kind ranks `q[0-5]r8 v[1]r4`."""
+        import re
+
+        tokens = key.split()
+        rank = None
+        if tokens and re.fullmatch(r"r\d+", tokens[0]):
+            rank = int(tokens.pop(0)[1:])
+        grid = [[0] * space.n_layers for _ in space.kinds]
+        for token in tokens:
+            m = re.fullmatch(r"([^\[\]\s]+)\[([\d,\-]+)\](?:r(\d+))?", token)
+            if not m or (m.group(3) is None) == (rank is None):
+                raise ValueError(f"placement key {key!r}: cannot read {token!r}; expected e.g. 'r8 q[0-5] v[0,2]'")
+            k = space.kind_index(m.group(1))
+            r = rank if rank is not None else int(m.group(3))
+            for part in m.group(2).split(","):
+                a, _, b = part.partition("-")
+                for layer in range(int(a), int(b or a) + 1):
+                    if not 0 <= layer < space.n_layers:
+                        raise ValueError(f"placement key {key!r}: layer {layer} is outside 0-{space.n_layers - 1}")
+                    grid[k][layer] = r
+        return cls(space.aliases, tuple(tuple(row) for row in grid)).checked(space)
+
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
 
@@ -142,7 +189,7 @@ class Placement:
         """Exact fully-qualified module names, never suffixes or regexes."""
         return [space.module_name(k, l) for k, l in self.sites()]
 
-    def lora_config_kwargs(self, space: ModelSpace, alpha_over_rank: float = 2.0, dropout: float = 0.0) -> dict:
+    def lora_config_kwargs(self, space: ModelSpace, scaling: LoraScaling = LoraScaling(), dropout: float = 0.0) -> dict:
         """Keyword arguments for `peft.LoraConfig` that adapt exactly this placement's sites.
 
         Uniform rank: one `r`. Mixed ranks: `rank_pattern` keyed by anchored, escaped full names
@@ -162,10 +209,11 @@ class Placement:
             raise ValueError("placement mixes Conv1D and Linear modules; PEFT needs one fan_in_fan_out")
         kwargs = {
             "r": base,
-            "lora_alpha": alpha_over_rank * base,
+            "lora_alpha": scaling.alpha(base),
             "lora_dropout": dropout,
             "target_modules": self.target_modules(space),
             "fan_in_fan_out": fifo.pop(),
+            "use_rslora": scaling.rslora,
         }
         if len(ranks) > 1:
             kwargs["rank_pattern"] = {
@@ -173,5 +221,6 @@ class Placement:
                 for k, l in self.sites()
                 if self.ranks[k][l] != base
             }
-            kwargs["alpha_pattern"] = {p: alpha_over_rank * r for p, r in kwargs["rank_pattern"].items()}
+            if not scaling.rslora:  # rsLoRA: one alpha for every rank
+                kwargs["alpha_pattern"] = {p: scaling.alpha(r) for p, r in kwargs["rank_pattern"].items()}
         return kwargs

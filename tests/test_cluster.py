@@ -52,7 +52,7 @@ def test_search_runs_on_the_worker_nodes_of_an_existing_cluster(tmp_path):
         out = tmp_path / "out"
         proc = subprocess.run(_cli("--address", f"127.0.0.1:{port}", "--gpus-per-trial", "0.5",
                                    "--cpus-per-trial", "1", "--trials", "2", "--output-dir", str(out),
-                                   "--experiment", "cluster"),
+                                   "--experiment", "cluster", "--set", "search.confirm_seeds=0"),
                               capture_output=True, text=True, timeout=400, cwd=ROOT, env=env)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         import ray
@@ -75,7 +75,8 @@ def test_search_runs_on_the_worker_nodes_of_an_existing_cluster(tmp_path):
 def test_resume_after_the_driver_is_killed(tmp_path):
     out = tmp_path / "out"
     args = ["--trials", "4", "--output-dir", str(out), "--experiment", "resumed", "--set", "train.epochs=4",
-            "--set", "search.asha_grace_epochs=4"]  # every trial runs to the end: nothing is pruned
+            "--set", "search.asha_grace_epochs=4",  # every trial runs to the end: nothing is pruned
+            "--set", "search.confirm_seeds=0"]  # the search phase alone (tests/test_confirmation.py: the rest)
     driver = subprocess.Popen(_cli(*args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
                               start_new_session=True)
     try:

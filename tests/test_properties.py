@@ -92,6 +92,15 @@ def test_key_says_exactly_which_sites_carry_which_rank(sp):
 
 
 @PROPS
+@given(space_and_placement)
+def test_key_parses_back_to_the_placement(sp):
+    space, p = sp
+    if p.is_empty():
+        return
+    assert Placement.from_key(p.key, space) == p
+
+
+@PROPS
 @given(spaces().flatmap(lambda s: st.tuples(st.just(s), placements(s), placements(s))))
 def test_different_placements_have_different_keys(sps):
     _, a, b = sps

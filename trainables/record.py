@@ -47,6 +47,11 @@ GPU_HOURS = "GPU-hours"
 CPU_CORE_HOURS = "CPU-core-hours"
 
 
+def trial_config(config: dict) -> dict:
+    """A Tune trial's own config: the search's trials carry it directly, confirmations under JOB."""
+    return config.get(JOB, config)
+
+
 def cost_unit(gpus_per_trial: float) -> str:
     return GPU_HOURS if gpus_per_trial > 0 else CPU_CORE_HOURS
 
@@ -60,6 +65,9 @@ BASELINE_TAG = "baseline"
 PARETO_TAG = "pareto"
 ERROR_TAG = "error"
 RETRIES_TAG, RETRY_REASON_TAG = "retries", "retry_reason"
+JOB = "job"  # a confirmation trial's config is {"job": <the trial config>} (a grid over jobs)
+CONFIRMS_TAG = "confirms"  # on a confirmation run: the trial id of the search trial it retrains
+SEED = "seed"  # param of every trial run: its training seed
 PLACEMENT_KEY = "placement_key"  # param and tag of a trial run
 METRIC_NAME = "metric_name"  # params of the parent run
 COST_UNIT = "cost_unit"
@@ -76,6 +84,8 @@ class TrialRecord:
     status: running | completed | pruned (ASHA stopped it) | failed | killed | unknown.
     score: the objective, for completed trials only. last_score: the last epoch's epoch_score
     (what a stopped trial had reached). epochs: the last epoch reported. pareto: on the frontier.
+    seed: the training seed. confirms: for a confirmation run, the trial id it retrains with
+    another seed (None for the search's own trials).
     """
 
     trial_id: str
@@ -94,6 +104,8 @@ class TrialRecord:
     pareto: bool = False
     error: str | None = None
     start_time: int | None = None
+    seed: int | None = None
+    confirms: str | None = None
 
     def replace(self, **changes) -> "TrialRecord":
         return dataclasses.replace(self, **changes)
@@ -107,7 +119,7 @@ class TrialRecord:
 
 
 CSV_COLUMNS = ["trial_id", "run_id", "status", "pareto", "key", "rank", "lr", SCORE, TRAINABLE_PARAMS,
-               ADAPTER_PARAMS, COMPUTE_HOURS, "epochs"]
+               ADAPTER_PARAMS, COMPUTE_HOURS, "epochs", "seed", "confirms", "baseline"]
 
 
 def _number(value, kind=float):
@@ -155,4 +167,6 @@ def build_record(run_id: str, mlflow_status: str, tags: dict, params: dict, metr
         pareto=tags.get(PARETO_TAG) == "true",
         error=tags.get(ERROR_TAG) if status == FAILED else None,
         start_time=start_time,
+        seed=_number(params.get(SEED), int),
+        confirms=tags.get(CONFIRMS_TAG),
     )

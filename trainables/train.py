@@ -23,7 +23,7 @@ import torch
 from spaces.placement import Placement
 from spaces.space import ModelSpace
 from trainables import record as R
-from trainables.config import Config
+from trainables.config import Config, lora_scaling
 from trainables.data import Split, TaskData
 
 
@@ -161,7 +161,7 @@ def wrap_with_lora(model, placement: Placement, space: ModelSpace, cfg: Config):
     from peft import LoraConfig, TaskType, get_peft_model
 
     kwargs = placement.lora_config_kwargs(
-        space, alpha_over_rank=cfg.train.lora_alpha_over_rank, dropout=cfg.train.lora_dropout
+        space, scaling=lora_scaling(cfg), dropout=cfg.train.lora_dropout
     )
     return get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, **kwargs))
 

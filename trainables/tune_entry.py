@@ -2,7 +2,8 @@
 
 Where it sits: sample -> **train** -> track. The trial's config carries the sampled values and
 the already budget-repaired placement (JSON). Each worker process loads the model files,
-tokenizer and dataset once (`_cached_task`) and reuses them across the trials it runs.
+tokenizer and dataset once (`trainables.worker.cached_task`) and reuses them across the trials
+it runs.
 
 Failures. A failure that a retry would only repeat (a non-finite loss, running out of memory) is
 not raised: the trial reports one last result with `failure` (the reason, `trainables.record`)
@@ -13,8 +14,6 @@ in Optuna, and the search goes on. Any other error propagates, and Ray retries t
 
 from __future__ import annotations
 
-import functools
-import json
 import math
 import tempfile
 
@@ -22,39 +21,7 @@ from spaces.placement import Placement
 from spaces.space import ModelSpace
 from trainables import record as R
 from trainables.config import Config
-
-
-@functools.lru_cache(maxsize=2)
-def _cached_task(cfg_json: str, metric_name: str):
-    """A tokenised task (`TokenizedTask`) and its tokenizer, once per worker process."""
-    from trainables.data import load_task
-    from trainables.model import load_tokenizer, vocab_size
-    from trainables.train import TokenizedTask, tokenize
-
-    cfg = Config.from_dict(json.loads(cfg_json))
-    task = load_task(cfg.data, vocab_size(cfg.model))
-    tok = load_tokenizer(cfg.model)
-    data = TokenizedTask(tokenize(task.train, tok, cfg.model.max_length),
-                         tokenize(task.val, tok, cfg.model.max_length), task.num_labels, metric_name)
-    return data, tok
-
-
-def failure_reason(error: BaseException) -> str | None:
-    """One line saying why a trial cannot succeed on retry, or None for other errors."""
-    from trainables.train import NonFiniteLoss, is_out_of_memory
-
-    if isinstance(error, NonFiniteLoss):
-        return str(error)
-    if is_out_of_memory(error):
-        first = (str(error).strip().splitlines() or [""])[0][:300]
-        return (f"out of memory ({first}): lower train.batch_size or model.max_length, or give trials "
-                "more memory (--gpus-per-trial)")
-    return None
-
-
-def _task_key(cfg: Config) -> str:
-    d = cfg.to_dict()
-    return json.dumps({"model": d["model"], "data": d["data"]}, sort_keys=True)
+from trainables.worker import cached_task, failure_reason
 
 
 def run_trial(trial_config: dict, *, cfg_dict: dict, space_dict: dict, metric_name: str) -> None:
@@ -67,13 +34,14 @@ def run_trial(trial_config: dict, *, cfg_dict: dict, space_dict: dict, metric_na
     from trainables.model import load_model
     from trainables.train import Resources, TrialPlan, train_placement
 
+    trial_config = R.trial_config(trial_config)
     cfg = Config.from_dict(cfg_dict)
     space = ModelSpace.from_dict(space_dict)
     placement = Placement.from_json(trial_config["placement"]).checked(space)
     n_cpus = max(1, int(cfg.search.cpus_per_trial))
     torch.set_num_threads(n_cpus)
 
-    data, tok = _cached_task(_task_key(cfg), metric_name)
+    data, tok = cached_task(cfg, metric_name)
     seed = int(trial_config.get("seed", cfg.train.seed))
     model = load_model(cfg.model, data.num_labels, seed=seed, tokenizer=tok)
     save_dir = tempfile.mkdtemp(prefix="adapter-")

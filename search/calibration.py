@@ -1,0 +1,153 @@
+"""Calibrate the task's learning rate for LoRA on this model, once, before the baselines.
+
+Where it sits: after the priors, before sampling. For LoRA the learning rate moves the result more
+than the placement does, and two placements trained at different learning rates say nothing about
+placement (docs/methods.md, "Learning rate"). So the search first probes one reference placement
+(the `all` baseline: every site, fitted to the budget) for `search.calibration_epochs` epochs at
+`search.calibration_points` learning rates log-spaced over [`calibration_lr_min`,
+`calibration_lr_max`], each a Ray task on a trial's resources (`trainables.probe`). The chosen
+rate is where the probe's score peaks: the best grid point, refined by the vertex of a parabola
+through it and its two neighbours (in log lr), never outside them. Every baseline then trains at it, and the sampler draws learning rates within a
+factor `search.lr_band` of it. A peak on the first or last grid point is flagged: the best rate
+may lie outside the grid.
+
+The probe is logged on the search's MLflow run (param `lr_calibrated`, `lr_calibration.json`, a
+plot) and kept in the search's state file, so `--resume` never probes again.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+LOW, HIGH = "low", "high"
+
+
+@dataclass(frozen=True)
+class LrCalibration:
+    placement_key: str
+    epochs: int
+    lrs: tuple[float, ...]
+    scores: tuple[float | None, ...]  # None: the run diverged (non-finite loss)
+    chosen: float
+    edge: str | None  # LOW or HIGH when the peak is on the grid's first or last point
+    compute_hours: float = 0.0
+
+    def band(self, factor: float) -> tuple[float, float]:
+        """The learning-rate range the sampler draws from: the chosen rate / factor to x factor."""
+        return (self.chosen / factor, self.chosen * factor)
+
+    def warning(self) -> str | None:
+        if self.edge == HIGH:
+            return (f"the probe's score peaked at the top of its grid ({self.lrs[-1]:.2g}): the best learning "
+                    "rate may be higher; raise search.calibration_lr_max")
+        if self.edge == LOW:
+            return (f"the probe's score peaked at the bottom of its grid ({self.lrs[0]:.2g}): the best learning "
+                    "rate may be lower; lower search.calibration_lr_min")
+        return None
+
+    def to_dict(self) -> dict:
+        return {"placement_key": self.placement_key, "epochs": self.epochs, "lrs": list(self.lrs),
+                "scores": list(self.scores), "chosen": self.chosen, "edge": self.edge,
+                "compute_hours": self.compute_hours}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LrCalibration":
+        return cls(d["placement_key"], int(d["epochs"]), tuple(d["lrs"]), tuple(d["scores"]), float(d["chosen"]),
+                   d.get("edge"), float(d.get("compute_hours", 0.0)))
+
+
+def lr_grid(lo: float, hi: float, n: int) -> list[float]:
+    """n learning rates log-spaced from lo to hi, both included."""
+    if n < 2 or not 0 < lo < hi:
+        raise ValueError(f"need n >= 2 and 0 < lo < hi, got {n}, {lo}, {hi}")
+    step = (math.log(hi) - math.log(lo)) / (n - 1)
+    return [float(f"{math.exp(math.log(lo) + i * step):.4g}") for i in range(n)]
+
+
+def choose_lr(lrs: list[float], scores: list[float | None]) -> tuple[float, str | None]:
+    """The learning rate where the scores peak, and whether the peak is on an edge of the grid.
+
+    A diverged point (None) counts as the worst score seen. The best grid point (ties: the lower
+    rate) is refined by the vertex of the parabola through it and its two neighbours, in log lr,
+    when that parabola opens downwards (clipped to the neighbours: a peak between two grid points
+    is found, never one outside the probed range).
+    """
+    if len(lrs) != len(scores) or len(lrs) < 2:
+        raise ValueError("choose_lr needs one score per learning rate, at least two")
+    seen = [s for s in scores if s is not None]
+    if not seen:
+        raise ValueError("every probe run diverged: lower search.calibration_lr_min and calibration_lr_max")
+    floor = min(seen)
+    y = [floor if s is None else s for s in scores]
+    x = [math.log(lr) for lr in lrs]
+    n = len(y)
+    best = max(range(n), key=lambda i: (y[i], -i))
+    if best == 0 or best == n - 1:
+        return lrs[best], LOW if best == 0 else HIGH
+    (x0, x1, x2), (y0, y1, y2) = x[best - 1: best + 2], y[best - 1: best + 2]
+    denom = (x0 - x1) * (x0 - x2) * (x1 - x2)
+    a = (x2 * (y1 - y0) + x1 * (y0 - y2) + x0 * (y2 - y1)) / denom
+    b = (x2 * x2 * (y0 - y1) + x1 * x1 * (y2 - y0) + x0 * x0 * (y1 - y2)) / denom
+    if a >= 0:
+        return lrs[best], None
+    vertex = min(max(-b / (2 * a), x0), x2)
+    return float(f"{math.exp(vertex):.4g}"), None
+
+
+def calibrate(search, reference) -> LrCalibration:
+    """Run the probe on Ray (one task per learning rate, a trial's resources each) and choose."""
+    import ray
+
+    from trainables.config import Config
+    from trainables.probe import probe_lr
+
+    cfg = search.cfg
+    s = cfg.search
+    probe_cfg = Config.from_dict({**cfg.to_dict(), "train": {**cfg.to_dict()["train"], "epochs": s.calibration_epochs}})
+    lrs = lr_grid(s.calibration_lr_min, s.calibration_lr_max, s.calibration_points)
+    resources = {"num_cpus": s.cpus_per_trial}
+    if s.gpus_per_trial > 0:
+        resources["num_gpus"] = s.gpus_per_trial
+    task = ray.remote(**resources)(probe_lr)
+    print(f"calibrating the learning rate: {reference.key} for {s.calibration_epochs} epoch(s) at "
+          f"{len(lrs)} rates from {lrs[0]:g} to {lrs[-1]:g} ...", flush=True)
+    pending = {task.remote(probe_cfg.to_dict(), search.space.to_dict(), reference.to_json(), lr, search.metric_name): lr
+               for lr in lrs}
+    results: dict[float, dict] = {}
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        out = ray.get(done[0])
+        results[pending.pop(done[0])] = out
+        what = f"{out['score']:.4f}" if out["score"] is not None else f"diverged ({out['failure'][:60]})"
+        print(f"  lr {out['lr']:.3g}: {search.metric_name} {what}  ({len(results)}/{len(lrs)})", flush=True)
+    scores = [results[lr]["score"] for lr in lrs]
+    chosen, edge = choose_lr(lrs, scores)
+    return LrCalibration(reference.key, s.calibration_epochs, tuple(lrs), tuple(scores), chosen, edge,
+                         sum(r["compute_hours"] for r in results.values()))
+
+
+def plot_calibration(cal: LrCalibration, path: str | Path, metric_name: str, band: tuple[float, float]) -> Path:
+    """The probe's score against the learning rate (log scale), the chosen rate and the sampler's band."""
+    from matplotlib.figure import Figure
+
+    path = Path(path)
+    fig = Figure(figsize=(6.5, 4.0), layout="constrained")
+    ax = fig.subplots()
+    ok = [(lr, s) for lr, s in zip(cal.lrs, cal.scores) if s is not None]
+    ax.plot([lr for lr, _ in ok], [s for _, s in ok], "o-", color="tab:blue", label="probe")
+    for lr, s in zip(cal.lrs, cal.scores):
+        if s is None:
+            ax.axvline(lr, color="grey", ls=":", lw=1)
+            ax.text(lr, ax.get_ylim()[0], " diverged", rotation=90, va="bottom", fontsize=7, color="grey")
+    ax.axvline(cal.chosen, color="crimson", lw=1.5, label=f"chosen {cal.chosen:.3g}")
+    ax.axvspan(*band, color="crimson", alpha=0.08, label=f"sampler's band {band[0]:.2g} to {band[1]:.2g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate (log scale)")
+    ax.set_ylabel(f"{metric_name} after {cal.epochs} epoch(s)")
+    ax.set_title(f"learning-rate probe: {cal.placement_key}", fontsize=9)
+    ax.legend(fontsize=8, loc="best")
+    ax.grid(True, alpha=0.3)
+    fig.savefig(path, dpi=110)
+    return path

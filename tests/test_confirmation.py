@@ -1,0 +1,146 @@
+"""The learning-rate probe and the confirmation phase through the real CLI on the smoke config:
+every baseline trains at the calibrated rate, and confirmation makes exactly one run per
+(placement, seed), also when the driver is killed in the middle of it and resumed."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _cli(*args):
+    return [sys.executable, str(ROOT / "search" / "run.py"), "--config", "smoke", *args]
+
+
+def _runs(out: Path, experiment: str):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    parent = next(r for r in runs if r.data.tags.get("role") == "search")
+    trials = [r for r in runs if "trial_id" in r.data.tags]
+    return client, parent, trials
+
+
+def _check_confirmation(client, parent, trials, extra_seeds: int):
+    searched = [r for r in trials if "confirms" not in r.data.tags]
+    confirmations = [r for r in trials if "confirms" in r.data.tags]
+    by_trial = {r.data.tags["trial_id"]: r for r in searched}
+    jobs = [(r.data.tags["confirms"], r.data.params["seed"]) for r in confirmations]
+    assert confirmations and len(jobs) == len(set(jobs))  # exactly one run per (placement, seed)
+    confirmed = {t for t, _ in jobs}
+    for trial_id in confirmed:
+        origin = by_trial[trial_id]
+        assert origin.data.tags["status"] == "completed" and origin.data.params["seed"] == "0"
+        seeds = sorted(int(s) for t, s in jobs if t == trial_id)
+        assert seeds == list(range(1, extra_seeds + 1))
+        for r in confirmations:
+            if r.data.tags["confirms"] == trial_id:  # the same placement at the same learning rate
+                assert r.data.params["placement_key"] == origin.data.params["placement_key"]
+                assert float(r.data.params["lr"]) == float(origin.data.params["lr"])
+                assert r.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert all(r.info.status in ("FINISHED", "FAILED") for r in trials)  # nothing left RUNNING
+    # The frontier a user deploys from is over confirmed placements only.
+    front = {r.data.tags["trial_id"] for r in searched if r.data.tags.get("pareto") == "true"}
+    assert front and front <= confirmed
+    assert "recommendation: deploy" in parent.data.tags["recommendation"]
+    return confirmed
+
+
+@pytest.mark.slow
+def test_baselines_train_at_the_calibrated_rate_and_the_frontier_is_confirmed(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run(_cli("--trials", "3", "--output-dir", str(out), "--experiment", "conf",
+                               "--set", "search.confirm_seeds=2", "--set", "search.confirm_baselines=1"),
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    client, parent, trials = _runs(out, "conf")
+    lr = float(parent.data.params["lr_calibrated"])
+    cal = json.loads(Path(client.download_artifacts(parent.info.run_id, "lr_calibration.json", str(tmp_path))).read_text())
+    assert cal["chosen"] == lr and len(cal["lrs"]) == 4 and 1e-3 <= lr <= 1e-1
+    baselines = [r for r in trials if r.data.tags.get("baseline") and "confirms" not in r.data.tags]
+    assert baselines and all(float(r.data.params["lr"]) == lr for r in baselines)  # one fair rate for all
+    searched = [r for r in trials if "confirms" not in r.data.tags and not r.data.tags.get("baseline")]
+    for r in searched:  # the sampler's band around the calibrated rate (search.lr_band = 1.5)
+        assert lr / 1.5 * (1 - 1e-9) <= float(r.data.params["lr"]) <= lr * 1.5 * (1 + 1e-9)
+    _check_confirmation(client, parent, trials, extra_seeds=2)
+    assert "recommendation: deploy" in proc.stdout and "confirmed over seeds" in proc.stdout
+    with open(out / "conf-confirmed.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and all(int(r["n_seeds"]) == 3 for r in rows)
+    assert {"conf-lr.png", "conf-confirmed.csv", "conf-recommendation.json"} <= \
+        {a.path for a in client.list_artifacts(parent.info.run_id)}
+
+
+@pytest.mark.slow
+def test_a_driver_killed_during_confirmation_resumes_without_duplicates(tmp_path):
+    out = tmp_path / "out"
+    args = ["--trials", "3", "--output-dir", str(out), "--experiment", "killed", "--set", "search.confirm_seeds=3",
+            "--set", "search.confirm_baselines=1", "--set", "train.epochs=4", "--set", "search.asha_grace_epochs=4"]
+    driver = subprocess.Popen(_cli(*args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+                              start_new_session=True)
+    seen = []
+    try:
+        deadline = time.time() + 400
+        for line in driver.stdout:  # wait for the first confirmation run to finish, then kill hard
+            seen.append(line)
+            if line.startswith("confirm [1/") or time.time() > deadline:
+                break
+        time.sleep(3)  # past Tune's 2 s state snapshot period, inside the next confirmation run
+        assert driver.poll() is None, "the search ended before it could be interrupted:\n" + "".join(seen[-20:])
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    proc = subprocess.run(_cli("--resume", "--output-dir", str(out), "--experiment", "killed"), capture_output=True,
+                          text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "calibrating" not in proc.stdout  # the probe is not redone
+    client, parent, trials = _runs(out, "killed")
+    assert parent.info.status == "FINISHED"
+    confirmed = _check_confirmation(client, parent, trials, extra_seeds=3)
+    assert len([r for r in trials if "confirms" in r.data.tags]) == 3 * len(confirmed)
+
+
+def test_a_confirmation_job_restarted_without_tune_state_logs_into_its_run(tmp_path):
+    """Tune's 2 s snapshot can miss a confirmation trial that had started: the job then runs again
+    under a new trial id, and the tracker must log it into the run that job already has."""
+    from types import SimpleNamespace
+
+    from mlflow.tracking import MlflowClient
+
+    from search.tracking import MlflowTracker, SearchRun, TrialContext
+    from spaces import Placement
+    from spaces.space import ModelSpace
+
+    space = ModelSpace("model.layers", 2, ("a.q", "a.v"), ("q", "v"), (((4, 4), (4, 4)), ((4, 4), (4, 4))),
+                       (False, False))
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.create_experiment("jobs", artifact_location=str(tmp_path / "artifacts"))
+    parent = client.create_run(exp, tags={"role": "search"}).info.run_id
+    run = SearchRun(client.tracking_uri, exp, parent)
+    context = TrialContext(space, "accuracy", "CPU-core-hours", 2, label="confirm")
+    job = {"placement": Placement.full(space, 2).to_json(), "lr": 1e-3, "seed": 1, "confirms": "t0", "repairs": ""}
+    first = MlflowTracker(client, run, context)
+    first.on_trial_start(0, [], SimpleNamespace(trial_id="c1", config={"job": dict(job)}))
+    again = MlflowTracker(client, run, context)  # a new driver, no Tune state for c1
+    restarted = SimpleNamespace(trial_id="c7", config={"job": dict(job)}, last_result={"score": 0.9, "trainable_params": 9,
+                                "adapter_params": 8}, checkpoint=None)
+    again.on_trial_start(0, [], restarted)
+    again.on_trial_start(0, [], SimpleNamespace(trial_id="c8", config={"job": {**job, "seed": 2}}))
+    again.on_trial_complete(0, [], restarted)
+    runs = [r for r in client.search_runs([exp]) if "trial_id" in r.data.tags]
+    assert len(runs) == 2  # seed 1 once (reused), seed 2 once
+    seed1 = next(r for r in runs if r.data.params["seed"] == "1")
+    assert seed1.info.run_id == first.run_id("c1") == again.run_id("c7")
+    assert seed1.data.tags["trial_id"] == "c7" and seed1.data.tags["status"] == "completed"
+    assert seed1.data.tags["confirms"] == "t0" and "seed 1" in seed1.info.run_name
