@@ -31,6 +31,10 @@ def _panels(scores: PriorScores) -> list[tuple[str, np.ma.MaskedArray, list[str]
         ("CKA importance 1 - CKA\n(high = adapt first)",
          np.ma.masked_invalid(np.array(scores.cka.importance, dtype=float)[:, None]), ["block"], "viridis"),
     ]
+    if scores.kappa is not None:
+        logk = [[None if v is None else float(np.log10(v)) for v in row] for row in scores.kappa.per_site]
+        panels.append(("KappaTune log10 condition number\n(low = adapt first)", _layers_by_kinds(logk), kinds,
+                       "viridis_r"))
     if scores.grad is not None:
         panels.append(("||grad W|| / ||W|| per site\n(high = adapt first)",
                        _layers_by_kinds(scores.grad.per_site), kinds, "viridis"))

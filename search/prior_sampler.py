@@ -1,5 +1,5 @@
-"""Prior-guided sampling: baselines first, then draws from the placement priors, then TPE with the
-prior mixed in at a decaying weight.
+"""Prior-guided sampling: baselines first, then draws from the placement priors, then a mix of
+random, prior and incumbent-centred draws whose prior share follows the evidence.
 
 Where it sits: score -> **sample** -> train -> track -> frontier. An Optuna sampler for the
 define-by-run space of `search.proposal.PlacementSpace` (params `kind_<alias>`, `layer_<l>`,
@@ -18,12 +18,21 @@ Phases, by trial (docs/methods.md, "From scores to a search"):
     the search is multi-objective, the frontier needs cheap placements too, and the hypervolume
     weighs them heavily (docs/search_efficiency.md: with one fill of 0.8 an informative prior
     needed 56 trials to 95% of the best hypervolume instead of 33).
-(c) after that, multi-objective multivariate TPE (seeded) proposes every param jointly, and each
-    param is replaced by a prior draw's with probability w_t = w0 / (1 + t / tau), t = finished
-    trials. After piBO (Hvarfner et al. 2022), which weights the acquisition by prior^(beta / t):
-    the mixture form keeps TPE's acquisition untouched and bounds what a misleading prior costs
-    (the n_prior draws, then a share of params that shrinks like 1 / t). The floor keeps every
-    unit reachable however wrong the prior is.
+(c) after that (`PriorOptions.adaptive`, the default), after PriorBand (Mallik et al. 2023):
+    each trial comes whole from one of three sources. Random (every flag a fair coin, rank and lr
+    uniform) with probability p_random = 1 / (1 + eta^r), where r = floor(log_eta(1 + completed
+    trials)) grows as ASHA's rungs fill (eta = its reduction factor). The rest is split between the
+    prior and the incumbent (the best completed trial, mutated: each flag flipped with probability
+    `epsilon`, the rank kept or moved one step, the lr jittered) by the evidence for the prior
+    (`prior_share`): the rank correlation between how much each completed trial's placement follows
+    the prior and its score. PriorBand splits by the likelihood of the top trials under the prior
+    and around the incumbent; on placements (binary flags, drawn at every size) those likelihoods
+    mostly measured size, and a negated prior kept its share in replays, so the share follows the
+    correlation instead. A prior the results contradict loses its share within a few completed
+    trials; a prior the top trials follow keeps it. Before `min_evidence` completed trials the split is all prior.
+    With `adaptive = False` the earlier rule: multivariate TPE proposes every param and each is
+    replaced by a prior draw's with probability w_t = w0 / (1 + t / tau), t = finished trials
+    (after piBO, Hvarfner et al. 2022). The floor keeps every unit reachable however wrong the prior.
 """
 
 from __future__ import annotations
@@ -61,6 +70,10 @@ class PriorOptions:
     w0: float = 0.5
     tau: float = 10.0
     n_startup_trials: int = 3
+    adaptive: bool = True
+    eta: float = 2.0
+    epsilon: float = 0.2
+    min_evidence: int = 3
 
     def __post_init__(self):
         if self.n_prior < 0 or not (0.0 <= self.w0 <= 1.0) or self.tau <= 0:
@@ -153,6 +166,8 @@ class PriorSampler(BaseSampler):
     def __init__(self, prior: PlacementPrior, search_space: dict[str, BaseDistribution],
                  options: PriorOptions = PriorOptions(), seed: int | None = None):
         self.prior, self.n_prior, self.w0, self.tau = prior, options.n_prior, options.w0, options.tau
+        self.options = options
+        self.sources: list[tuple[int, str, dict]] = []  # (trial number, source, weights) per learned trial
         self._space = dict(search_space)
         self._rng = np.random.RandomState(seed)
         self._learned = TPESampler(seed=seed, multivariate=True, n_startup_trials=options.n_startup_trials)
@@ -185,6 +200,8 @@ class PriorSampler(BaseSampler):
         draw = self.prior.draw(self._rng)
         if phase == "prior":
             return {k: v for k, v in draw.items() if k in search_space}
+        if self.options.adaptive:
+            return self._adaptive(study, trial, search_space, draw)
         finished = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
         w = prior_weight(finished, self.w0, self.tau)
         learned = self._learned.sample_relative(study, trial, search_space)  # {} during TPE's startup
@@ -197,6 +214,91 @@ class PriorSampler(BaseSampler):
             else:
                 out[name] = self._random.sample_independent(study, trial, name, dist)
         return out
+
+    # ---- the adaptive learned phase (module docstring, (c)) ----------------------------------------
+    def _flags(self, params: dict) -> tuple[list[bool], list[bool]]:
+        sp = self.prior.space
+        return ([bool(params.get(f"kind_{a}", False)) for a in sp.aliases],
+                [bool(params.get(f"layer_{l}", False)) for l in range(sp.n_layers)])
+
+    def weights(self, study) -> dict[str, float]:
+        """The chance that the next trial comes from each source: random, prior, incumbent."""
+        o = self.options
+        done = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE" and t.values]
+        r = math.floor(math.log(1 + len(done)) / math.log(o.eta))
+        p_random = 1.0 / (1.0 + o.eta ** r)
+        if len(done) < o.min_evidence:
+            return {"random": p_random, "prior": 1.0 - p_random, "incumbent": 0.0}
+        share = self.prior_share(done)
+        return {"random": p_random, "prior": (1.0 - p_random) * share, "incumbent": (1.0 - p_random) * (1.0 - share)}
+
+    def alignment(self, t) -> float | None:
+        """How much a completed trial's placement follows the prior: the mean priority of its
+        kinds plus the mean priority of its layers (`spaces.baselines.priorities`, in [-1, 1]
+        each). Means, not sums, so that it says which units, not how many."""
+        from spaces.placement import Placement
+
+        key = t.user_attrs.get("placement_key")
+        if not key:
+            return None
+        sites = Placement.from_key(key, self.prior.space).sites()
+        kinds, layers = {k for k, _ in sites}, {l for _, l in sites}
+        prio = self.prior.prio
+        return sum(prio.kind[k] for k in kinds) / len(kinds) + sum(prio.layer[l] for l in layers) / len(layers)
+
+    def prior_share(self, completed) -> float:
+        """The prior's share of the non-random draws, from the evidence: the rank correlation rho
+        between the completed trials' alignment with the prior and their scores once size is
+        accounted for (the residuals of a least-squares line of score on log trainable params:
+        larger placements score higher whatever their units), mapped through
+        1 / (1 + exp(-4 rho)) (rho +0.5 -> 0.88, 0 -> 0.5, -0.5 -> 0.12)."""
+        from analysis.importance import spearman
+
+        rows = [(a, t.values[0], math.log(max(t.values[1], 1.0))) for t in completed
+                if (a := self.alignment(t)) is not None]
+        if len(rows) < 3:
+            return 0.5
+        x = np.array([r[2] for r in rows])
+        y = np.array([r[1] for r in rows])
+        slope = np.polyfit(x, y, 1) if x.std() > 0 else np.array([0.0, y.mean()])
+        residual = y - np.polyval(slope, x)
+        rho = spearman([r[0] for r in rows], residual.tolist())
+        return 0.5 if rho is None else 1.0 / (1.0 + math.exp(-4.0 * rho))
+
+    def _adaptive(self, study, trial, search_space, draw: dict) -> dict[str, Any]:
+        w = self.weights(study)
+        u = self._rng.random_sample()
+        source = "random" if u < w["random"] else "prior" if u < w["random"] + w["prior"] else "incumbent"
+        self.sources.append((trial.number, source, w))
+        if source == "prior":
+            out = draw
+        elif source == "incumbent":
+            out = self._around_incumbent(study)
+        else:
+            out = self._uniform()
+        return {k: v for k, v in out.items() if k in search_space}
+
+    def _uniform(self) -> dict[str, Any]:
+        sp, prior = self.prior.space, self.prior
+        lr = math.exp(self._rng.uniform(math.log(prior.lr_min), math.log(prior.lr_max)))
+        return flag_params(sp, [bool(self._rng.random_sample() < 0.5) for _ in sp.aliases],
+                           [bool(self._rng.random_sample() < 0.5) for _ in range(sp.n_layers)],
+                           int(prior.ranks[self._rng.randint(len(prior.ranks))]),
+                           min(prior.lr_max, max(prior.lr_min, lr)))
+
+    def _around_incumbent(self, study) -> dict[str, Any]:
+        prior, eps = self.prior, self.options.epsilon
+        done = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE" and t.values]
+        best = max(done, key=lambda t: t.values[0]).params
+        kinds, layers = self._flags(best)
+        kinds = [k != (self._rng.random_sample() < eps) for k in kinds]
+        layers = [l != (self._rng.random_sample() < eps) for l in layers]
+        ranks = prior.ranks
+        i = ranks.index(best["rank"]) if best.get("rank") in ranks else self._rng.randint(len(ranks))
+        if self._rng.random_sample() < 0.5:
+            i = min(len(ranks) - 1, max(0, i + (1 if self._rng.random_sample() < 0.5 else -1)))
+        lr = float(best.get("lr", math.sqrt(prior.lr_min * prior.lr_max))) * math.exp(self._rng.normal(0.0, 0.35))
+        return flag_params(prior.space, kinds, layers, int(ranks[i]), min(prior.lr_max, max(prior.lr_min, lr)))
 
     def sample_independent(self, study, trial, param_name: str, param_distribution: BaseDistribution) -> Any:
         # Only params outside the define-by-run space, or not fixed in an enqueued trial.

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from spaces.baselines import Baseline, make_baselines, priorities, product_flags
+from spaces.baselines import Baseline, make_baselines, priorities, product_flags, select_baselines
 from spaces.budget import Budget
 from spaces.scores import PriorScores
 from spaces.space import ModelSpace
@@ -61,6 +61,11 @@ class SamplerSetup(NamedTuple):
     baselines: list[Baseline]  # in enqueue order
 
 
+def baseline_cap(trials: int) -> int:
+    """How many baselines a search of this many trials trains: a third of them, at least one."""
+    return max(1, trials // 3)
+
+
 def prior_trials(trials: int) -> int:
     """How many prior draws follow the baselines: a sixth of the trials, 1 to 6."""
     return max(1, min(6, trials // 6))
@@ -98,7 +103,8 @@ def make_sampler(name: str, inputs: SamplerInputs, prior_options: dict | None = 
 
     prio = priorities(inputs.scores, inputs.space)
     pspace = PlacementSpace(inputs.space, inputs.budget, ranks, inputs.lr_range, prio)
-    baselines = make_baselines(inputs.space, inputs.budget, ranks, inputs.scores)
+    baselines = select_baselines(make_baselines(inputs.space, inputs.budget, ranks, inputs.scores),
+                                 baseline_cap(inputs.trials))
     options = PriorOptions(n_prior=prior_trials(inputs.trials)).with_overrides(prior_options or {})
     prior = PlacementPrior(inputs.space, inputs.budget, ranks, inputs.lr_range, prio, options)
     sampler = PriorSampler(prior, pspace.distributions(), options, seed=inputs.seed)

@@ -28,23 +28,30 @@ def _f(value, spec=".3f") -> str:
 
 def format_scores(scores, space, baselines) -> str:
     """Per-kind and per-layer tables of every score, then the baselines fitted to the budget."""
-    grad = scores.grad
-    lines = ["module kinds (mean over layers)          low NFN = adapt first (PLoP)",
-             f"  {'kind':<6} {'module':<26} {'NFN':>7} {'input norm':>11}" + (f" {'grad':>9}" if grad else "")]
+    grad, kappa = scores.grad, scores.kappa
+    lines = ["module kinds (mean over layers)          low NFN = adapt first (PLoP); low kappa = adapt first (KappaTune)",
+             f"  {'kind':<6} {'module':<26} {'NFN':>7} {'input norm':>11}" + (f" {'kappa':>9}" if kappa else "")
+             + (f" {'grad':>9}" if grad else "")]
     for k, (alias, kind) in enumerate(zip(space.aliases, space.kinds)):
         act_vals = [v for v in scores.act.per_site[k] if v is not None]  # raw mean ||x_t||
         act_mean = sum(act_vals) / len(act_vals) if act_vals else None
         row = f"  {alias:<6} {kind:<26} {_f(scores.nfn.per_kind[alias]):>7} {_f(act_mean, '.2f'):>11}"
+        if kappa:
+            row += f" {_f(kappa.per_kind[alias], '.1f'):>9}"
         if grad:
             row += f" {_f(grad.per_kind[alias], '.2e'):>9}"
         lines.append(row)
     lines += ["", "layers                                    high 1-CKA / high activation = adapt first",
-              f"  {'layer':<6} {'CKA':>7} {'1-CKA':>7} {'activation':>11}"]
+              f"  {'layer':<6} {'CKA':>7} {'1-CKA':>7} {'activation':>11}" + (f" {'kappa':>9}" if kappa else "")]
     cka = scores.cka
     for l in range(space.n_layers):
         note = "  (zero-variance input: neutral importance)" if cka.degenerate[l] else ""
+        k_l = None
+        if kappa:
+            values = [row[l] for row in kappa.per_site if row[l] is not None]
+            k_l = sum(values) / len(values) if values else None
         lines.append(f"  {l:<6} {_f(cka.per_layer[l]):>7} {_f(cka.importance[l]):>7} "
-                     f"{_f(scores.act.per_layer[l]):>11}{note}")
+                     f"{_f(scores.act.per_layer[l]):>11}" + (f" {_f(k_l, '.1f'):>9}" if kappa else "") + note)
     lines += ["", "the baselines at this budget (what each prior alone picks, with the search's ranks):"]
     for b in baselines:
         names = "/".join((b.name, *b.aliases))

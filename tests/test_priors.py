@@ -6,6 +6,7 @@ inputs we control exactly, so each score can be checked against its closed form.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -408,3 +409,26 @@ def test_heatmap_png_is_written(tmp_path):
     path = plot_heatmap(scores, tmp_path / "plots" / "priors.png")
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+# ---- KappaTune (data-free condition numbers) ---------------------------------------------------
+@pytest.mark.parametrize("name", ["bert", "llama"])
+def test_kappa_orders_sites_as_peft_does_and_gives_a_baseline(name):
+    from peft import find_kappa_target_modules
+
+    from spaces.kappa import kappa_scores
+
+    model = MODELS[name]()
+    space = discover(model)
+    kappa = kappa_scores(model, space)
+    ours = sorted(space.sites(), key=lambda s: kappa.per_site[s[0]][s[1]])
+    site_names = {space.module_name(k, l) for k, l in space.sites()}
+    peft_order = [n for n in find_kappa_target_modules(model, top_p=1.0, show_progress=False)["target_modules"]
+                  if n in site_names]
+    assert [space.module_name(k, l) for k, l in ours] == peft_order
+    assert all(v >= 1.0 for row in kappa.per_site for v in row)  # sigma_max / sigma_min
+    scores = dataclasses.replace(compute_priors(model, space, _batches(_examples(), [8])), kappa=kappa)
+    assert PriorScores.from_dict(json.loads(json.dumps(scores.to_dict()))) == scores
+    picked = _baselines(scores, space, 0.3)["kappa"]
+    best_site = ours[0]
+    assert best_site in picked.sites() and picked.adapter_params(space) <= 0.3 * Placement.full(space, R_REF).adapter_params(space)

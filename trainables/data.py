@@ -185,6 +185,22 @@ def stratified_split(labels: list[int], val_fraction: float, seed: int) -> tuple
     return sorted(train), sorted(val)
 
 
+def early_subset(labels: list[int], n: int, seed: int) -> list[int] | None:
+    """A fixed, stratified sample of n validation indices (each label in proportion, at least one),
+    or None when n is 0 or covers the split: what every epoch but the last is scored on."""
+    if n <= 0 or n >= len(labels):
+        return None
+    rng = random.Random(seed)
+    by_label: dict[int, list[int]] = {}
+    for i, y in enumerate(labels):
+        by_label.setdefault(y, []).append(i)
+    chosen = []
+    for y in sorted(by_label):
+        idx = by_label[y]
+        chosen.extend(rng.sample(idx, max(1, round(n * len(idx) / len(labels)))))
+    return sorted(chosen)
+
+
 def _cap_per_label(indices: list[int], labels: list[int], cap: int, seed: int) -> list[int]:
     """At most `cap` indices per label, a seeded sample of each."""
     rng = random.Random(seed)

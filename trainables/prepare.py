@@ -8,6 +8,7 @@ never imports torch. `search/score.py` calls the same function in-process.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ def prepare(cfg_dict: dict, with_priors: bool = True) -> Preparation:
     import torch
 
     from spaces.discovery import discover
+    from spaces.kappa import kappa_scores
     from spaces.priors import compute_priors
     from trainables.data import load_task
     from trainables.model import load_model, load_tokenizer, vocab_size
@@ -69,5 +71,6 @@ def prepare(cfg_dict: dict, with_priors: bool = True) -> Preparation:
         batches = calibration_batches(cfg, tokenize(task.train, tok, cfg.model.max_length), device)
         t0 = time.perf_counter()
         scores = compute_priors(model, space, batches, pooling=cfg.priors.pooling, gradients=cfg.priors.gradients)
+        scores = dataclasses.replace(scores, kappa=kappa_scores(model, space))
         priors_s = time.perf_counter() - t0
     return Preparation(space, task.summary(), resolve_metric(cfg, task), scores, priors_s)

@@ -3,11 +3,14 @@
 Where it sits: before the baselines (see `search.calibration`). The driver runs `probe_lr` as a Ray
 task on a trial's resources, once per learning rate of the probe's grid; it trains with the same
 code as a trial (`train_placement`) for the probe's epochs (the config it is given says how many)
-and returns plain numbers. A run whose loss turns non-finite is a result (the learning rate is too
-high), not an error.
+and returns plain numbers. Its score is on the fixed validation subset every trial's early epochs
+are scored on (`data.early_eval_examples`), or on the whole validation split without one. A run
+whose loss turns non-finite is a result (the learning rate is too high), not an error.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 from spaces.placement import Placement
 from spaces.space import ModelSpace
@@ -28,6 +31,8 @@ def probe_lr(cfg_dict: dict, space_dict: dict, placement_json: str, lr: float, m
     n_cpus = max(1, int(cfg.search.cpus_per_trial))
     torch.set_num_threads(n_cpus)
     data, tok = cached_task(cfg, metric_name)
+    if data.early_val is not None:  # a probe is a short run: scored on the early subset, cheaply
+        data = dataclasses.replace(data, val=data.early_val, early_val=None)
     model = load_model(cfg.model, data.num_labels, seed=cfg.train.seed, tokenizer=tok)
     epochs: list[dict] = []
     gpus = float(cfg.search.gpus_per_trial) if torch.cuda.is_available() else 0.0

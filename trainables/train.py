@@ -98,6 +98,9 @@ class Batches:
         perm = torch.randperm(len(batches), generator=generator).tolist()
         return [batches[i] for i in perm]
 
+    def subset(self, idx: list[int]) -> "Batches":
+        return Batches([self.ids[i] for i in idx], [self.labels[i] for i in idx], self.pad_id)
+
     def collate(self, idx: list[int]) -> dict:
         width = max(len(self.ids[i]) for i in idx)
         input_ids = torch.full((len(idx), width), self.pad_id, dtype=torch.long)
@@ -135,12 +138,20 @@ def classification_metrics(preds: list[int], labels: list[int], num_labels: int)
 
 @dataclass(frozen=True)
 class TokenizedTask:
-    """A task ready to train on: tokenised splits, the number of labels, the metric's name."""
+    """A task ready to train on: tokenised splits, the number of labels, the metric's name.
+
+    early_val: a fixed subset of the validation split that every epoch but the last is scored on
+    (ASHA compares trials there, cheaply); None scores every epoch on the whole split.
+    """
 
     train: Batches
     val: Batches
     num_labels: int
     metric_name: str
+    early_val: Batches | None = None
+
+    def scored_on(self, last_epoch: bool) -> Batches:
+        return self.val if last_epoch or self.early_val is None else self.early_val
 
 
 def resolve_metric(cfg: Config, task: TaskData) -> str:
@@ -196,7 +207,8 @@ def train_placement(
     accuracy, balanced_accuracy, epoch_score (the task metric, for ASHA), train_loss,
     trainable_params, adapter_params, wall_s and compute_hours so far. The last call also carries
     `score` (the objective), and the adapter is saved to `save_dir` before it (PEFT
-    `save_pretrained`).
+    `save_pretrained`). Every epoch but the last is scored on `data.early_val` when the task has
+    one, the last always on the whole validation split.
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -209,7 +221,7 @@ def train_placement(
     adapter_params = plan.placement.adapter_params(plan.space)
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=plan.lr, weight_decay=cfg.train.weight_decay)
-    train, val = data.train, data.val
+    train = data.train
     steps_per_epoch = math.ceil(len(train.ids) / cfg.train.batch_size)
     total = steps_per_epoch * cfg.train.epochs
     warmup = int(cfg.train.warmup_ratio * total)
@@ -238,8 +250,9 @@ def train_placement(
             loss_sum += loss.item()
             n_batches += 1
             step += 1
-        preds = evaluate(peft_model, val, cfg.train.eval_batch_size, accelerator)
-        scores = classification_metrics(preds, val.labels, data.num_labels)
+        scored_on = data.scored_on(epoch == cfg.train.epochs)
+        preds = evaluate(peft_model, scored_on, cfg.train.eval_batch_size, accelerator)
+        scores = classification_metrics(preds, scored_on.labels, data.num_labels)
         wall_s = time.perf_counter() - t0
         results = {
             R.EPOCH: epoch,

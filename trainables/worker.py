@@ -25,11 +25,15 @@ def _tokenised(key: str, metric_name: str):
     from trainables.model import load_tokenizer, vocab_size
     from trainables.train import TokenizedTask, tokenize
 
+    from trainables.data import early_subset
+
     cfg = Config.from_dict(json.loads(key))
     task = load_task(cfg.data, vocab_size(cfg.model))
     tok = load_tokenizer(cfg.model)
-    data = TokenizedTask(tokenize(task.train, tok, cfg.model.max_length),
-                         tokenize(task.val, tok, cfg.model.max_length), task.num_labels, metric_name)
+    val = tokenize(task.val, tok, cfg.model.max_length)
+    early = early_subset(task.val.labels, cfg.data.early_eval_examples, cfg.data.split_seed)
+    early_val = None if early is None else val.subset(early)
+    data = TokenizedTask(tokenize(task.train, tok, cfg.model.max_length), val, task.num_labels, metric_name, early_val)
     return data, tok
 
 

