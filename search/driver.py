@@ -59,10 +59,20 @@ def _open_tracking(search: PreparedSearch):
     # a tracking server keeps its own artifact location.
     local = (search.output_dir / "mlartifacts").resolve().as_uri() if uri.startswith("sqlite:") else None
     run = open_search_run(client, search.name, artifact_location=local, resume=search.resumed)
+    _open_ui(client, run)
     if not search.resumed:
         _log_search(client, run, search)
         search.save_state()
     return client, run
+
+
+def _open_ui(client, run: SearchRun) -> None:
+    """The search's runs views and a description saying it runs, so the UI's links work from the start."""
+    from search.notes import publish_running
+    from search.ui import open_views
+
+    open_views(client, run.experiment_id, run.parent_run_id)
+    publish_running(client, run.experiment_id, run.parent_run_id)
 
 
 def _log_search(client, run: SearchRun, search: PreparedSearch) -> None:
@@ -157,6 +167,8 @@ def _finish(search: PreparedSearch, client, run: SearchRun, status: str, t_start
     from analysis.mlflow_read import trial_record, trial_runs
     from analysis.report import format_table
     from search.frontier import publish_frontier
+    from search.notes import publish_notes, recommended
+    from search.ui import ui_lines
     from trainables import record as R
 
     pid = run.parent_run_id
@@ -164,9 +176,10 @@ def _finish(search: PreparedSearch, client, run: SearchRun, status: str, t_start
     records = [trial_record(r) for r in trial_runs(client, parent) if R.TRIAL_ID_TAG in r.data.tags]
     records = publish_frontier(client, pid, records, search.metric_name, search.cost_unit, search.output_dir,
                                prefix=f"{search.name}-")
+    publish_notes(client, pid, records, search.tracking_uri, status=status, artifact_prefix=f"{search.name}-")
     completed = [r for r in records if r.status == R.COMPLETED]
     if completed:
-        best = max(completed, key=lambda r: r.score)
+        best = recommended(records)  # the highest score; ties to fewer params (the notes' recommendation)
         client.log_metric(pid, "best_score", float(best.score))
         client.set_tag(pid, "best_placement", best.key[:5000])
     wall = time.time() - t_start
@@ -179,8 +192,6 @@ def _finish(search: PreparedSearch, client, run: SearchRun, status: str, t_start
     print(f"{len(completed)} completed, {sum(r.status == R.PRUNED for r in records)} stopped early by ASHA, "
           f"{sum(r.status == R.FAILED for r in records)} failed; search took {wall / 60:.1f} min")
     print(f"results: {search.output_dir / (search.name + '-trials.csv')}")
-    if search.tracking_uri.startswith("sqlite:///"):
-        print(f"open the MLflow UI: mlflow ui --backend-store-uri {search.tracking_uri} --host 127.0.0.1 --port 5000")
-    else:
-        print(f"MLflow tracking server: {search.tracking_uri}")
+    for line in ui_lines(search.tracking_uri, run.experiment_id, pid):
+        print(line)
     return 0 if status == "FINISHED" else 130

@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     from analysis.mlflow_read import StoreError, open_store, read_search
     from analysis.report import format_table
     from search.frontier import FILES, publish_frontier
+    from search.notes import publish_notes
+    from search.ui import open_views, ui_lines
 
     try:
         client = open_store(args.tracking_uri)
@@ -60,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     output_dir = Path(args.output_dir or f"outputs/report-{_safe_name(parent['experiment'])}")
     records = publish_frontier(client, parent["run_id"], records, parent["metric_name"], parent["cost_unit"],
                                output_dir, title=f"{parent['metric_name']} vs trainable parameters ({parent['experiment']})")
+    open_views(client, parent["experiment_id"], parent["run_id"])
+    publish_notes(client, parent["run_id"], records, args.tracking_uri, status=parent["status"])
 
     counts = {s: sum(r.status == s for r in records) for s in ("completed", "pruned", "failed", "running")}
     print(f"search {parent['run_id']} in experiment {parent['experiment']!r} ({parent['status']}): "
@@ -73,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in sorted(front, key=lambda r: -r.score):
         print(f"  {r.run_id}  {parent['metric_name']} {r.score:.4f}  params {r.trainable_params:,}  {r.key}")
     print(f"written: {', '.join(str(output_dir / n) for n in FILES)}")
+    print("\n".join(ui_lines(args.tracking_uri, parent["experiment_id"], parent["run_id"])))
     return 0
 
 
