@@ -373,7 +373,8 @@ def _load_lines(info: dict, uri: str) -> str:
 def _trial_summary(info: dict) -> str:
     eid = info.get("experiment_id", "")
     cost = f", {_cost(info['compute_hours'])} {info['cost_unit']}" if info.get("compute_hours") is not None else ""
-    return (f"**{_key(str(info['placement_key']))}**: LoRA adapters and the trained classifier head of trial "
+    # Plain text first: the registry's versions table shows the start of the description unrendered.
+    return (f"Placement {info['placement_key']}: LoRA adapters and the trained classifier head of trial "
             f"{info['trial_id']} of the placement search `{info['experiment']}`: {info['metric_name']} "
             f"**{_score(info['score'])}**, {_int(info['trainable_params'])} trainable parameters{cost}. "
             f"[Trial run]({ui.run_link(eid, info['run_id'])}) · "

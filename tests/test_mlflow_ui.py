@@ -103,7 +103,8 @@ def served_search(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ui")
     port = _free_port()
     url, log = f"http://127.0.0.1:{port}", tmp / "server.log"
-    env = {**os.environ, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+    # No job runner: it serves GenAI features only, and its workers take 15 s to stop.
+    env = {**os.environ, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     with open(log, "w") as log_file:
         server = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp / 'server.db'}",
@@ -215,7 +216,7 @@ def test_a_person_picks_a_placement_in_the_ui(served_search, tmp_path):
             "return i && i.complete && i.naturalWidth"), "the Pareto plot loaded")
         assert plot > 300
         chrome.get(f"{s['url']}/#/models/{s['model']}?workflowType=machine_learning")
-        _wait(chrome, lambda c: f"points at version 1: {best.key}" in _text(c), "the registered model's description")
+        _wait(chrome, lambda c: f"points at version 1: Placement {best.key}:" in _text(c), "the registered model's description")
         assert f"models:/{s['model']}@deploy" in _text(chrome)
     finally:
         chrome.quit()

@@ -59,6 +59,16 @@ def test_ties_go_to_fewer_parameters():
     assert recommended([_rec("p", "r2 q[0]", status="pruned")]) is None
 
 
+def test_without_baselines_the_margin_is_over_the_runner_up():
+    from search.notes import default_recommendation
+
+    plain = [r.replace(baseline=None) for r in RECORDS]
+    head = default_recommendation(_facts(), plain)
+    assert "**+0.0620** over the runner-up (0.5830); **33,030** trainable parameters (43,008 fewer)" in head
+    alone = default_recommendation(_facts(), [RECORDS[3]])
+    assert " over " not in alone and alone.endswith("**33,030** trainable parameters, 0.004 CPU-core-hours.")
+
+
 def test_sections_links_and_deploy_command():
     from search.notes import search_note
 
@@ -150,11 +160,11 @@ def test_registry_descriptions_say_what_and_how_to_load():
             "score": 0.645, "trainable_params": 33030, "compute_hours": 0.004, "cost_unit": "CPU-core-hours",
             "base_model": "minilm", "base_model_path": "/m/minilm", "labels": ["ai", "coding"], "num_labels": 2}
     version = model_version_note(info, "lora-x", 3)
-    assert version.startswith("**`r4 q[1-5] o[1-5]`**") and "accuracy **0.6450**" in version
+    assert version.startswith("Placement r4 q[1-5] o[1-5]: ") and "accuracy **0.6450**" in version
     assert "mlflow artifacts download -u models:/lora-x/3 -d my-adapter" in version
     assert 'PeftModel.from_pretrained(base_model, "my-adapter")' in version and "labels: ai, coding" in version
     model = registered_model_note(info, "lora-x", 3, "deploy")
-    assert "The alias **`deploy`** points at version 3: **`r4 q[1-5] o[1-5]`**" in model
+    assert "The alias **`deploy`** points at version 3: Placement r4 q[1-5] o[1-5]: " in model
     assert "models:/lora-x@deploy" in model
 
 
