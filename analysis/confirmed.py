@@ -167,3 +167,23 @@ def format_confirmed(confirmed: list[Confirmed], metric_name: str, cost_unit: st
                      f"{c.trainable_params:>10,} {c.compute_hours:>14.5f}")
     lines.append(f"* = Pareto-optimal over seed means ({metric_name} up, trainable params down, {cost_unit} down)")
     return "\n".join(lines)
+
+
+def recommendation_markdown(rec: Recommendation, metric_name: str) -> str:
+    """The recommendation for the MLflow description: its first line in bold, the rest as bullets."""
+    first, *rest = rec.lines(metric_name)
+    return f"**{first[0].upper()}{first[1:]}**" + "".join(f"\n- {line.strip()}" for line in rest)
+
+
+def confirmed_markdown(confirmed: list[Confirmed], metric_name: str, cost_unit: str) -> str:
+    """The confirmed placements as a Markdown table, best mean first; frontier rows marked."""
+    head = f"| | placement | lr | {metric_name} mean ± sd | 95% CI | seeds | trainable params | {cost_unit} |"
+    lines = [head, "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for c in sorted(confirmed, key=lambda c: -c.stats.mean):
+        s = c.stats
+        name = f"[{c.baseline}] `{c.key}`" if c.baseline else f"`{c.key}`"
+        spread = f"{s.mean:.4f} ± {s.sd:.4f}" if s.sd is not None else f"{s.mean:.4f}"
+        ci = f"{s.low:.3f} to {s.high:.3f}" if s.low is not None else "-"
+        lines.append(f"| {'★' if c.pareto else ''} | {name} | {c.lr:.2e} | {spread} | {ci} | {s.n} | "
+                     f"{c.trainable_params:,} | {c.compute_hours:.5f} |")
+    return "\n".join(lines)

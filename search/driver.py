@@ -95,9 +95,19 @@ def _open_tracking(search: PreparedSearch):
     # a tracking server keeps its own artifact location.
     local = (search.output_dir / "mlartifacts").resolve().as_uri() if uri.startswith("sqlite:") else None
     run = open_search_run(client, search.name, artifact_location=local, resume=search.resumed)
+    _open_ui(client, run)
     if not search.resumed:
         _log_search(client, run, search)
     return client, run
+
+
+def _open_ui(client, run: SearchRun) -> None:
+    """The search's runs views and a description saying it runs, so the UI's links work from the start."""
+    from search.notes import publish_running
+    from search.ui import open_views
+
+    open_views(client, run.experiment_id, run.parent_run_id)
+    publish_running(client, run.experiment_id, run.parent_run_id)
 
 
 def _log_search(client, run: SearchRun, search: PreparedSearch) -> None:
@@ -220,8 +230,11 @@ def _records(client, run: SearchRun):
 
 def _finish(search: PreparedSearch, client, run: SearchRun, status: str, t_start: float) -> int:
     """Publish the frontier from what MLflow holds, close the parent run, print the summary."""
+    from analysis.confirmed import confirmed_markdown, recommendation_markdown
     from analysis.report import format_table
     from search.frontier import publish_frontier
+    from search.notes import publish_notes, recommended
+    from search.ui import ui_lines
 
     pid = run.parent_run_id
     result = publish_frontier(client, pid, _records(client, run), search.metric_name, search.cost_unit,
@@ -229,8 +242,16 @@ def _finish(search: PreparedSearch, client, run: SearchRun, status: str, t_start
     records = result.records
     searched = [r for r in records if r.confirms is None]
     completed = [r for r in searched if r.status == R.COMPLETED]
-    if completed:
-        best = max(completed, key=lambda r: r.score)
+    rec = result.recommendation
+    publish_notes(client, pid, searched, search.tracking_uri, status=status, artifact_prefix=f"{search.name}-",
+                  recommendation=None if rec is None else recommendation_markdown(rec, search.metric_name),
+                  confirmed_table=confirmed_markdown(result.confirmed, search.metric_name, search.cost_unit)
+                  if result.confirmed else None)
+    if rec is not None:  # the confirmed recommendation
+        client.log_metric(pid, "best_score", float(rec.pick.stats.mean))
+        client.set_tag(pid, "best_placement", rec.pick.key[:5000])
+    elif completed:
+        best = recommended(searched)  # the highest single-run score; ties to fewer params
         client.log_metric(pid, "best_score", float(best.score))
         client.set_tag(pid, "best_placement", best.key[:5000])
     wall = time.time() - t_start
@@ -256,10 +277,8 @@ def _finish(search: PreparedSearch, client, run: SearchRun, status: str, t_start
         print("\nno placement was confirmed over seeds (search.confirm_seeds = 0, or the phase did not run): "
               "single runs differ by seed noise; compare before you deploy")
     print(f"results: {search.output_dir / (search.name + '-trials.csv')}")
-    if search.tracking_uri.startswith("sqlite:///"):
-        print(f"open the MLflow UI: mlflow ui --backend-store-uri {search.tracking_uri} --host 127.0.0.1 --port 5000")
-    else:
-        print(f"MLflow tracking server: {search.tracking_uri}")
+    for line in ui_lines(search.tracking_uri, run.experiment_id, pid):
+        print(line)
     return 0 if status == "FINISHED" else 130
 
 

@@ -126,6 +126,7 @@ def export_adapter(client, run_id: str, output: str | Path, tracking_uri: str = 
         "trial_id": run.data.tags[R.TRIAL_ID_TAG],
         "parent_run_id": parent.info.run_id,
         "experiment": client.get_experiment(run.info.experiment_id).name,
+        "experiment_id": run.info.experiment_id,
         "tracking_uri": tracking_uri,
         "placement_key": placement.get("key", params.get(R.PLACEMENT_KEY)),
         "rank": int(params["rank"]) if "rank" in params else None,
@@ -215,8 +216,16 @@ def write_deploy_files(output: Path, info: dict) -> None:
 # --- marking in MLflow ----------------------------------------------------------------------------
 
 
+def default_model_name(experiment: str) -> str:
+    """The registered model's name for a search's experiment (a name MLflow accepts anywhere)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", experiment).strip("._") or "lora-placement"
+
+
 def register(client, run_id: str, model_name: str, info: dict) -> dict:
-    """A new version of `model_name` from the run's adapter/ artifacts, with the alias `deploy`."""
+    """A new version of `model_name` from the run's adapter/ artifacts, with the alias `deploy`; the
+    version's and the model's descriptions say which placement it is and how to load it."""
+    from search.notes import model_version_note, registered_model_note
+
     if not client.search_registered_models(filter_string=f"name = '{model_name}'"):
         client.create_registered_model(
             model_name, description="LoRA adapters chosen from a placement search's Pareto frontier")
@@ -224,9 +233,12 @@ def register(client, run_id: str, model_name: str, info: dict) -> dict:
         model_name, f"runs:/{run_id}/adapter", run_id=run_id,
         tags={R.PLACEMENT_KEY: str(info["placement_key"])[:5000], R.SCORE: str(info["score"]),
               R.TRAINABLE_PARAMS: str(info["trainable_params"]), "base_model": info["base_model"]},
-        description=f"{info['placement_key']}: {info['metric_name']} {info['score']}",
     )
+    client.update_model_version(model_name, version.version,
+                                description=model_version_note(info, model_name, version.version))
     client.set_registered_model_alias(model_name, ALIAS, version.version)
+    client.update_registered_model(model_name,
+                                   description=registered_model_note(info, model_name, version.version, ALIAS))
     return {"name": model_name, "version": int(version.version), "alias": ALIAS,
             "uri": f"models:/{model_name}@{ALIAS}"}
 
@@ -250,7 +262,7 @@ def deploy(tracking_uri: str, run_id: str, output: str | Path, *, model_name: st
         raise DeployError(str(e)) from None
     info = export_adapter(client, run_id, output, tracking_uri, force=force)
     if registry and registry_supported(tracking_uri):
-        name = model_name or re.sub(r"[^A-Za-z0-9_.-]+", "_", info["experiment"]).strip("._") or "lora-placement"
+        name = model_name or default_model_name(info["experiment"])
         info["registered_model"] = register(client, run_id, name, info)
         write_deploy_files(Path(output), info)
     mark_deployed(client, run_id, info)

@@ -48,9 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     mlflow_client_defaults()
     from analysis.mlflow_read import StoreError, open_store, read_search
-    from analysis.confirmed import format_confirmed
+    from analysis.confirmed import confirmed_markdown, format_confirmed, recommendation_markdown
     from analysis.report import format_table
     from search.frontier import FILES, publish_frontier
+    from search.notes import publish_notes
+    from search.ui import open_views, ui_lines
 
     try:
         client = open_store(args.tracking_uri)
@@ -65,6 +67,12 @@ def main(argv: list[str] | None = None) -> int:
                               title=f"{metric_name} vs trainable parameters ({parent['experiment']})",
                               max_adapter_params=float(cap) if cap else None)
     searched = [r for r in result.records if r.confirms is None]
+    rec = result.recommendation
+    open_views(client, parent["experiment_id"], parent["run_id"])
+    publish_notes(client, parent["run_id"], searched, args.tracking_uri, status=parent["status"],
+                  recommendation=None if rec is None else recommendation_markdown(rec, metric_name),
+                  confirmed_table=confirmed_markdown(result.confirmed, metric_name, parent["cost_unit"])
+                  if result.confirmed else None)
     counts = {s: sum(r.status == s for r in searched) for s in ("completed", "pruned", "failed", "running")}
     print(f"search {parent['run_id']} in experiment {parent['experiment']!r} ({parent['status']}): "
           f"{len(searched)} trials, " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
@@ -86,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         what = f"mean {by_run[r.run_id]:.4f} over seeds" if r.run_id in by_run else f"{r.score:.4f}"
         print(f"  {r.run_id}  {metric_name} {what}  params {r.trainable_params:,}  {r.key}")
     print(f"written: {', '.join(str(output_dir / n) for n in FILES)}")
+    print("\n".join(ui_lines(args.tracking_uri, parent["experiment_id"], parent["run_id"])))
     return 0
 
 

@@ -35,7 +35,7 @@ def test_imports_run_one_way():
 def test_driver_scripts_and_analysis_import_without_torch():
     modules = ["search.driver", "search.run", "search.report", "search.deploy", "search.prepared", "search.searcher",
                "search.samplers", "search.prior_sampler", "search.tracking", "search.frontier", "search.export",
-               "search.checks", "analysis.pareto", "analysis.plots", "analysis.heatmap", "analysis.mlflow_read",
+               "search.checks", "search.notes", "search.ui", "analysis.pareto", "analysis.plots", "analysis.heatmap", "analysis.mlflow_read",
                "analysis.report", "spaces.baselines", "spaces.scores", "trainables.record", "trainables.prepare",
                "trainables.tune_entry"]
     code = ("import sys\nsys.modules['torch'] = None  # any `import torch` now fails\n"

@@ -232,3 +232,36 @@ def test_cli_one_line_error_and_no_torch(search, tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "r" / "pareto.csv").read_text().startswith("trial_id,run_id,status,pareto")
+
+
+def test_report_writes_descriptions_and_views(search, tmp_path, capsys):
+    """The UI's side (search.notes, search.ui): descriptions on the experiment, the search run and
+    every trial run, and runs views whose filters the store answers."""
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from search.report import main
+
+    uri, _, rows, pid = search
+    assert main(["--tracking-uri", uri, "--run-id", pid, "--output-dir", str(tmp_path / "r")]) == 0
+    printed = capsys.readouterr().out
+    client = MlflowClient(uri)
+    exp = client.get_experiment(client.get_run(pid).info.experiment_id)
+    note = client.get_run(pid).data.tags["mlflow.note.content"]
+    brief = exp.tags["mlflow.note.content"]  # above the runs table: short, and it links the full one
+    assert brief.split("\n")[0] == note.split("\n")[0] and "#### Priors" in note and "#### Priors" not in brief
+    assert f"[**the search's full summary**](#/experiments/{exp.experiment_id}/runs/{pid}?" in brief
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    # test_report's trials: "big" (0.95) is the best, then "best" (0.9); both on the frontier.
+    assert note.startswith("**Recommended: `r4 q[0-1] v[0-1]`**") and "search run status: FINISHED" in note
+    assert "/artifacts/pareto.html?workflowType=machine_learning" in note  # the report's own plots
+    view = json.loads(exp.tags[f"mlflow.sharedViewState.frontier-{pid[:8]}"])
+    front = client.search_runs([exp.experiment_id], view["searchFilter"])  # the view's filter, run by the server
+    assert {r.data.tags["trial_id"] for r in front} == {"best", "big"}
+    trials = json.loads(exp.tags[f"mlflow.sharedViewState.trials-{pid[:8]}"])
+    assert len(client.search_runs([exp.experiment_id], trials["searchFilter"])) == 6
+    for tid, row in rows.items():
+        trial_note = client.get_run(row["run_id"]).data.tags["mlflow.note.content"]
+        assert f"(trial {tid}" in trial_note
+    assert f"viewStateShareKey=trials-{pid[:8]}" in printed and "mlflow ui --backend-store-uri" in printed

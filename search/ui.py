@@ -1,0 +1,146 @@
+"""Where the MLflow UI opens on a search: the links, the command that serves the UI, and the ready-made
+runs views those links open.
+
+Where it sits: track -> frontier -> **what a person opens**. Checked against MLflow 3.17's UI (its
+JS bundle and headless Chromium, `tests/test_mlflow_ui.py`):
+- the UI takes its mode from the URL parameter `workflowType`; without `machine_learning` it opens
+  on its GenAI pages. The experiment tag `mlflow.experimentKind` alone does not switch it (the UI
+  reads that tag only when its workflow switch is off); `open_views` sets it anyway.
+- a link must name the runs tab (`#/experiments/<id>/runs?...`): `#/experiments/<id>?...` redirects
+  and drops every parameter but the mode.
+- `viewStateShareKey=<key>` opens the view stored in the experiment tag
+  `mlflow.sharedViewState.<key>` (JSON: filter, sort, columns, widths, charts); `compareRunsMode=CHART`
+  opens it on the charts.
+- the runs table nests child runs under their parent (collapsed) only when sorted by creation time:
+  sorted by `score`, the trial runs are rows of their own.
+
+`open_views` writes this search's views when it starts (so the links work while it runs);
+`ui_lines` is what the end of a search prints; `search.notes` links the same views.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass
+from urllib.parse import quote, urlparse
+
+from trainables import record as R
+
+UI_PORT = 5000
+WORKFLOW = "workflowType=machine_learning"
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+VIEW_TAG_PREFIX = "mlflow.sharedViewState."
+RUN_NAME_COLUMN = "attributes.`Run Name`"
+# The trial columns of every view, in this order: what a user sorts and filters placements by.
+COLUMNS = ("metrics.`score`", "metrics.`trainable_params`", "metrics.`compute_hours`", "tags.`pareto`",
+           "tags.`baseline`", "tags.`status`", "params.`lr`", "params.`rank`")
+
+
+@dataclass(frozen=True)
+class View:
+    """A runs view of one search: its trial runs filtered, sorted by score (best first), with the
+    trial columns; `charts` opens it on scatter plots of score against trainable params and cost."""
+
+    name: str
+    title: str
+    condition: str  # a filter clause before the search's own (or "" for all its trials)
+    charts: bool = False
+
+    def key(self, parent_run_id: str) -> str:
+        return f"{self.name}-{parent_run_id[:8]}"
+
+    def search_filter(self, parent_run_id: str) -> str:
+        """This view's filter, restricted to the trials of one search (an experiment may hold more)."""
+        mine = f'tags.`{R.PARENT_TAG}` = "{parent_run_id}"'
+        return f"{self.condition} and {mine}" if self.condition else mine
+
+
+TRIALS = View("trials", "all trials, best first", "")
+FRONTIER = View("frontier", "the Pareto frontier", f'tags.{R.PARETO_TAG} = "true"')
+CHARTS = View("charts", "charts: score against trainable params and cost",
+              f'tags.{R.STATUS_TAG} = "{R.COMPLETED}"', charts=True)
+VIEWS = (TRIALS, FRONTIER, CHARTS)
+
+
+def _scatter(uuid: str, x: str) -> dict:
+    return {"uuid": uuid, "type": "SCATTER", "runsCountToCompare": 200, "metricSectionId": "lora-placements",
+            "deleted": False, "isGenerated": False, "xaxis": {"key": x, "type": "METRIC"},
+            "yaxis": {"key": R.SCORE, "type": "METRIC"}}
+
+
+def view_state(view: View, parent_run_id: str) -> dict:
+    """The shared view state the UI restores: search facets and the runs table's UI state."""
+    state = {
+        "searchFilter": view.search_filter(parent_run_id),
+        "orderByKey": f"metrics.`{R.SCORE}`", "orderByAsc": False,
+        "selectedColumns": list(COLUMNS), "columnOrder": [RUN_NAME_COLUMN, *COLUMNS],
+        "columnWidths": {RUN_NAME_COLUMN: 380},  # the run name carries the placement key
+    }
+    if view.charts:
+        state["compareRunSections"] = [{"uuid": "lora-placements", "name": "Placements", "display": True,
+                                        "isReordered": False, "deleted": False, "isGenerated": False}]
+        state["compareRunCharts"] = [_scatter("lora-score-params", R.TRAINABLE_PARAMS),
+                                     _scatter("lora-score-cost", R.COMPUTE_HOURS)]
+    return state
+
+
+# ---- links -----------------------------------------------------------------------------------------
+def is_server(tracking_uri: str) -> bool:
+    return urlparse(tracking_uri).scheme in ("http", "https")
+
+
+def ui_base(tracking_uri: str) -> str:
+    """Where the UI answers: a tracking server serves it itself; a store is served by `mlflow ui`."""
+    return tracking_uri.rstrip("/") if is_server(tracking_uri) else f"http://127.0.0.1:{UI_PORT}"
+
+
+def view_link(experiment_id: str, parent_run_id: str, view: View = TRIALS) -> str:
+    """A link relative to the UI's address (as the Markdown descriptions use it)."""
+    link = f"#/experiments/{experiment_id}/runs?{WORKFLOW}&viewStateShareKey={view.key(parent_run_id)}"
+    return link + ("&compareRunsMode=CHART" if view.charts else "")
+
+
+def view_url(tracking_uri: str, experiment_id: str, parent_run_id: str, view: View = TRIALS) -> str:
+    return f"{ui_base(tracking_uri)}/{view_link(experiment_id, parent_run_id, view)}"
+
+
+def run_link(experiment_id: str, run_id: str) -> str:
+    return f"#/experiments/{experiment_id}/runs/{run_id}?{WORKFLOW}"
+
+
+def artifact_link(experiment_id: str, run_id: str, path: str) -> str:
+    """The run's artifact page with `path` selected (the UI shows images and renders HTML there)."""
+    return f"#/experiments/{experiment_id}/runs/{run_id}/artifacts/{quote(path)}?{WORKFLOW}"
+
+
+def artifact_file(run_id: str, path: str) -> str:
+    """The artifact's file itself, served by the UI (an image source)."""
+    return f"get-artifact?path={quote(path)}&run_uuid={run_id}"
+
+
+def model_link(name: str) -> str:
+    return f"#/models/{quote(name)}?{WORKFLOW}"
+
+
+def ui_command(tracking_uri: str, port: int = UI_PORT) -> str:
+    """The shell command that serves the UI on a store, quoted for a POSIX shell."""
+    return shlex.join(["mlflow", "ui", "--backend-store-uri", tracking_uri, "--host", "127.0.0.1",
+                       "--port", str(port)])
+
+
+def ui_lines(tracking_uri: str, experiment_id: str, parent_run_id: str) -> list[str]:
+    """What the end of a search prints: how to serve the UI, and the exact address to open."""
+    url = view_url(tracking_uri, experiment_id, parent_run_id)
+    if is_server(tracking_uri):
+        return [f"MLflow tracking server: {tracking_uri}", f"open the trials in the MLflow UI: {url}"]
+    return [f"open the MLflow UI: {ui_command(tracking_uri)}", f"then browse to: {url}"]
+
+
+# ---- writing the views -----------------------------------------------------------------------------
+def open_views(client, experiment_id: str, parent_run_id: str) -> None:
+    """Store this search's views in its experiment, and mark the experiment a model-training one."""
+    client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    for view in VIEWS:
+        client.set_experiment_tag(experiment_id, VIEW_TAG_PREFIX + view.key(parent_run_id),
+                                  json.dumps(view_state(view, parent_run_id)))
