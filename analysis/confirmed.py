@@ -184,6 +184,7 @@ def confirmed_markdown(confirmed: list[Confirmed], metric_name: str, cost_unit: 
         name = f"[{c.baseline}] `{c.key}`" if c.baseline else f"`{c.key}`"
         spread = f"{s.mean:.4f} ± {s.sd:.4f}" if s.sd is not None else f"{s.mean:.4f}"
         ci = f"{s.low:.3f} to {s.high:.3f}" if s.low is not None else "-"
-        lines.append(f"| {'★' if c.pareto else ''} | {name} | {c.lr:.2e} | {spread} | {ci} | {s.n} | "
+        lr = f"{c.lr:.2e}" if c.lr else "-"
+        lines.append(f"| {'★' if c.pareto else ''} | {name} | {lr} | {spread} | {ci} | {s.n} | "
                      f"{c.trainable_params:,} | {c.compute_hours:.5f} |")
     return "\n".join(lines)

