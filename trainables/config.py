@@ -152,6 +152,27 @@ class SearchConfig:
 
 
 @dataclass
+class SimulationConfig:
+    """A simulated search (`trainables.simulated`): trials sleep instead of training and report
+    from a synthetic landscape (`trainables.landscape`) through the same reporting path, so the
+    driver, Tune, ASHA, Optuna and MLflow run at cluster scale without compute
+    (`benchmarks/cluster_scale.py`). The landscape's sites replace the model's; model and data
+    are not loaded."""
+
+    # "" = real training; "minilm" or "llama": the simulated model's shape.
+    landscape: str = ""
+    seed: int = 0  # which landscape (its true site values)
+    # The scores the priors see: "informative", "misleading" or "none".
+    prior: str = "informative"
+    # Simulated seconds per epoch of the full placement (every site at search.r_ref); a placement
+    # sleeps (0.5 + 0.5 x its adapter params / the full placement's) x this per epoch.
+    epoch_s: float = 1.0
+    noise: float = 0.005  # standard deviation of the reported metric around the landscape's value
+    # Benchmarks: each trial appends its report timings (one JSON line per trial) to a file here.
+    trace_dir: str = ""
+
+
+@dataclass
 class TrackingConfig:
     # "" = sqlite:///<output_dir>/mlflow.db
     uri: str = ""
@@ -165,6 +186,7 @@ class Config:
     priors: PriorsConfig = field(default_factory=PriorsConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    simulation: SimulationConfig = field(default_factory=SimulationConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -354,4 +376,23 @@ def validate(cfg: Config) -> list[str]:
         p.append(f"priors.calibration_examples {cfg.priors.calibration_examples} must be >= 2")
     if m.max_length < 2:
         p.append(f"model.max_length {m.max_length} must be >= 2")
+    p.extend(_validate_simulation(cfg))
+    return p
+
+
+def _validate_simulation(cfg: Config) -> list[str]:
+    from trainables.landscape import PRIORS, SHAPES
+
+    sim, p = cfg.simulation, []
+    if sim.landscape not in ("", *SHAPES):
+        p.append(f"simulation.landscape {sim.landscape!r} is not one of {', '.join(SHAPES)} (or \"\" to train for real)")
+    if sim.prior not in PRIORS:
+        p.append(f"simulation.prior {sim.prior!r} is not one of {', '.join(PRIORS)}")
+    if not sim.epoch_s > 0:
+        p.append(f"simulation.epoch_s {sim.epoch_s} must be > 0")
+    if sim.noise < 0:
+        p.append(f"simulation.noise {sim.noise} must be >= 0")
+    if sim.landscape and cfg.search.calibrate_lr:
+        p.append(f"simulation.landscape {sim.landscape!r} needs search.calibrate_lr = false: the learning-rate "
+                 "probe trains a real model")
     return p

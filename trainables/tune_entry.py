@@ -3,7 +3,8 @@
 Where it sits: sample -> **train** -> track. The trial's config carries the sampled values and
 the already budget-repaired placement (JSON). Each worker process loads the model files,
 tokenizer and dataset once (`trainables.worker.cached_task`) and reuses them across the trials
-it runs.
+it runs. `trial_entry` picks this function or, when the config names a simulation landscape, the
+simulated trial of `trainables.simulated`; both report through `make_reporter`.
 
 Failures. A failure that a retry would only repeat (a non-finite loss, running out of memory) is
 not raised: the trial reports one last result with `failure` (the reason, `trainables.record`)
@@ -22,6 +23,35 @@ from spaces.space import ModelSpace
 from trainables import record as R
 from trainables.config import Config
 from trainables.worker import cached_task, failure_reason
+
+
+def trial_entry(cfg: Config):
+    """The Tune function for this config's trials: `run_trial`, or the simulated trial
+    (`trainables.simulated`) when `simulation.landscape` names a landscape."""
+    if cfg.simulation.landscape:
+        from trainables.simulated import run_simulated_trial
+
+        return run_simulated_trial
+    return run_trial
+
+
+def make_reporter(node_id: str, save_dir: str):
+    """(report, last): the callback a trial hands its per-epoch results to, and the latest results
+    it saw. Each result goes to Tune with the node that ran the trial; the last one (it has
+    `score`) carries the adapter folder as the trial's checkpoint, which the tracker logs."""
+    from ray import tune
+
+    last: dict = {}
+
+    def report(results: dict) -> None:
+        last.update(results)
+        results = {**results, R.NODE_ID: node_id}
+        if R.SCORE in results:
+            tune.report(results, checkpoint=tune.Checkpoint.from_directory(save_dir))
+        else:
+            tune.report(results)
+
+    return report, last
 
 
 def run_trial(trial_config: dict, *, cfg_dict: dict, space_dict: dict, metric_name: str) -> None:
@@ -46,17 +76,7 @@ def run_trial(trial_config: dict, *, cfg_dict: dict, space_dict: dict, metric_na
     model = load_model(cfg.model, data.num_labels, seed=seed, tokenizer=tok)
     save_dir = tempfile.mkdtemp(prefix="adapter-")
     node_id = ray.get_runtime_context().get_node_id()  # which cluster node ran the trial
-    last: dict = {}
-
-    def report(results: dict) -> None:
-        last.update(results)
-        results = {**results, R.NODE_ID: node_id}
-        if R.SCORE in results:
-            # The trained adapter travels as the trial's checkpoint; the tracker logs it.
-            tune.report(results, checkpoint=tune.Checkpoint.from_directory(save_dir))
-        else:
-            tune.report(results)
-
+    report, last = make_reporter(node_id, save_dir)
     resources = Resources(float(cfg.search.gpus_per_trial) if torch.cuda.is_available() else 0.0, n_cpus)
     plan = TrialPlan(placement, space, float(trial_config["lr"]), seed)
     try:
