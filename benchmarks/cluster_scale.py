@@ -131,11 +131,11 @@ class LoopbackCluster:
         self._start(["--head", f"--port={port}", "--num-cpus=0",
                      "--num-gpus=0", "--include-dashboard=false", f"--temp-dir={self.temp_dir}"], "ray-head.log")
         self._wait(lambda r: r is not None, "head", probe_port=port)
-        for i in range(self.nodes):
+        for i in range(self.nodes):  # one at a time: nodes started together time out on a loaded machine
             self._start([f"--address={self.address}", f"--num-cpus={self.gpus_per_node}",
                          f"--num-gpus={self.gpus_per_node}"], f"ray-node{i}.log")
-        want = self.nodes * self.gpus_per_node
-        self._wait(lambda r: r is not None and r.get("GPU", 0) >= want, f"{want} GPUs")
+            want = (i + 1) * self.gpus_per_node
+            self._wait(lambda r: r is not None and r.get("GPU", 0) >= want, f"{want} GPUs")
         return self.address
 
     def _resources(self) -> dict | None:
@@ -320,7 +320,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--trials", type=int, nargs="+", default=[100, 300, 1000], help="one search per count")
     p.add_argument("--concurrent", type=int, default=64, help="trials running at once (one GPU each)")
-    p.add_argument("--gpus-per-node", type=int, default=16)
+    p.add_argument("--gpus-per-node", type=int, default=32)
     p.add_argument("--epoch-s", type=float, default=20.0, help="simulated seconds per epoch of the full placement")
     p.add_argument("--backends", nargs="+", choices=["sqlite", "server"], default=["sqlite", "server"])
     p.add_argument("--extra-asks", type=int, default=5, help="proposals timed on the finished study")

@@ -13,14 +13,22 @@ the search's parent run with its config, space, task and priors. `MlflowTracker`
 It keeps a mirror of what it wrote per trial, so `records()` gives the same `TrialRecord`s that
 `analysis.mlflow_read` reads back from the store (one builder, `trainables.record.build_record`).
 
-Each hook writes in as few store calls as it can (`log_batch`): a trial waits for the driver to
-take each epoch's result before it goes on, so tracking time is trial time
-(`benchmarks/trial_overhead.py`).
+Each hook writes in as few store calls as it can (`log_batch`), and none of them on Tune's loop: a
+trial waits in `tune.report` until the loop has taken its result, so a store call made in a hook
+is trial time, and with tens of trials running at once SQLite's fsyncs or a server's round trips
+made the driver the bottleneck (docs/benchmarks.md, "Cluster scale"). The hooks update the mirror
+and queue their calls; one background thread (`_Writer`) makes them in order. `records()`,
+`run_id()` and the end of the experiment wait for the queue; a store error stops the search at the
+next hook. At the end of the experiment, a trial Tune has finished whose run is still RUNNING (a
+driver that died after Tune's last snapshot but before its queued writes) is closed from Tune's
+last result.
 """
 
 from __future__ import annotations
 
 import math
+import queue
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,7 +75,7 @@ class TrialContext:
 class _Mirror:
     """What the tracker wrote to one trial run: tags, params, latest metric per name (by step)."""
 
-    run_id: str
+    run_id: str | None  # None until its queued create_run has run
     tags: dict = field(default_factory=dict)
     params: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)  # name -> (step, value)
@@ -82,6 +90,55 @@ class _Mirror:
     def record(self) -> TrialRecord:
         return R.build_record(self.run_id, self.mlflow_status, self.tags, self.params,
                               {k: v for k, (_, v) in self.metrics.items()}, self.start_time)
+
+
+class _Writer:
+    """The tracker's store calls, made in order on one background thread (module docstring).
+
+    `submit` queues a call; `flush` waits until every queued call has run. The first error a call
+    raises is kept: later calls are skipped (the store would be left in an order nobody wrote) and
+    `submit` and `flush` raise it, so a failing store still stops the search loudly."""
+
+    def __init__(self):
+        self._queue: queue.Queue = queue.Queue()
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+
+    def submit(self, call) -> None:
+        self._raise()
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name="mlflow-tracker", daemon=True)
+            self._thread.start()
+        self._queue.put(call)
+
+    def flush(self) -> None:
+        self._queue.join()
+        self._raise()
+
+    def close(self) -> None:
+        """Flush, then let the thread end (a later `submit` starts another)."""
+        if self._thread is not None and self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        self._thread = None
+        self._raise()
+
+    def _run(self) -> None:
+        while True:
+            call = self._queue.get()
+            try:
+                if call is None:
+                    return
+                if self._error is None:
+                    call()
+            except BaseException as e:  # kept and raised on the driver's thread (submit, flush)
+                self._error = e
+            finally:
+                self._queue.task_done()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise RuntimeError(f"MLflow tracking failed: {self._error!r}") from self._error
 
 
 def open_search_run(client: MlflowClient, name: str, *, artifact_location: str | None, resume: bool) -> SearchRun:
@@ -102,18 +159,22 @@ class MlflowTracker(Callback):
     def __init__(self, client: MlflowClient, run: SearchRun, context: TrialContext):
         self.client, self.run, self.context = client, run, context
         self._mirrors: dict[str, _Mirror] = {}  # trial id -> what was written to its run
+        self._writer = _Writer()
         self.t0 = time.time()
         self._rehydrate()
 
     # ---- resume: Tune pickles its callbacks with the experiment and restores them on --resume ----
     def __getstate__(self):
+        self._writer.flush()
         state = self.__dict__.copy()
         state["client"] = None  # a client holds connections; rebuilt from the run's tracking URI
+        state["_writer"] = None  # a thread; a new one is made on restore
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
         self.client = MlflowClient(self.run.tracking_uri)
+        self._writer = _Writer()
         self._rehydrate()
 
     def _rehydrate(self) -> None:
@@ -140,12 +201,18 @@ class MlflowTracker(Callback):
         return None
 
     def run_id(self, trial_id: str) -> str | None:
+        self._writer.flush()  # the run exists once its queued create_run has run
         m = self._mirrors.get(trial_id)
         return m.run_id if m else None
 
     def records(self) -> list[TrialRecord]:
-        """Every trial this tracker knows, in the order they started."""
+        """Every trial this tracker knows, in the order they started (all of it written)."""
+        self._writer.flush()
         return [m.record() for m in self._mirrors.values()]
+
+    def flush(self) -> None:
+        """Wait until everything the hooks logged is in the store."""
+        self._writer.flush()
 
     # ---- Tune hooks ------------------------------------------------------------------------
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -157,7 +224,7 @@ class MlflowTracker(Callback):
             m = self._mirrors.pop(earlier)
             self._mirrors[trial.trial_id] = m
             self._write(m, tags={R.TRIAL_ID_TAG: trial.trial_id, R.STATUS_TAG: R.RUNNING})
-            self.client.update_run(m.run_id, status="RUNNING")
+            self._writer.submit(lambda: self.client.update_run(m.run_id, status="RUNNING"))
             m.mlflow_status = "RUNNING"
             return
         placement = Placement.from_json(cfg["placement"])
@@ -168,9 +235,14 @@ class MlflowTracker(Callback):
         if cfg.get(R.CONFIRMS_TAG):
             tags[R.CONFIRMS_TAG] = cfg[R.CONFIRMS_TAG]
             name = f"{trial.trial_id} {placement.key} seed {seed}"
-        run = self.client.create_run(self.run.experiment_id, run_name=name[:250], tags=tags)
-        m = _Mirror(run.info.run_id, tags, start_time=run.info.start_time)
+        m = _Mirror(None, dict(tags))
         self._mirrors[trial.trial_id] = m
+
+        def create() -> None:  # later calls read m.run_id when they run, after this one
+            run = self.client.create_run(self.run.experiment_id, run_name=name[:250], tags=tags)
+            m.run_id, m.start_time = run.info.run_id, run.info.start_time
+
+        self._writer.submit(create)
         params = {
             R.PLACEMENT_KEY: _short(placement.key),
             "rank": max(placement.rank_values()),
@@ -185,10 +257,9 @@ class MlflowTracker(Callback):
         params = {k: str(v) for k, v in params.items()}
         new_tags = {R.BASELINE_TAG: str(cfg["baseline"])} if cfg.get("baseline") else {}
         self._write(m, params=params, tags=new_tags)
-        self.client.log_dict(m.run_id, placement.to_dict(), "placement.json")
-        self.client.log_dict(m.run_id, placement.lora_config_kwargs(
-            space, scaling=self.context.lora_scaling, dropout=self.context.lora_dropout),
-            "lora_config.json")
+        lora = placement.lora_config_kwargs(space, scaling=self.context.lora_scaling, dropout=self.context.lora_dropout)
+        self._writer.submit(lambda: self.client.log_dict(m.run_id, placement.to_dict(), "placement.json"))
+        self._writer.submit(lambda: self.client.log_dict(m.run_id, lora, "lora_config.json"))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         m = self._mirrors.get(trial.trial_id)
@@ -222,7 +293,8 @@ class MlflowTracker(Callback):
             metrics = [Metric(name, float(result[name]), now, 0)
                        for name in (R.SCORE, R.TRAINABLE_PARAMS, R.ADAPTER_PARAMS)]
             if trial.checkpoint is not None:
-                self.client.log_artifacts(m.run_id, trial.checkpoint.path, "adapter")
+                path = trial.checkpoint.path
+                self._writer.submit(lambda: self.client.log_artifacts(m.run_id, path, "adapter"))
         self._close(m, status, "FINISHED", metrics=metrics)
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -244,14 +316,29 @@ class MlflowTracker(Callback):
         print(f"retrying {trial.trial_id} {m.params.get(R.PLACEMENT_KEY, '')} (attempt {retries + 1}): "
               f"{reason[:200]}", flush=True)
 
+    def on_experiment_end(self, trials, **info):
+        """Everything queued is written; a trial Tune has finished whose run is still RUNNING (its
+        close was queued when a previous driver died) is closed from Tune's last result."""
+        self._writer.flush()
+        for trial in trials:
+            m = self._mirrors.get(trial.trial_id)
+            if m is None or m.mlflow_status != "RUNNING":
+                continue
+            if trial.status == "TERMINATED":
+                self.on_trial_complete(0, trials, trial)
+            elif trial.status == "ERROR":
+                self.on_trial_error(0, trials, trial)
+        self._writer.close()
+
     # ---- helpers ---------------------------------------------------------------------------
     def _write(self, m: _Mirror, *, metrics: list | None = None, params: dict | None = None,
                tags: dict | None = None) -> None:
-        """One store call for everything a hook logs, mirrored."""
+        """One store call for everything a hook logs, queued; mirrored at once."""
         metrics, params, tags = list(metrics or []), dict(params or {}), dict(tags or {})
         if metrics or params or tags:
-            self.client.log_batch(m.run_id, metrics=metrics, params=[Param(k, v) for k, v in params.items()],
-                                  tags=[RunTag(k, v) for k, v in tags.items()])
+            batch = {"metrics": metrics, "params": [Param(k, v) for k, v in params.items()],
+                     "tags": [RunTag(k, v) for k, v in tags.items()]}
+            self._writer.submit(lambda: self.client.log_batch(m.run_id, **batch))
         m.log(metrics)
         m.params.update(params)
         m.tags.update(tags)
@@ -259,7 +346,7 @@ class MlflowTracker(Callback):
     def _close(self, m: _Mirror, status: str, mlflow_status: str, *, metrics: list | None = None,
                tags: dict | None = None) -> None:
         self._write(m, metrics=metrics, tags={**(tags or {}), R.STATUS_TAG: status})
-        self.client.set_terminated(m.run_id, mlflow_status)
+        self._writer.submit(lambda: self.client.set_terminated(m.run_id, mlflow_status))
         m.mlflow_status = mlflow_status
         self._print_done(m.record())
 

@@ -36,6 +36,24 @@ def _child_runs(out_dir: Path, experiment: str):
     return client, [r for r in runs if "trial_id" in r.data.tags], [r for r in runs if r.data.tags.get("role") == "search"]
 
 
+def test_the_address_reaches_ray_init_and_no_address_starts_a_runtime_of_its_own(monkeypatch):
+    """A bare ray.init() joins any cluster `ray start` launched on this machine (someone else's
+    included), so the slow test below would pass even if --address were dropped: check the call."""
+    import ray
+
+    from search.prepared import init_ray
+    from trainables.config import load_config
+
+    for name in ("RAY_DEDUP_LOGS", "RAY_AIR_NEW_OUTPUT", "TUNE_GLOBAL_CHECKPOINT_S"):
+        monkeypatch.delenv(name, raising=False)  # init_ray sets them; undone after the test
+    seen = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: seen.append(kwargs["address"]))
+    init_ray(load_config(["smoke"], ["search.address='127.0.0.1:6380'"]))
+    init_ray(load_config(["smoke"]))
+    assert seen == ["127.0.0.1:6380", "local"]
+
+
 @pytest.mark.slow
 def test_search_runs_on_the_worker_nodes_of_an_existing_cluster(tmp_path):
     port = _free_port()

@@ -111,6 +111,7 @@ def test_tracker_retries_a_died_worker_in_its_run_and_fails_a_non_retryable_erro
     tracker.on_trial_result(0, [a, b, c], b, b.last_result)
     tracker.on_trial_complete(0, [a, b, c], b)
     tracker.on_trial_error(0, [a, b, c], c)  # retries used up: the error's last line is the reason
+    tracker.on_experiment_end(trials=[a, b, c])  # Tune's end of the experiment: queued writes are in the store
 
     runs = {r.data.tags["trial_id"]: r for r in client.search_runs([tracker.run.experiment_id])
             if "trial_id" in r.data.tags}

@@ -37,7 +37,7 @@ def test_driver_scripts_and_analysis_import_without_torch():
                "search.samplers", "search.prior_sampler", "search.tracking", "search.frontier", "search.export",
                "search.checks", "search.notes", "search.ui", "analysis.pareto", "analysis.plots", "analysis.heatmap", "analysis.mlflow_read",
                "analysis.report", "spaces.baselines", "spaces.scores", "trainables.record", "trainables.prepare",
-               "trainables.tune_entry"]
+               "trainables.tune_entry", "trainables.simulated", "trainables.landscape"]
     code = ("import sys\nsys.modules['torch'] = None  # any `import torch` now fails\n"
             + "".join(f"import {m}\n" for m in modules)
             + "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('transformers', 'peft', 'accelerate'))\n"
