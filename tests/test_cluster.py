@@ -5,7 +5,6 @@ Both are slow integration tests: real `ray start` processes, real trials, a real
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,13 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-RAY = str(Path(sys.executable).parent / "ray")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))  # the loopback cluster of benchmarks/cluster_scale.py
 
 
 def _cli(*args):
@@ -56,26 +49,25 @@ def test_the_address_reaches_ray_init_and_no_address_starts_a_runtime_of_its_own
 
 @pytest.mark.slow
 def test_search_runs_on_the_worker_nodes_of_an_existing_cluster(tmp_path):
-    port = _free_port()
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    common = ["--disable-usage-stats"]
+    from cluster_scale import LoopbackCluster
+
     # A head that runs no trials (0 CPUs, like a CPU-only head node) and two workers that declare
-    # one GPU each, so trials asking for GPUs must be placed on them (they train on CPU here).
-    subprocess.run([RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=0",
-                    "--num-gpus=0", "--include-dashboard=false", *common], check=True, env=env, capture_output=True)
+    # one GPU (and one CPU) each, so trials asking for GPUs must be placed on them (they train on
+    # CPU here). The cluster has its own temp dir and is stopped by process id: `ray stop` would
+    # stop every Ray cluster on the machine.
+    cluster = LoopbackCluster(nodes=2, gpus_per_node=1, root=tmp_path)
     try:
-        for _ in range(2):
-            subprocess.run([RAY, "start", f"--address=127.0.0.1:{port}", "--node-ip-address=127.0.0.1",
-                            "--num-cpus=1", "--num-gpus=1", *common], check=True, env=env, capture_output=True)
+        address = cluster.start()
         out = tmp_path / "out"
-        proc = subprocess.run(_cli("--address", f"127.0.0.1:{port}", "--gpus-per-trial", "0.5",
+        proc = subprocess.run(_cli("--address", address, "--gpus-per-trial", "0.5",
                                    "--cpus-per-trial", "1", "--trials", "2", "--output-dir", str(out),
                                    "--experiment", "cluster", "--set", "search.confirm_seeds=0"),
-                              capture_output=True, text=True, timeout=400, cwd=ROOT, env=env)
+                              capture_output=True, text=True, timeout=400, cwd=ROOT,
+                              env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         import ray
 
-        ray.init(address=f"127.0.0.1:{port}")
+        ray.init(address=address)
         nodes = {n["NodeID"]: n for n in ray.nodes() if n["Alive"]}
         ray.shutdown()
         workers = {nid for nid, n in nodes.items() if n["Resources"].get("GPU", 0) > 0}
@@ -86,7 +78,7 @@ def test_search_runs_on_the_worker_nodes_of_an_existing_cluster(tmp_path):
         assert ran_on <= workers  # never on the head, which has no CPU or GPU for trials
         assert all(r.data.tags["status"] in ("completed", "pruned") for r in trials)
     finally:
-        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True)
+        cluster.stop()
 
 
 @pytest.mark.slow
