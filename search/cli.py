@@ -50,6 +50,7 @@ _FLAG_KEYS = {
     "storage": "search.storage",
     "study_storage": "search.study_storage",
     "max_compute_hours": "search.max_compute_hours",
+    "warm_start": "search.warm_start",
 }
 
 

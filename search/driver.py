@@ -191,6 +191,12 @@ def _search_tuner(search: PreparedSearch, client, run: SearchRun, trainable):
     tracker = MlflowTracker(client, run, context)
     inputs = SamplerInputs.from_config(search.space, search.budget, cfg, search.scores, search.calibrated_lr)
     searcher = make_searcher(inputs, cfg.search.sampler, open_study_storage(search.study_url), search.name)
+    if cfg.search.warm_start:
+        from search.warm_start import warm_start
+
+        n = warm_start(client, run, search, searcher.study, searcher.space)
+        print(f"warm start: {n} completed trials of {cfg.search.warm_start!r} added to the study (not retrained)",
+              flush=True)
     scheduler = ASHAScheduler(
         time_attr="training_iteration", metric=R.EPOCH_SCORE, mode="max", max_t=cfg.train.epochs,
         grace_period=min(cfg.search.asha_grace_epochs, cfg.train.epochs),
@@ -269,6 +275,12 @@ def _finish(search: PreparedSearch, client, run: SearchRun, status: str, t_start
         print()
         print(f"confirmed over seeds ({sum(r.confirms is not None for r in records)} confirmation runs):")
         print(format_confirmed(result.confirmed, search.metric_name, search.cost_unit))
+    from search.prior_report import publish_prior_report
+
+    quality = publish_prior_report(client, pid, search, records, search.output_dir, f"{search.name}-")
+    if quality:
+        print()
+        print(quality)
     if result.recommendation is not None:
         print()
         print("\n".join(result.recommendation.lines(search.metric_name)))

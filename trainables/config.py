@@ -128,6 +128,9 @@ class SearchConfig:
     confirm_seeds: int = 2
     confirm_top: int = 3
     confirm_baselines: int = 2
+    # Start from the completed trials of an earlier search (its experiment name, in the same
+    # tracking store, on the same model): they inform the sampler and are never retrained.
+    warm_start: str = ""
     sampler: str = "prior"
     seed: int = 0
     gpus_per_trial: float = 0.0
