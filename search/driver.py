@@ -30,8 +30,11 @@ def run_search(cfg, output_dir: Path, experiment: str | None = None, resume: boo
     search.output_dir.mkdir(parents=True, exist_ok=True)  # only once every input check has passed
     _print_plan(search)
     client, run = _open_tracking(search)
+    phases = _Phases(client, run.parent_run_id)
+    phases.done("prepare_s", time.time() - t_start)
     if search.calibration is None and search.cfg.search.calibrate_lr:
         search = dataclasses.replace(search, calibration=_calibrate(search, client, run))
+        phases.done("calibration_s")
     if not search.resumed:
         search.save_state()
     _print_lr(search)
@@ -41,13 +44,28 @@ def run_search(cfg, output_dir: Path, experiment: str | None = None, resume: boo
           f"epoch_score; MLflow experiment {search.name!r}; Optuna study {search.name!r} in {search.study_url_shown}"
           + (f"; cost cap {cap} {search.cost_unit}" if cap else ""), flush=True)
     status = _fit(lambda: _search_tuner(search, client, run, trainable).fit())
+    phases.done("search_s")
     if status == "FINISHED":
         from search.confirmation import confirm
 
         records = _records(client, run)
         spent = sum(r.compute_hours or 0.0 for r in records) + (search.calibration.compute_hours if search.calibration else 0.0)
         status = _fit(lambda: confirm(search, client, run, trainable, records, spent))
+        phases.done("confirmation_s")
     return _finish(search, client, run, status, t_start)
+
+
+class _Phases:
+    """Wall time of each phase of this driver's run, logged on the search's run (where the time goes;
+    a resumed driver logs its own part)."""
+
+    def __init__(self, client, parent_run_id: str):
+        self.client, self.pid, self.t = client, parent_run_id, time.time()
+
+    def done(self, name: str, seconds: float | None = None) -> None:
+        now = time.time()
+        self.client.log_metric(self.pid, name, now - self.t if seconds is None else seconds)
+        self.t = now
 
 
 def _fit(step) -> str:
@@ -191,6 +209,12 @@ def _search_tuner(search: PreparedSearch, client, run: SearchRun, trainable):
     tracker = MlflowTracker(client, run, context)
     inputs = SamplerInputs.from_config(search.space, search.budget, cfg, search.scores, search.calibrated_lr)
     searcher = make_searcher(inputs, cfg.search.sampler, open_study_storage(search.study_url), search.name)
+    if cfg.search.warm_start:
+        from search.warm_start import warm_start
+
+        n = warm_start(client, run, search, searcher.study, searcher.space)
+        print(f"warm start: {n} completed trials of {cfg.search.warm_start!r} added to the study (not retrained)",
+              flush=True)
     scheduler = ASHAScheduler(
         time_attr="training_iteration", metric=R.EPOCH_SCORE, mode="max", max_t=cfg.train.epochs,
         grace_period=min(cfg.search.asha_grace_epochs, cfg.train.epochs),
@@ -269,6 +293,12 @@ def _finish(search: PreparedSearch, client, run: SearchRun, status: str, t_start
         print()
         print(f"confirmed over seeds ({sum(r.confirms is not None for r in records)} confirmation runs):")
         print(format_confirmed(result.confirmed, search.metric_name, search.cost_unit))
+    from search.prior_report import publish_prior_report
+
+    quality = publish_prior_report(client, pid, search, records, search.output_dir, f"{search.name}-")
+    if quality:
+        print()
+        print(quality)
     if result.recommendation is not None:
         print()
         print("\n".join(result.recommendation.lines(search.metric_name)))

@@ -28,7 +28,8 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    # "minilm" (the packaged all-MiniLM-L6-v2), a hub id, a local folder, or "tiny-bert",
+    # "minilm" (the packaged all-MiniLM-L6-v2), "smollm2" (the packaged SmolLM2-135M-Instruct GGUF),
+    # a hub id, a local folder or .gguf file, or "tiny-bert",
     # "tiny-gpt2", "tiny-llama" (random weights built from a config, for tests and smoke runs).
     name: str = "minilm"
     max_length: int = 64
@@ -95,8 +96,9 @@ class PriorsConfig:
     # Calibration examples drawn from the training split with a fixed seed (docs/methods.md).
     calibration_examples: int = 128
     seed: int = 0
-    # One vector per example for CKA: "mean" over non-pad tokens, "cls" (first), "last" (last non-pad).
-    pooling: str = "mean"
+    # One vector per example for CKA: "auto" ("last" on causal decoders, "mean" on encoders), "mean"
+    # over non-pad tokens, "cls" (first), "last" (last non-pad).
+    pooling: str = "auto"
     # Gradient sensitivity costs a backward pass: off unless asked for.
     gradients: bool = False
     batch_size: int = 32
@@ -128,6 +130,9 @@ class SearchConfig:
     confirm_seeds: int = 2
     confirm_top: int = 3
     confirm_baselines: int = 2
+    # Start from the completed trials of an earlier search (its experiment name, in the same
+    # tracking store, on the same model): they inform the sampler and are never retrained.
+    warm_start: str = ""
     sampler: str = "prior"
     seed: int = 0
     gpus_per_trial: float = 0.0
@@ -370,8 +375,8 @@ def validate(cfg: Config) -> list[str]:
         p.append(f"data.early_eval_examples {d.early_eval_examples} must be >= 0 (0 = the whole validation split)")
     if not (0.0 < d.val_fraction < 1.0):
         p.append(f"data.val_fraction {d.val_fraction} must be in (0, 1)")
-    if cfg.priors.pooling not in ("mean", "cls", "last"):
-        p.append(f"priors.pooling {cfg.priors.pooling!r} is not one of mean, cls, last")
+    if cfg.priors.pooling not in ("auto", "mean", "cls", "last"):
+        p.append(f"priors.pooling {cfg.priors.pooling!r} is not one of auto, mean, cls, last")
     if cfg.priors.calibration_examples < 2:
         p.append(f"priors.calibration_examples {cfg.priors.calibration_examples} must be >= 2")
     if m.max_length < 2:
