@@ -270,7 +270,7 @@ def _finish(search: PreparedSearch, client, run: SearchRun, status: str, t_start
     publish_notes(client, pid, searched, search.tracking_uri, status=status, artifact_prefix=f"{search.name}-",
                   recommendation=None if rec is None else recommendation_markdown(rec, search.metric_name),
                   confirmed_table=confirmed_markdown(result.confirmed, search.metric_name, search.cost_unit)
-                  if result.confirmed else None)
+                  if result.confirmed else None, recommended_run_id=None if rec is None else rec.pick.run_id)
     if rec is not None:  # the confirmed recommendation
         client.log_metric(pid, "best_score", float(rec.pick.stats.mean))
         client.set_tag(pid, "best_placement", rec.pick.key[:5000])
