@@ -132,12 +132,14 @@ def test_a_confirmation_job_restarted_without_tune_state_logs_into_its_run(tmp_p
     job = {"placement": Placement.full(space, 2).to_json(), "lr": 1e-3, "seed": 1, "confirms": "t0", "repairs": ""}
     first = MlflowTracker(client, run, context)
     first.on_trial_start(0, [], SimpleNamespace(trial_id="c1", config={"job": dict(job)}))
+    first.flush()  # the first driver's queued writes reached the store before it died
     again = MlflowTracker(client, run, context)  # a new driver, no Tune state for c1
     restarted = SimpleNamespace(trial_id="c7", config={"job": dict(job)}, last_result={"score": 0.9, "trainable_params": 9,
                                 "adapter_params": 8}, checkpoint=None)
     again.on_trial_start(0, [], restarted)
     again.on_trial_start(0, [], SimpleNamespace(trial_id="c8", config={"job": {**job, "seed": 2}}))
     again.on_trial_complete(0, [], restarted)
+    again.flush()
     runs = [r for r in client.search_runs([exp]) if "trial_id" in r.data.tags]
     assert len(runs) == 2  # seed 1 once (reused), seed 2 once
     seed1 = next(r for r in runs if r.data.params["seed"] == "1")
