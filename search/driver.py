@@ -88,13 +88,15 @@ def _open_tracking(search: PreparedSearch):
 
     from search.tracking import open_search_run
 
-    uri = search.tracking_uri
-    mlflow.set_tracking_uri(uri)
-    client = MlflowClient(uri)
+    from search.credentials import real
+
+    uri = search.tracking_uri  # a database store's password masked (search.credentials)
+    mlflow.set_tracking_uri(real(uri))
+    client = MlflowClient(real(uri))
     # A SQLite store keeps its artifacts beside it under the output dir (not ./mlruns of the cwd);
     # a tracking server keeps its own artifact location.
     local = (search.output_dir / "mlartifacts").resolve().as_uri() if uri.startswith("sqlite:") else None
-    run = open_search_run(client, search.name, artifact_location=local, resume=search.resumed)
+    run = open_search_run(client, search.name, artifact_location=local, resume=search.resumed, tracking_uri=uri)
     _open_ui(client, run)
     if not search.resumed:
         _log_search(client, run, search)

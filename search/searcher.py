@@ -24,6 +24,7 @@ import logging
 import math
 import pickle
 
+from optuna.storages import RDBStorage
 from ray.tune.search import Searcher
 
 from search.proposal import PlacementSpace, is_baseline
@@ -51,15 +52,32 @@ def optuna_state(result: dict | None, error: bool, objectives: list[str] = OBJEC
     return TrialState.PRUNED, None
 
 
+class MaskedRDBStorage(RDBStorage):
+    """An Optuna RDB storage whose pickles (Tune's snapshots of the searcher) hold its URL with the
+    password masked; unpickled by a driver that was given the password (`search.credentials`), it
+    connects with the full URL."""
+
+    def __getstate__(self) -> dict:
+        from search.credentials import shown
+
+        return {**super().__getstate__(), "url": shown(self.url)}
+
+    def __setstate__(self, state: dict) -> None:
+        from search.credentials import real
+
+        super().__setstate__({**state, "url": real(state["url"])})
+
+
 def open_study_storage(url: str):
-    """An Optuna RDB storage at a SQLAlchemy URL (sqlite:///path.db, postgresql://..., mysql://...).
+    """An Optuna RDB storage at a SQLAlchemy URL (sqlite:///path.db, postgresql://..., mysql://...);
+    a masked URL (`search.credentials`) connects with the password this process was given.
 
     SQLite waits up to 60 s for a lock instead of failing at once (an `optuna-dashboard` or a
     notebook reading the same file holds it briefly)."""
-    import optuna
+    from search.credentials import real
 
     kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite:") else {}
-    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    return MaskedRDBStorage(real(url), engine_kwargs=kwargs)
 
 
 def create_study(sampler, storage=None, study_name: str | None = None):

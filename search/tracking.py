@@ -84,18 +84,22 @@ class _Mirror:
                               {k: v for k, (_, v) in self.metrics.items()}, self.start_time)
 
 
-def open_search_run(client: MlflowClient, name: str, *, artifact_location: str | None, resume: bool) -> SearchRun:
+def open_search_run(client: MlflowClient, name: str, *, artifact_location: str | None, resume: bool,
+                    tracking_uri: str | None = None) -> SearchRun:
     """The experiment named `name` (made if needed) and its search parent run: the existing one on
-    `resume`, else a new one (the caller logs what the search is made of)."""
+    `resume`, else a new one (the caller logs what the search is made of). `tracking_uri`: the URI
+    the run carries (and Tune's snapshots of the tracker keep), its password masked; default the
+    client's."""
+    tracking_uri = tracking_uri or client.tracking_uri
     exp = client.get_experiment_by_name(name)
     exp_id = exp.experiment_id if exp else client.create_experiment(name, artifact_location=artifact_location)
     if resume:
         parents = client.search_runs([exp_id], filter_string=f"tags.{R.ROLE_TAG} = '{R.ROLE_SEARCH}'", max_results=1)
         if parents:
             client.update_run(parents[0].info.run_id, status="RUNNING")
-            return SearchRun(client.tracking_uri, exp_id, parents[0].info.run_id)
+            return SearchRun(tracking_uri, exp_id, parents[0].info.run_id)
     pid = client.create_run(exp_id, run_name="search", tags={R.ROLE_TAG: R.ROLE_SEARCH}).info.run_id
-    return SearchRun(client.tracking_uri, exp_id, pid)
+    return SearchRun(tracking_uri, exp_id, pid)
 
 
 class MlflowTracker(Callback):
@@ -112,8 +116,10 @@ class MlflowTracker(Callback):
         return state
 
     def __setstate__(self, state):
+        from search.credentials import real
+
         self.__dict__.update(state)
-        self.client = MlflowClient(self.run.tracking_uri)
+        self.client = MlflowClient(real(self.run.tracking_uri))
         self._rehydrate()
 
     def _rehydrate(self) -> None:

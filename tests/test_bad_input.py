@@ -218,3 +218,100 @@ def test_a_new_search_may_not_take_over_an_existing_study(tmp_path, monkeypatch,
     capsys.readouterr()
     line = _main_in(tmp_path, monkeypatch, capsys, "--study-storage", url, "--experiment", "taken")
     assert "already holds a study named 'taken'" in line and "--resume" in line
+
+
+# ---- round two (ISSUE-15): addresses, names, stores and models refused before Ray ---------------
+def test_an_unreachable_cluster_address_is_refused_before_ray(tmp_path, monkeypatch, capsys):
+    import ray
+
+    port = _closed_port()
+    line = _main_in(tmp_path, monkeypatch, capsys, "--address", f"127.0.0.1:{port}")
+    assert f"search.address 127.0.0.1:{port} cannot be reached" in line and "--address" in line
+    assert not ray.is_initialized()
+
+
+def test_a_ray_client_address_needs_ray_client_or_a_server(tmp_path, monkeypatch, capsys):
+    line = _main_in(tmp_path, monkeypatch, capsys, "--address", f"ray://127.0.0.1:{_closed_port()}")
+    assert "search.address ray://127.0.0.1:" in line
+    assert "pip install 'ray[client]'" in line or "cannot be reached" in line
+
+
+@pytest.mark.parametrize("name", ["../x/../../escaped", "a/b", "x" * 300, "-leading-dash", "sp ace"])
+def test_an_experiment_name_that_is_not_a_safe_file_name_is_refused(tmp_path, monkeypatch, capsys, name):
+    line = _main_in(tmp_path, monkeypatch, capsys, f"--experiment={name}")
+    assert f"--experiment {name!r} is not a usable name" in line and "letters, digits" in line
+
+
+def test_storage_on_a_filesystem_ray_tune_cannot_use(tmp_path, monkeypatch, capsys):
+    line = _main_in(tmp_path, monkeypatch, capsys, "--storage", "ftp://127.0.0.1:1/x")
+    assert "search.storage ftp://127.0.0.1:1/x: Ray Tune cannot keep an experiment on ftp://" in line
+    assert "--storage <a writable folder>" in line
+
+
+@pytest.mark.parametrize("uri", ["ftp://127.0.0.1/x", "./mlruns", "file:///tmp/mlruns"])
+def test_a_tracking_uri_that_names_no_usable_store(tmp_path, monkeypatch, capsys, uri):
+    line = _main_in(tmp_path, monkeypatch, capsys, "--tracking-uri", uri)
+    assert f"tracking.uri {uri} is not an MLflow store a search can use" in line and "sqlite:///" in line
+
+
+def test_a_tracking_uri_with_a_password_is_checked_and_shown_without_it(tmp_path, monkeypatch, capsys):
+    """The user and password go to MLflow's variables; the server is checked, and named, without them."""
+    import os
+
+    for var in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.delenv(var, raising=False)  # restored after the test
+    port = _closed_port()
+    line = _main_in(tmp_path, monkeypatch, capsys, "--tracking-uri", f"http://user:s3cretpw@127.0.0.1:{port}")
+    assert f"tracking.uri http://127.0.0.1:{port} cannot be reached ([Errno 111] Connection refused" in line
+    assert "Name or service not known" not in line and "s3cretpw" not in line
+    assert (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]) == ("user", "s3cretpw")
+
+
+def test_a_study_storage_that_is_not_an_optuna_database(tmp_path, monkeypatch, capsys):
+    import sqlite3
+
+    db = tmp_path / "other.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE experiments (id INTEGER)")
+    line = _main_in(tmp_path, monkeypatch, capsys, "--study-storage", f"sqlite:///{db}")
+    assert "holds a database that is not an Optuna study store (its tables: experiments)" in line
+    assert "optuna version" not in line.lower()
+    (tmp_path / "junk.db").write_bytes(b"\x00not sqlite at all" * 40)
+    line = _main_in(tmp_path, monkeypatch, capsys, "--study-storage", f"sqlite:///{tmp_path / 'junk.db'}")
+    assert "is not a SQLite database" in line
+
+
+def test_a_sqlite_study_url_with_a_user_and_password(tmp_path, monkeypatch, capsys):
+    line = _main_in(tmp_path, monkeypatch, capsys, "--study-storage", "sqlite://u:p@//tmp/x.db")
+    assert "search.study_storage sqlite://u:***@" in line and "a SQLite URL names a file and nothing else" in line
+
+
+def test_an_output_dir_that_is_a_file_is_blamed_on_the_output_dir(tmp_path, monkeypatch, capsys):
+    from search.run import main
+
+    (tmp_path / "afile").write_text("x")
+    monkeypatch.chdir(tmp_path)
+    assert main(["--config", "smoke", "--output-dir", str(tmp_path / "afile")]) == 2
+    line = _assert_refused(tmp_path, capsys.readouterr().err, {"afile"})
+    assert line.startswith(f"error: --output-dir {tmp_path / 'afile'}: ") and "is a file, not a folder" in line
+    assert "study" not in line
+
+
+def test_a_hub_model_with_the_hub_off_and_not_cached(tmp_path, monkeypatch, capsys):
+    t0 = time.monotonic()
+    line = _main_in(tmp_path, monkeypatch, capsys, "--set", "model.name=nobody-here/no-such-model")
+    assert "model.name 'nobody-here/no-such-model' is not a local folder and not in the Hugging Face cache" in line
+    assert "HF_HUB_OFFLINE=1" in line and time.monotonic() - t0 < 20
+
+
+def test_a_hub_model_when_the_hub_cannot_be_reached_fails_in_seconds(tmp_path, monkeypatch, capsys):
+    import huggingface_hub.constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
+    t0 = time.monotonic()
+    line = _main_in(tmp_path, monkeypatch, capsys, "--set", "model.name=nobody-here/no-such-model")
+    assert "model.name 'nobody-here/no-such-model' is not a local folder and the Hugging Face hub cannot be reached" in line
+    assert time.monotonic() - t0 < 30
