@@ -172,7 +172,7 @@ def check_inputs(cfg: Config) -> None:
     torch-free, so the driver does it before starting anything."""
     from search.checks import check_address, check_model_source, check_storage, check_tracking_uri
     from trainables.data import DataError, load_task
-    from trainables.model import ModelError, resolve_model_path, vocab_size
+    from trainables.model import ModelError, check_model_folder, resolve_model_path, vocab_size
 
     check_tracking_uri(cfg.tracking.uri)
     check_storage(cfg.search.storage)
@@ -183,6 +183,7 @@ def check_inputs(cfg: Config) -> None:
     try:
         path = resolve_model_path(cfg.model)
         if cfg.model.name not in TINY:
+            check_model_folder(path)
             check_model_source(cfg.model.name, path)
         load_task(cfg.data, vocab_size(cfg.model) or 128)
     except (ModelError, DataError) as e:

@@ -315,3 +315,122 @@ def test_a_hub_model_when_the_hub_cannot_be_reached_fails_in_seconds(tmp_path, m
     line = _main_in(tmp_path, monkeypatch, capsys, "--set", "model.name=nobody-here/no-such-model")
     assert "model.name 'nobody-here/no-such-model' is not a local folder and the Hugging Face hub cannot be reached" in line
     assert time.monotonic() - t0 < 30
+
+
+# ---- data files that cannot be read as given: one line naming the file and the fix -------------
+def _lines_file(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _data_args(data: Path, *extra: str) -> list[str]:
+    return ["--set", f"data.source={data}", "--set", "model.name=minilm", "--set", "data.min_examples_per_label=5", *extra]
+
+
+def test_a_latin1_csv_names_its_encoding_and_the_encoding_option(tmp_path, monkeypatch, capsys):
+    data = tmp_path / "latin.csv"
+    data.write_bytes(("text,label\n" + "".join(f"caf\xe9 number {i},{i % 2}\n" for i in range(60))).encode("latin-1"))
+    line = _main_in(tmp_path, monkeypatch, capsys, *_data_args(data))
+    assert f"data file {data} is not utf-8 text (byte 0xe9 at position" in line and "data.encoding=latin-1" in line
+    from trainables.config import load_config
+    from trainables.data import load_task
+
+    cfg = load_config(["smoke"], [f"data.source={data}", "data.encoding=latin-1", "data.min_examples_per_label=5"])
+    assert "café number 0" in load_task(cfg.data).train.texts + load_task(cfg.data).val.texts
+
+
+def test_a_jsonl_file_with_one_malformed_line_names_the_line(tmp_path, monkeypatch, capsys):
+    data = _lines_file(tmp_path / "d.jsonl", [f'{{"text": "line {i}", "label": {i % 2}}}' for i in range(60)]
+                       + ['{"text": "broken'])
+    line = _main_in(tmp_path, monkeypatch, capsys, *_data_args(data))
+    assert f"data file {data} line 61 is not valid JSON (" in line and "fix or remove that line" in line
+
+
+def test_list_valued_labels_are_refused(tmp_path, monkeypatch, capsys):
+    data = _lines_file(tmp_path / "d.jsonl", [f'{{"text": "line {i}", "label": [{i % 2}, 1]}}' for i in range(60)])
+    line = _main_in(tmp_path, monkeypatch, capsys, *_data_args(data))
+    assert f"dataset '{data}': column 'label' holds lists (e.g. [0, 1])" in line and "data.label_column" in line
+
+
+def test_a_synthetic_task_without_training_examples(tmp_path, monkeypatch, capsys):
+    line = _main_in(tmp_path, monkeypatch, capsys, "--set", "data.val_fraction=0.999")
+    assert "leaves an empty train or validation split" in line and "data.val_fraction" in line
+
+
+# ---- model folders that cannot be loaded: checked on the driver, before Ray ----------------------
+def _minilm_copy(tmp_path: Path, drop: tuple[str, ...] = ()) -> Path:
+    import shutil
+
+    from trainables.model import packaged_minilm_path
+
+    folder = tmp_path / "my-model"
+    shutil.copytree(packaged_minilm_path(), folder)
+    for name in drop:
+        (folder / name).unlink()
+    return folder
+
+
+def test_a_truncated_config_json(tmp_path, monkeypatch, capsys):
+    folder = _minilm_copy(tmp_path)
+    text = (folder / "config.json").read_text()
+    (folder / "config.json").write_text(text[: len(text) // 2])
+    line = _main_in(tmp_path, monkeypatch, capsys, "--set", f"model.name={folder}")
+    assert f"model folder {folder}: config.json is not valid JSON (" in line and "model.name" in line
+
+
+def test_weights_that_are_not_a_safetensors_file(tmp_path, monkeypatch, capsys):
+    folder = _minilm_copy(tmp_path)
+    (folder / "model.safetensors").write_bytes(os.urandom(4096))
+    line = _main_in(tmp_path, monkeypatch, capsys, "--set", f"model.name={folder}")
+    assert f"model folder {folder}: model.safetensors is not a readable safetensors file" in line
+
+
+def test_a_model_folder_without_weights(tmp_path, monkeypatch, capsys):
+    folder = _minilm_copy(tmp_path, drop=("model.safetensors",))
+    line = _main_in(tmp_path, monkeypatch, capsys, "--set", f"model.name={folder}")
+    assert f"model folder {folder} has no weights (model.safetensors, pytorch_model.bin" in line
+    assert "network" not in line
+
+
+def test_a_tokenizer_far_smaller_than_the_embedding_table_is_refused(tmp_path):
+    """transformers builds a 5-token tokenizer for a folder without tokenizer files: every word
+    would become [UNK] and the search would train on nothing."""
+    from trainables.config import load_config
+    from trainables.model import ModelError, load_tokenizer
+
+    names = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+    folder = _minilm_copy(tmp_path, drop=names)
+    cfg = load_config(["default"], [f"model.name={folder}"])
+    with pytest.raises(ModelError) as e:
+        load_tokenizer(cfg.model)
+    text = str(e.value)
+    assert "its tokenizer has 5 tokens but the model's embedding table has 30522" in text
+    assert "none of tokenizer.json, tokenizer_config.json, vocab.txt" in text and str(folder) in text
+    assert len(load_tokenizer(load_config(["default"]).model)) == 30522  # the packaged folder is fine
+
+
+def test_max_length_beyond_the_models_positions(tmp_path):
+    from trainables.config import load_config
+    from trainables.model import ModelError, check_positions, load_model
+
+    cfg = load_config(["smoke"], ["model.max_length=100000", "data.synthetic_length=300"])
+    with pytest.raises(ModelError, match=r"model.max_length 100000 is more than the 128 positions of the model "
+                                         r"\(max_position_embeddings\): set model.max_length to at most 128"):
+        check_positions(cfg.model, load_model(cfg.model, 2))
+    check_positions(load_config(["smoke"]).model, load_model(cfg.model, 2))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["no tokenizer files", "max_length beyond positions"])
+def test_model_problems_found_on_the_worker_are_one_line_before_anything_is_written(tmp_path, case):
+    if case == "no tokenizer files":
+        folder = _minilm_copy(tmp_path, drop=("tokenizer.json", "tokenizer_config.json", "vocab.txt",
+                                              "special_tokens_map.json"))
+        out = _run_cli(tmp_path, "--set", f"model.name={folder}", "--set", "data.source=chatterbot",
+                       "--set", "data.min_examples_per_label=100")
+        expected, before = "its tokenizer has 5 tokens but the model's embedding table has 30522", {"my-model"}
+    else:
+        out = _run_cli(tmp_path, "--set", "model.max_length=100000", "--set", "data.synthetic_length=300")
+        expected, before = "model.max_length 100000 is more than the 128 positions of the model", set()
+    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
+    assert expected in _assert_refused(tmp_path, out.stderr, before)

@@ -59,6 +59,7 @@ DOMAIN: dict[str, typing.Callable] = {
     "data.text_column": _text("0", "-1", "nan", "inf", "-inf"),  # any non-empty name
     "data.label_column": _text("0", "-1", "nan", "inf", "-inf"),
     "data.hub_split": _text("0", "-1", "nan", "inf", "-inf"),
+    "data.encoding": _never,  # "" and "0", "nan", ... name no text encoding
     "data.val_fraction": _float(0, 1, lo_open=True, hi_open=True),
     "data.split_seed": SEED,
     "data.min_examples_per_label": _int(0),

@@ -51,6 +51,8 @@ class DataConfig:
     text_column: str = "text"
     label_column: str = "label"
     hub_split: str = "train"
+    # Text encoding of local .csv / .json / .jsonl files (e.g. "latin-1").
+    encoding: str = "utf-8"
     val_fraction: float = 0.2
     split_seed: int = 0
     # Labels with fewer unique examples than this are dropped (documented in the README).
@@ -417,6 +419,8 @@ def validate(cfg: Config) -> list[str]:
         p.append(f"data.early_eval_examples {d.early_eval_examples} must be >= 0 (0 = the whole validation split)")
     if not (0.0 < d.val_fraction < 1.0):
         p.append(f"data.val_fraction {d.val_fraction} must be in (0, 1)")
+    if d.encoding and not _is_encoding(d.encoding):
+        p.append(f"data.encoding {d.encoding!r} is not a text encoding Python knows: use e.g. utf-8 or latin-1")
     if not 0 <= d.min_confidence <= 1:
         p.append(f"data.min_confidence {d.min_confidence} must be in [0, 1]")
     if d.synthetic_labels < 2:
@@ -445,6 +449,16 @@ def validate(cfg: Config) -> list[str]:
     return p[:first] + [problem for problem in p[first:] if problem.split(" ", 1)[0] not in broken]
 
 
+def _is_encoding(name: str) -> bool:
+    import codecs
+
+    try:
+        info = codecs.lookup(name)
+    except LookupError:
+        return False
+    return getattr(info, "_is_text_encoding", True)  # base64, zip, ... turn bytes into bytes
+
+
 # String settings that have no meaning when empty ("" elsewhere means "the default").
-_NON_EMPTY = {"model": ("name",), "data": ("source", "text_column", "label_column", "hub_split"),
+_NON_EMPTY = {"model": ("name",), "data": ("source", "text_column", "label_column", "hub_split", "encoding"),
               "search": ("experiment",)}
