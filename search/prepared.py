@@ -297,6 +297,7 @@ def prepare_search(cfg: Config, output_dir: Path, experiment: str | None = None,
     """Check, start Ray, prepare (or read back a resumed search's preparation), fit the budget."""
     from search.checks import check_output_dir, check_search_name, check_study_storage
     from search.credentials import real
+    from search.workspace import check_free
 
     calibration = None
     if experiment is not None:
@@ -304,10 +305,12 @@ def prepare_search(cfg: Config, output_dir: Path, experiment: str | None = None,
     check_output_dir(output_dir)  # writable or creatable; made only once every check has passed
     if resume:
         name, stored, prep, calibration = _load_state(output_dir, experiment)
+        check_free(output_dir, name)  # a search another driver runs is refused before Ray starts
         _restore_credentials(stored, cfg)
         cfg = stored
     else:
         name = experiment or f"{cfg.search.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
+        check_free(output_dir, name)
         if state_path(output_dir, name).exists():
             raise UsageError(f"a search named {name!r} already exists in {output_dir}: "
                              "pass --resume to continue it, or another --experiment name")

@@ -135,13 +135,16 @@ class MlflowTracker(Callback):
                         {k: (0, v) for k, v in run.data.metrics.items()}, run.info.status, run.info.start_time)
             self._mirrors[tid] = m
 
-    def _confirmation_of(self, cfg: dict) -> str | None:
-        """The trial id whose run already holds this confirmation job (same trial confirmed, same
-        seed): a confirmation restarted without Tune's state logs into it instead of a second run."""
-        if not cfg.get(R.CONFIRMS_TAG):
-            return None
+    def _earlier_run_of(self, cfg: dict) -> str | None:
+        """The trial id whose run already holds this job under another Tune trial id: a confirmation
+        job (same trial confirmed, same seed) or a search trial asked again (same Optuna trial),
+        restarted without Tune's state; it logs into that run instead of a second one."""
         for tid, m in self._mirrors.items():
-            if m.tags.get(R.CONFIRMS_TAG) == cfg[R.CONFIRMS_TAG] and m.params.get(R.SEED) == str(cfg.get(R.SEED)):
+            if cfg.get(R.CONFIRMS_TAG):
+                if m.tags.get(R.CONFIRMS_TAG) == cfg[R.CONFIRMS_TAG] and m.params.get(R.SEED) == str(cfg.get(R.SEED)):
+                    return tid
+            elif cfg.get(R.OPTUNA_TRIAL) is not None and m.params.get(R.OPTUNA_TRIAL) == str(cfg[R.OPTUNA_TRIAL]) \
+                    and not _final(m):
                 return tid
         return None
 
@@ -155,10 +158,15 @@ class MlflowTracker(Callback):
 
     # ---- Tune hooks ------------------------------------------------------------------------
     def on_trial_start(self, iteration, trials, trial, **info):
-        if trial.trial_id in self._mirrors:
-            return  # a retried trial keeps its run
+        m = self._mirrors.get(trial.trial_id)
+        if m is not None:  # a retried trial keeps its run; a settled rerun leaves it as it is
+            if m.mlflow_status != "RUNNING" and not _final(m):  # stopped with its search: it runs again
+                self._write(m, tags={R.STATUS_TAG: R.RUNNING})
+                self.client.update_run(m.run_id, status="RUNNING")
+                m.mlflow_status = "RUNNING"
+            return
         cfg, space = R.trial_config(trial.config), self.context.space
-        earlier = self._confirmation_of(cfg)
+        earlier = self._earlier_run_of(cfg)
         if earlier is not None:
             m = self._mirrors.pop(earlier)
             self._mirrors[trial.trial_id] = m
@@ -187,6 +195,8 @@ class MlflowTracker(Callback):
             "repairs": _short(cfg.get("repairs") or "none"),
             R.SEED: seed,
         }
+        if cfg.get(R.OPTUNA_TRIAL) is not None:
+            params[R.OPTUNA_TRIAL] = cfg[R.OPTUNA_TRIAL]
         params.update({k: v for k, v in cfg.items() if k.startswith(("kind_", "layer_"))})
         params = {k: str(v) for k, v in params.items()}
         new_tags = {R.BASELINE_TAG: str(cfg["baseline"])} if cfg.get("baseline") else {}
@@ -198,7 +208,7 @@ class MlflowTracker(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         m = self._mirrors.get(trial.trial_id)
-        if m is None:
+        if m is None or result.get(R.SETTLED):
             return
         epoch = int(result.get(R.EPOCH, result.get("training_iteration", 0)))
         now = int(time.time() * 1000)
@@ -214,7 +224,7 @@ class MlflowTracker(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         m = self._mirrors.get(trial.trial_id)
-        if m is None:
+        if m is None or _final(m):  # a settled rerun: the run already holds its outcome
             return
         result = trial.last_result or {}
         if R.FAILURE in result:
@@ -233,7 +243,7 @@ class MlflowTracker(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         m = self._mirrors.get(trial.trial_id)
-        if m is None:
+        if m is None or _final(m):
             return
         self._close(m, R.FAILED, "FAILED", tags={R.ERROR_TAG: _short(_error_reason(trial))})
 
@@ -277,6 +287,11 @@ class MlflowTracker(Callback):
                    for m in self._mirrors.values())
         print(f"{label}[{done}/{self.context.total_trials}] {r.status:<9} {self.context.metric_name} {score}  "
               f"params {r.trainable_params or 0:,}  {r.key}  ({time.time() - self.t0:.0f}s elapsed)", flush=True)
+
+
+def _final(m: _Mirror) -> bool:
+    """The run holds an outcome (completed, pruned, failed) and is closed."""
+    return m.mlflow_status != "RUNNING" and m.tags.get(R.STATUS_TAG) in R.TRIAL_STATUSES
 
 
 def _error_reason(trial) -> str:
