@@ -20,7 +20,8 @@ def pick_candidates(records: list[TrialRecord], top: int, baselines: int) -> lis
     and the `baselines` best-scoring baselines, each once, best first."""
     from analysis.pareto import frontier
 
-    completed = [r for r in records if r.status == COMPLETED and r.confirms is None]
+    # A warm-start trial (copied from an earlier search) is never retrained, so never confirmed.
+    completed = [r for r in records if r.status == COMPLETED and r.confirms is None and r.warm_start is None]
     if not completed:
         return []
     front_ids = {row["run_id"] for row in frontier([r.as_dict() for r in completed]) if row["pareto"]}

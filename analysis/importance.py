@@ -149,3 +149,28 @@ def format_agreement(report: dict, kinds: list[str]) -> str:
         lines.append("  layer effects: " + "  ".join(f"{l} {v:+.3f}" for l, v in enumerate(report["layer_effects"])))
     lines += [f"  {a.describe()}" for a in report["agreements"]]
     return "\n".join(lines)
+
+
+def plot_agreement(report: dict, kinds: list[str], path) -> "Path":
+    """Bars of the estimated kind and layer effects, with each prior's verdict in the title."""
+    from pathlib import Path
+
+    from matplotlib.figure import Figure
+
+    path = Path(path)
+    fig = Figure(figsize=(9, 3.8), layout="constrained")
+    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [len(kinds), max(1, len(report["layer_effects"] or []))]})
+    for ax, values, labels, title in ((left, report["kind_effects"], kinds, "module kinds"),
+                                      (right, report["layer_effects"], None, "layers")):
+        if values is None:
+            ax.text(0.5, 0.5, "too few completed trials", ha="center", transform=ax.transAxes)
+            continue
+        labels = labels or [str(i) for i in range(len(values))]
+        ax.bar(range(len(values)), values, color=["tab:green" if v > 0 else "tab:red" for v in values])
+        ax.set_xticks(range(len(values)), labels=labels)
+        ax.axhline(0, color="0.3", lw=0.8)
+        ax.set_title(f"estimated effect on the score: {title}", fontsize=9)
+    verdicts = "; ".join(f"{a.prior}: {a.verdict}" for a in report["agreements"])
+    fig.suptitle(f"which prior was right ({report['n_trials']} trials) - {verdicts}", fontsize=8)
+    fig.savefig(path, dpi=110)
+    return path

@@ -24,13 +24,15 @@ def format_table(records: list[TrialRecord], metric_name: str, cost_unit: str, k
     lines = [head, "-" * len(head)]
     for r in records:
         key = f"[{r.baseline}] {r.key}" if r.baseline else r.key
+        key = f"(warm) {key}" if r.warm_start else key
         key = key if len(key) <= key_width else key[: key_width - 3] + "..."
         score = r.score if r.status == COMPLETED else r.last_score
         lines.append(
             f"{'*' if r.pareto else ' ':1} {key:<{key_width}} {_fmt(r.lr, '.2e'):>8} {_fmt(score, '.4f'):>17} "
             f"{_fmt(r.trainable_params, ','):>10} {_fmt(r.compute_hours, '.5f'):>14} {r.status:<9}"
         )
-    lines.append("[name] = a hand-crafted baseline, fitted to the budget")
+    lines.append("[name] = a hand-crafted baseline, fitted to the budget"
+                 + ("; (warm) = copied from an earlier search, not trained here" if any(r.warm_start for r in records) else ""))
     lines.append(f"* = Pareto-optimal among completed trials ({metric_name} up, trainable params down, "
                  f"{cost_unit} down); scores of stopped trials are their last epoch's")
     return "\n".join(lines)

@@ -125,6 +125,18 @@ def run(method: str, land: Landscape, scores: PriorScores | None, budget, trials
     return hv, best
 
 
+def _value(text: str):
+    """An option's value from the command line: a bool, an int, a float or the text itself."""
+    if text in ("True", "False", "true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def trials_to(curve: list[float], target: float) -> float:
     return next((i + 1 for i, h in enumerate(curve) if h >= target), math.inf)
 
@@ -141,12 +153,13 @@ def main() -> None:
     p.add_argument("--shape", choices=["minilm", "llama"], default="minilm")
     p.add_argument("--fills", type=float, nargs="+", default=None, help="ablation: prior fill levels")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                   help="ablation: a prior sampler option (strength, floor, n_prior, w0, tau)")
+                   help="ablation: a prior sampler option (search.prior_sampler.PriorOptions: strength, floor, "
+                   "n_prior, w0, tau, adaptive, learned, eta, epsilon, min_evidence)")
     args = p.parse_args()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     space = model_space(args.shape)
     budget = make_budget(space, args.budget, R_REF, min(RANKS))
-    options = {k: float(v) if k != "n_prior" else int(v) for k, v in (o.split("=", 1) for o in args.option)}
+    options = {k: _value(v) for k, v in (o.split("=", 1) for o in args.option)}
     if args.fills:
         options["fills"] = tuple(args.fills)
     n = args.trials

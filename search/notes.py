@@ -242,10 +242,16 @@ def deploy_command(tracking_uri: str, run_id: str, output: str | None = None) ->
     return shlex.join(args + (["--output", output] if output else []))
 
 
-def _deploy_section(facts: SearchFacts, records: list[TrialRecord]) -> str:
+def _deploy_target(records: list[TrialRecord], run_id: str | None) -> TrialRecord | None:
+    """The trial to deploy: the confirmed recommendation's run where there is one, else the
+    highest single-run score."""
+    return next((r for r in records if r.run_id == run_id), None) or recommended(records)
+
+
+def _deploy_section(facts: SearchFacts, records: list[TrialRecord], run_id: str | None = None) -> str:
     from search.export import ALIAS, default_model_name
 
-    best = recommended(records)
+    best = _deploy_target(records, run_id)
     if best is None:
         return ""
     name = default_model_name(facts.experiment)
@@ -268,10 +274,12 @@ def _fit(parts: list[str], limit: int) -> str:
 
 def search_note(facts: SearchFacts, records: list[TrialRecord], *, status: str = "FINISHED",
                 recommendation: str | None = None, confirmed_table: str | None = None,
-                artifact_prefix: str = "", brief: bool = False, limit: int = RUN_NOTE_LIMIT) -> str:
+                recommended_run_id: str | None = None, artifact_prefix: str = "", brief: bool = False,
+                limit: int = RUN_NOTE_LIMIT) -> str:
     """The search's description in Markdown. `recommendation` (Markdown) replaces the single-seed one;
     `confirmed_table` (a Markdown table of the frontier retrained over seeds) goes before the
-    single-seed frontier; `artifact_prefix` picks the plots the caller just logged.
+    single-seed frontier; `recommended_run_id` (the confirmed pick's trial run) is the one the deploy
+    command exports; `artifact_prefix` picks the plots the caller just logged.
 
     `brief`: the experiment's version, shown above the runs table in a box that does not scroll:
     the recommendation, the links, the frontier's first rows and the deploy command; the rest
@@ -289,12 +297,12 @@ def search_note(facts: SearchFacts, records: list[TrialRecord], *, status: str =
     if confirmed_table:
         parts.append("#### Frontier confirmed over seeds\n\n" + confirmed_table)
     if brief:
-        best = recommended(records)
+        best = _deploy_target(records, recommended_run_id)
         parts += [_frontier_section(facts, records, max_rows=5),
                   f"Deploy it: `{deploy_command(facts.tracking_uri, best.run_id, 'my-adapter')}`" if best else ""]
     else:
         parts += [_frontier_section(facts, records), _baselines_section(facts, records),
-                  _deploy_section(facts, records), _plot(facts, artifact_prefix), _priors_section(facts),
+                  _deploy_section(facts, records, recommended_run_id), _plot(facts, artifact_prefix), _priors_section(facts),
                   _search_section(facts, records, status)]
     return _fit([p for p in parts if p], limit)
 
@@ -339,12 +347,12 @@ def publish_running(client, experiment_id: str, parent_run_id: str) -> None:
 
 def publish_notes(client, parent_run_id: str, records: list[TrialRecord], tracking_uri: str, *,
                   status: str = "FINISHED", artifact_prefix: str = "", recommendation: str | None = None,
-                  confirmed_table: str | None = None) -> str:
+                  confirmed_table: str | None = None, recommended_run_id: str | None = None) -> str:
     """Describe the search on its run (in full) and its experiment (`brief`), and each trial on its
     run; return the search run's Markdown. `records` carry their `pareto` flags (`search.frontier.publish_frontier`)."""
     facts = read_facts(client, parent_run_id, tracking_uri)
     extra = dict(status=status, recommendation=recommendation, confirmed_table=confirmed_table,
-                 artifact_prefix=artifact_prefix)
+                 recommended_run_id=recommended_run_id, artifact_prefix=artifact_prefix)
     note = search_note(facts, records, **extra)
     client.set_tag(parent_run_id, NOTE_TAG, note)
     client.set_experiment_tag(facts.experiment_id, NOTE_TAG, search_note(facts, records, brief=True, **extra))

@@ -316,6 +316,10 @@ def prepare_search(cfg: Config, output_dir: Path, experiment: str | None = None,
                              "pass --resume to continue it, or another --experiment name")
         cfg = carried_config(cfg)
     check_inputs(cfg)  # a typo costs no Ray start
+    if cfg.search.warm_start and not resume:
+        from search.checks import check_warm_start
+
+        check_warm_start(real(cfg.tracking.uri) or default_tracking_uri(output_dir.resolve()), cfg.search.warm_start)
     check_study_storage(real(cfg.search.study_storage) or default_study_storage(output_dir), None if resume else name)
     init_ray(cfg)
     check_resources(cfg)

@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study-storage", default=None, help="the Optuna study's database, a SQLAlchemy URL (sqlite:///path.db, postgresql://user@host/db); a restarted driver continues the study from it (default: sqlite:///<output-dir>/optuna.db); config: search.study_storage")
     p.add_argument("--max-compute-hours", "--gpu-hours", type=float, default=None, dest="max_compute_hours",
                    help="end the search once its trials have cost this much, in GPU-hours (CPU-core-hours when trials use no GPU); 0 = no cap; config: search.max_compute_hours")
+    p.add_argument("--warm-start", default=None, metavar="EXPERIMENT",
+                   help="start from the completed trials of an earlier search on the same model in the same tracking "
+                   "store (they inform the sampler and are never retrained); config: search.warm_start")
     p.add_argument("--resume", action="store_true", help="continue an interrupted search (the one named by --experiment, else the latest in the output dir): finished trials are kept, unfinished ones rerun")
     return p
 

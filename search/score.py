@@ -2,6 +2,7 @@
 
     python search/score.py --budget 0.5                    # the offline default
     python search/score.py --config smoke --set priors.pooling=cls
+    python search/score.py --config smollm2                # a real decoder, offline (SmolLM2-135M)
 
 Where it sits: **score** -> sample. One hooked forward pass over the calibration set gives PLoP's
 normalised feature norms (which module kinds), CKA between each block's input and output and
@@ -16,6 +17,7 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from search.cli import add_common_args, config_from_args, fail
@@ -24,6 +26,16 @@ from search.errors import UsageError, user_error_types
 
 def _f(value, spec=".3f") -> str:
     return "-" if value is None else format(value, spec)
+
+
+def describe_pooling(scores, configured: str) -> str:
+    """`last (auto: a causal decoder; 127 of 128 examples, ...)`: the pooling CKA used and why."""
+    kind = {True: "a causal decoder", False: "not causal", None: "causality unknown"}[scores.causal]
+    why = f"auto: {kind}" if configured == "auto" else kind
+    left_out = scores.n_examples - scores.cka_examples
+    if scores.causal and left_out:
+        why += f"; {scores.cka_examples} of {scores.n_examples} examples, one-token examples left out"
+    return f"{scores.pooling} ({why})"
 
 
 def format_scores(scores, space, baselines) -> str:
@@ -68,11 +80,14 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_from_args(args)
         from spaces.baselines import make_baselines
         from spaces.budget import make_budget
+        from spaces.errors import PriorsWarning
         from trainables.prepare import prepare
 
         t0 = time.perf_counter()
         try:
-            prep = prepare(cfg.to_dict())
+            with warnings.catch_warnings():  # a CKA tie is printed below, with the table
+                warnings.simplefilter("ignore", PriorsWarning)
+                prep = prepare(cfg.to_dict())
             budget = make_budget(prep.space, cfg.search.budget, cfg.search.r_ref, min(cfg.search.ranks))
         except user_error_types() as e:
             raise UsageError(str(e)) from None
@@ -90,10 +105,14 @@ def main(argv: list[str] | None = None) -> int:
     scores_path.write_text(json.dumps(payload, indent=2))
     heatmap = plot_heatmap(scores, out / "scores.png")
     print(f"model: {space.describe()}")
-    print(f"calibration: {scores.n_examples} examples, {scores.n_tokens} tokens, pooling {scores.pooling}; "
-          f"priors took {prep.priors_s:.2f}s (all of prepare {time.perf_counter() - t0:.1f}s)")
+    print(f"calibration: {scores.n_examples} examples, {scores.n_tokens} tokens; CKA pooling "
+          f"{describe_pooling(scores, cfg.priors.pooling)}; priors took {prep.priors_s:.2f}s (all of prepare "
+          f"{time.perf_counter() - t0:.1f}s)")
     print()
     print(format_scores(scores, space, baselines))
+    warning = scores.cka_warning()
+    if warning:
+        print(f"\nwarning: {warning}")
     print()
     print(f"wrote {scores_path} and {heatmap}")
     return 0

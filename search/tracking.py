@@ -284,7 +284,7 @@ class MlflowTracker(Callback):
         label = f"{self.context.label} " if self.context.label else ""
         # count this phase's trials only: the search's own, or the confirmation runs
         done = sum(m.mlflow_status != "RUNNING" and (R.CONFIRMS_TAG in m.tags) == bool(self.context.label)
-                   for m in self._mirrors.values())
+                   and R.WARM_START_TAG not in m.tags for m in self._mirrors.values())
         print(f"{label}[{done}/{self.context.total_trials}] {r.status:<9} {self.context.metric_name} {score}  "
               f"params {r.trainable_params or 0:,}  {r.key}  ({time.time() - self.t0:.0f}s elapsed)", flush=True)
 

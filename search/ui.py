@@ -56,10 +56,13 @@ class View:
         return f"{self.condition} and {mine}" if self.condition else mine
 
 
-TRIALS = View("trials", "all trials, best first", "")
+# Confirmation runs (the frontier retrained over seeds) share the search's experiment and parent;
+# the views show the searched trials only.
+SEARCHED = f"tags.`{R.CONFIRMS_TAG}` IS NULL"
+TRIALS = View("trials", "all trials, best first", SEARCHED)
 FRONTIER = View("frontier", "the Pareto frontier", f'tags.{R.PARETO_TAG} = "true"')
 CHARTS = View("charts", "charts: score against trainable params and cost",
-              f'tags.{R.STATUS_TAG} = "{R.COMPLETED}"', charts=True)
+              f'tags.{R.STATUS_TAG} = "{R.COMPLETED}" and {SEARCHED}', charts=True)
 VIEWS = (TRIALS, FRONTIER, CHARTS)
 
 

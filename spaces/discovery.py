@@ -14,29 +14,45 @@ from spaces.space import ModelSpace
 
 __all__ = ["DiscoveryError", "discover", "find_block_stack"]
 
-# Display aliases for module names relative to a block, by architecture family. Anything not
-# listed falls back to its last name component, made unique with its parent's name if needed.
-_ALIASES = {
-    # BERT-family encoders
-    "attention.self.query": "q",
-    "attention.self.key": "k",
-    "attention.self.value": "v",
+# Display aliases: a role reads the same in every family (q, k, v, o, qkv, gate, up, down,
+# gate_up), so that reports and baselines compare across models. A kind (the module's name relative
+# to its block) is looked up whole, then by its last two name components, then by its last one;
+# anything not listed keeps its last name component. Aliases are made unique within a model in
+# `_aliases`.
+_BY_NAME = {
+    # BERT-family encoders (BERT, RoBERTa, Electra, DeBERTa-v2, MPNet): the bare `output.dense` is
+    # the MLP's down projection; only these exact names, so a cross-attention's
+    # `crossattention.output.dense` is not taken for it.
     "attention.output.dense": "o",
     "intermediate.dense": "up",
     "output.dense": "down",
-    # GPT-2 (Conv1D, fused qkv)
-    "attn.c_attn": "qkv",
+}
+_BY_TAIL = {
+    # GPT-2 and StarCoder2 reuse `c_proj` for the attention output and the MLP down projection.
     "attn.c_proj": "o",
-    "mlp.c_fc": "up",
     "mlp.c_proj": "down",
-    # Llama / Qwen2 / Mistral-style decoders
-    "self_attn.q_proj": "q",
-    "self_attn.k_proj": "k",
-    "self_attn.v_proj": "v",
-    "self_attn.o_proj": "o",
-    "mlp.gate_proj": "gate",
-    "mlp.up_proj": "up",
-    "mlp.down_proj": "down",
+    # Phi, GPT-NeoX, Falcon, Bloom: the attention output is a bare `dense`.
+    "self_attn.dense": "o",
+    "attention.dense": "o",
+    "self_attention.dense": "o",
+    # ModernBERT reuses `Wo`.
+    "attn.Wo": "o",
+    "mlp.Wo": "down",
+}
+_BY_LAST = {
+    # queries, keys, values: BERT, Llama-style, OPT, GPT-J; DistilBERT; DeBERTa-v2
+    **dict.fromkeys(("query", "q_proj", "q_lin", "query_proj"), "q"),
+    **dict.fromkeys(("key", "k_proj", "k_lin", "key_proj"), "k"),
+    **dict.fromkeys(("value", "v_proj", "v_lin", "value_proj"), "v"),
+    # fused query-key-value: GPT-2, GPT-NeoX / Falcon / Bloom, Phi-3, ModernBERT
+    **dict.fromkeys(("c_attn", "query_key_value", "qkv_proj", "Wqkv"), "qkv"),
+    # attention output: Llama-style, OPT / GPT-J, DistilBERT
+    **dict.fromkeys(("o_proj", "out_proj", "out_lin"), "o"),
+    # MLP: gated (Llama-style; Phi-3 and ModernBERT fuse gate and up), and plain up / down
+    "gate_proj": "gate",
+    **dict.fromkeys(("gate_up_proj", "Wi"), "gate_up"),
+    **dict.fromkeys(("up_proj", "fc1", "lin1", "fc_in", "c_fc", "dense_h_to_4h"), "up"),
+    **dict.fromkeys(("down_proj", "fc2", "lin2", "fc_out", "dense_4h_to_h"), "down"),
 }
 
 
@@ -79,15 +95,29 @@ def find_block_stack(model: nn.Module) -> tuple[str, nn.ModuleList]:
     return best[1], best[2]
 
 
+def _alias(kind: str) -> str:
+    parts = kind.split(".")
+    tail, last = ".".join(parts[-2:]), parts[-1]
+    return _BY_NAME.get(kind) or _BY_TAIL.get(tail) or _BY_LAST.get(last) or last
+
+
 def _aliases(kinds: list[str]) -> list[str]:
-    aliases = [_ALIASES.get(k, k.split(".")[-1]) for k in kinds]
-    # Make fallbacks unique: prefer parent.last, then the full relative name.
-    for i, a in enumerate(aliases):
-        if aliases.count(a) > 1:
-            for j in [j for j, b in enumerate(aliases) if b == a]:
-                parts = kinds[j].split(".")
-                aliases[j] = ".".join(parts[-2:]) if len(parts) > 1 else kinds[j]
-    if len(set(aliases)) != len(aliases):
+    """One alias per kind, unique within the model: kinds that would share one (a decoder's self-
+    and cross-attention queries are both `q`) are shown by the shortest suffix of their names that
+    tells them apart, or in full."""
+    aliases = [_alias(k) for k in kinds]
+    for alias in set(aliases):
+        clash = [i for i, a in enumerate(aliases) if a == alias]
+        if len(clash) < 2:
+            continue
+        parts = [kinds[i].split(".") for i in clash]
+        for n in range(1, max(map(len, parts)) + 1):
+            names = [".".join(p[-n:]) for p in parts]
+            if len(set(names)) == len(names):
+                break
+        for i, name in zip(clash, names):
+            aliases[i] = name
+    if len(set(aliases)) != len(aliases):  # a suffix equal to another kind's alias: full names
         aliases = list(kinds)
     return aliases
 

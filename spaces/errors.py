@@ -13,3 +13,7 @@ class DiscoveryError(ValueError):
 
 class PriorsError(ValueError):
     """The calibration data cannot be scored as given."""
+
+
+class PriorsWarning(UserWarning):
+    """The priors were computed but one of them cannot be trusted as it stands (the message says which)."""

@@ -14,6 +14,10 @@ from dataclasses import dataclass, field
 
 Grid = tuple[tuple[float | None, ...], ...]
 
+# CKA importance below this (CKA above 0.999): the block barely changes the pooled vectors, and
+# the order among such layers is round-off and calibration noise, not a ranking.
+CKA_TIE_IMPORTANCE = 1e-3
+
 
 def _grid(rows) -> Grid:
     return tuple(tuple(None if v is None else float(v) for v in row) for row in rows)
@@ -43,6 +47,11 @@ class CkaScores:
     degenerate: tuple[bool, ...]
     neutral_importance: float
 
+    def tied_layers(self) -> list[int]:
+        """The non-degenerate layers whose importance is below `CKA_TIE_IMPORTANCE`: near-ties."""
+        return [l for l, (v, d) in enumerate(zip(self.importance, self.degenerate))
+                if not d and v < CKA_TIE_IMPORTANCE]
+
 
 @dataclass(frozen=True)
 class ActScores:
@@ -59,7 +68,10 @@ class PriorScores:
     """Every prior for one model and calibration set.
 
     kinds: the space's aliases; n_examples / n_tokens: the calibration set (non-pad tokens);
-    pooling: how CKA pooled one vector per example. grad is None unless gradients were asked for.
+    pooling: how CKA pooled one vector per example (resolved: `mean`, `cls` or `last`, never
+    `auto`); causal: whether the model is a causal decoder (None where unknown); cka_examples:
+    the examples CKA pooled (a causal model's one-token examples are left out). grad is None
+    unless gradients were asked for.
     """
 
     kinds: tuple[str, ...]
@@ -72,6 +84,8 @@ class PriorScores:
     pooling: str = "mean"
     grad: SiteScores | None = field(default=None)  # one backward pass; None unless asked for
     kappa: SiteScores | None = field(default=None)  # KappaTune's condition numbers (spaces.kappa)
+    causal: bool | None = None
+    cka_examples: int = 0
 
     @classmethod
     def from_summaries(cls, kinds, kind_nfn, layer_importance, layer_act) -> "PriorScores":
@@ -97,6 +111,16 @@ class PriorScores:
             )
         return self
 
+    def cka_warning(self) -> str | None:
+        """One line when CKA cannot rank most layers (more than half are near-ties), else None."""
+        tied = self.cka.tied_layers()
+        if 2 * len(tied) <= self.n_layers:
+            return None
+        fix = ("set priors.pooling=auto (or last)" if self.causal and self.pooling != "last"
+               else "try another priors.pooling or more calibration examples")
+        return (f"CKA importance is below {CKA_TIE_IMPORTANCE} for {len(tied)} of {self.n_layers} layers "
+                f"(pooling {self.pooling!r}): the CKA prior cannot rank them and orders them by noise; {fix}")
+
     def kind_nfn(self) -> list[float | None]:
         """Layer-averaged NFN per kind, in kind order."""
         return [self.nfn.per_kind.get(a) for a in self.kinds]
@@ -107,6 +131,8 @@ class PriorScores:
             "n_examples": self.n_examples,
             "n_tokens": self.n_tokens,
             "pooling": self.pooling,
+            "causal": self.causal,
+            "cka_examples": self.cka_examples,
             "kinds": list(self.kinds),
             "n_layers": self.n_layers,
             "nfn": {"per_site": [list(r) for r in self.nfn.per_site], "per_kind": dict(self.nfn.per_kind)},
@@ -137,4 +163,6 @@ class PriorScores:
             pooling=d.get("pooling", "mean"),
             grad=None if not grad else SiteScores(_grid(grad["per_site"]), dict(grad["per_kind"])),
             kappa=None if not d.get("kappa") else SiteScores(_grid(d["kappa"]["per_site"]), dict(d["kappa"]["per_kind"])),
+            causal=d.get("causal"),
+            cka_examples=int(d.get("cka_examples", 0)),
         )

@@ -111,7 +111,8 @@ DOMAIN: dict[str, typing.Callable] = {
     "search.experiment": _text("0", "nan", "inf"),  # a name: letters, digits, . _ -, not leading -
     "search.max_failures": _int(0),
     "search.address": _text(""),  # "" = a local runtime; the others are not addresses
-    "search.storage": _text("", "0", "-1", "nan", "inf", "-inf"),  # "" = the default; folder names
+    "search.storage": _text("", "0", "-1", "nan", "inf", "-inf"),
+    "search.warm_start": _text(""),  # "" = none; the others name no search the store holds  # "" = the default; folder names
     "search.study_storage": _text(""),  # "" = the default; the others are not database URLs
     "search.max_compute_hours": _float(0),
     "tracking.uri": _text(""),  # "" = the default store; the others name no store

@@ -37,7 +37,8 @@ def test_smoke_search_logs_one_run_per_trial(tmp_path):
     assert parent.info.status == "FINISHED"
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"config.json", "space.json", "scores.json", "smoke-test-scores.png", "smoke-test-trials.csv",
-            "smoke-test-pareto.csv"} <= artifacts
+            "smoke-test-pareto.csv", "smoke-test-prior_quality.json", "smoke-test-prior_quality.png"} <= artifacts
+    assert "which prior was right" in proc.stdout
     scores = json.loads(open(client.download_artifacts(parent.info.run_id, "scores.json", str(tmp_path))).read())
     assert scores["kinds"] == ["q", "k", "v", "o", "up", "down"] and len(scores["cka"]["importance"]) == 2
 

@@ -98,7 +98,6 @@ def served_search(tmp_path_factory):
 
     from analysis.mlflow_read import trial_record
     from search.deploy import main as deploy_main
-    from search.notes import recommended
 
     tmp = tmp_path_factory.mktemp("ui")
     port = _free_port()
@@ -123,10 +122,13 @@ def served_search(tmp_path_factory):
         exp = client.get_experiment_by_name("picked")
         runs = client.search_runs([exp.experiment_id])
         parent = next(r for r in runs if r.data.tags.get("role") == "search")
-        trials = [r for r in runs if "trial_id" in r.data.tags]
+        # the searched trials; the confirmation runs (tagged `confirms`) retrain the frontier
+        trials = [r for r in runs if "trial_id" in r.data.tags and "confirms" not in r.data.tags]
         front = [r for r in trials if r.data.tags.get("pareto") == "true"]
         assert len(trials) == 2 and front
-        best = recommended([trial_record(r) for r in trials])
+        # The search ends with its confirmed recommendation: "recommendation: deploy ... (run <id>)".
+        line = next(x for x in proc.stdout.splitlines() if x.startswith("recommendation: deploy "))
+        best = next(t for t in map(trial_record, trials) if line.endswith(f"(run {t.run_id})"))
         with pytest.MonkeyPatch.context() as mp:  # the CLI's MLflow defaults, undone afterwards
             for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT",
                          "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"):
@@ -169,7 +171,7 @@ def test_a_person_picks_a_placement_in_the_ui(served_search, tmp_path):
         for run in s["trials"]:  # named "<trial id> <placement key>", readable in full
             assert run.info.run_name.endswith(run.data.tags["placement_key"]) and run.info.run_name in page
         # The collapsed description is the recommendation.
-        assert f"Recommended: {best.key}" in page
+        assert "Recommendation: deploy " in page and best.key in page.split("Recommendation: deploy ")[1][:300]
         if chrome.find_elements(By.CSS_SELECTOR, '[data-component-id="mlflow.assistant.chat_panel.close"]'):
             _click(chrome, "mlflow.assistant.chat_panel.close")  # the assistant panel opens on a first visit
         columns = ("score", "trainable_params", "compute_hours", "pareto", "baseline", "status", "lr", "rank")
@@ -206,7 +208,7 @@ def test_a_person_picks_a_placement_in_the_ui(served_search, tmp_path):
 
         # 6. The search run's page: the full summary, with the Pareto plot shown; the registered model's page.
         chrome.get(summary_link)
-        _wait(chrome, lambda c: f"Recommended: {best.key}" in _text(c), "the search run's description")
+        _wait(chrome, lambda c: "Recommendation: deploy " in _text(c), "the search run's description")
         show_more = chrome.find_elements(By.XPATH, "//*[normalize-space(text())='Show more']")
         if show_more:
             show_more[0].click()

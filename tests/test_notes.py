@@ -188,7 +188,9 @@ def test_views_hold_one_search_sorted_by_score():
     from search.ui import CHARTS, FRONTIER, TRIALS, view_state
 
     trials, front, charts = (view_state(v, PID) for v in (TRIALS, FRONTIER, CHARTS))
-    assert trials["searchFilter"] == f'tags.`mlflow.parentRunId` = "{PID}"'
+    # the searched trials only: the confirmation runs (tagged `confirms`) share the parent
+    assert trials["searchFilter"] == f'tags.`confirms` IS NULL and tags.`mlflow.parentRunId` = "{PID}"'
+    assert "tags.`confirms` IS NULL" in charts["searchFilter"]
     assert front["searchFilter"] == f'tags.pareto = "true" and tags.`mlflow.parentRunId` = "{PID}"'
     for state in (trials, front, charts):
         # Sorted by anything but creation time, the runs table lists trials as rows of their own.
@@ -197,3 +199,15 @@ def test_views_hold_one_search_sorted_by_score():
         assert state["selectedColumns"][:3] == [f"metrics.`{m}`" for m in metrics]
     assert [c["xaxis"]["key"] for c in charts["compareRunCharts"]] == ["trainable_params", "compute_hours"]
     assert "compareRunCharts" not in trials
+
+
+def test_the_deploy_command_exports_the_confirmed_pick_not_the_top_single_run():
+    from search.notes import search_note
+
+    # The single-run best is dddd; confirmation over seeds picked the attention baseline (bbbb).
+    kw = dict(recommendation="**Recommendation: deploy [attention] r4 q[0-5] k[0-5] v[0-5] o[0-5]**",
+              recommended_run_id="bbbb" * 4)
+    for note in (search_note(_facts(), RECORDS, **kw), search_note(_facts(), RECORDS, brief=True, **kw)):
+        assert f"--run-id {'bbbb' * 4} " in note and f"--run-id {'dddd' * 4} " not in note
+    # Without a confirmed pick, the single-run best is deployed.
+    assert f"--run-id {'dddd' * 4} " in search_note(_facts(), RECORDS, brief=True)

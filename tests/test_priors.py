@@ -31,10 +31,14 @@ from spaces.discovery import discover
 from spaces.placement import Placement
 from spaces.baselines import make_baselines
 from spaces.budget import make_budget
+from spaces.errors import PriorsError, PriorsWarning
 from spaces.priors import _pool, compute_priors, linear_cka
 from spaces.scores import PriorScores
 
 R_REF = 8
+# Random tiny blocks (and the toy's pure rescaling) leave CKA near 1 at every layer, so the priors
+# warn that CKA ties; test_cka_ties_warn checks the warning itself.
+pytestmark = pytest.mark.filterwarnings("ignore::spaces.errors.PriorsWarning")
 
 
 # ---- models and data -----------------------------------------------------------------------
@@ -179,6 +183,64 @@ def test_pooling_uses_only_real_tokens():
     assert torch.equal(_pool(h, left, "last"), h[:, 3])
 
 
+def test_mean_pooling_can_leave_out_the_first_token():
+    h = torch.arange(3 * 4 * 2, dtype=torch.float32).reshape(3, 4, 2)
+    mask = torch.tensor([[1, 1, 1, 0], [0, 1, 1, 1], [1, 0, 0, 0]], dtype=torch.bool)  # right, left, one token
+    want = torch.stack([h[0, 1:3].mean(0), h[1, 2:4].mean(0), h[2, 0]])  # a lone token is kept
+    assert torch.equal(_pool(h, mask, "mean", skip_first=True), want)
+    assert torch.equal(_pool(h, mask, "last", skip_first=True), _pool(h, mask, "last"))
+
+
+def test_causal_models_leave_one_token_examples_out_of_cka():
+    """On a causal model a one-token example's only token is the first position (huge activations
+    in real decoders): CKA pools the other examples only; NFN and activation still count it."""
+    examples = _examples()
+    with_one = examples[:4] + [[7]] + examples[4:]
+    llama = _llama()
+    space = discover(llama)
+    both = compute_priors(llama, space, _batches(with_one, [9]))
+    without = compute_priors(llama, space, _batches(examples, [8]))
+    assert both.causal is True and both.pooling == "last"
+    assert (both.n_examples, both.cka_examples) == (9, 8)
+    assert both.cka.per_layer == pytest.approx(without.cka.per_layer, rel=1e-6)
+    assert both.n_tokens == without.n_tokens + 1 and both.nfn != without.nfn
+    bert = _bert()  # an encoder keeps every example
+    scores = compute_priors(bert, discover(bert), _batches(with_one, [9]))
+    assert (scores.causal, scores.pooling, scores.cka_examples) == (False, "mean", 9)
+
+
+def test_last_pooling_flags_a_constant_last_token():
+    """The degenerate case on a decoder: every example ends with the same token (an EOS), so with
+    last-token pooling the input of layer 0 is one vector for all; flagged, never a NaN."""
+    examples = [e + [5] for e in _examples()]
+    model = _llama()
+    scores = compute_priors(model, discover(model), _batches(examples, [3, 5], extra_pad=2))
+    assert scores.pooling == "last" and scores.cka.degenerate == (True, False, False)
+    assert scores.cka.importance[0] == pytest.approx(float(np.median(scores.cka.importance[1:])))
+
+
+def test_cka_ties_warn():
+    torch.manual_seed(0)
+    model = _Toy(torch.randn(400, 8), scale=2.0)  # every block only rescales: CKA is 1 everywhere
+    with pytest.warns(PriorsWarning, match=r"CKA importance is below 0\.001 for 3 of 3 layers") as seen:
+        scores = compute_priors(model, discover(model), _toy_batches(400))
+    assert len(seen) == 1 and "\n" not in str(seen[0].message)
+    assert scores.cka_warning() == str(seen[0].message)
+    # more than half the layers tied: a warning; half or fewer: none
+    assert PriorScores.from_summaries(["a"], [1.0], [0.0, 0.0, 0.0005, 0.2], [1.0] * 4).cka_warning()
+    assert PriorScores.from_summaries(["a"], [1.0], [0.0, 0.0, 0.1, 0.2], [1.0] * 4).cka_warning() is None
+
+
+def test_pooling_auto_is_the_config_default():
+    from trainables.config import ConfigError, load_config
+
+    assert load_config([]).priors.pooling == "auto"
+    with pytest.raises(ConfigError, match="priors.pooling 'first' is not one of auto, mean, cls, last"):
+        load_config([], ["priors.pooling=first"])
+    with pytest.raises(PriorsError, match="not one of auto, mean, cls, last"):
+        compute_priors(_bert(), discover(_bert()), _batches(_examples(), [8]), pooling="first")
+
+
 def test_cls_pooling_flags_the_constant_first_token():
     # Every example starts with token 2, so the CLS input to BERT's layer 0 is the same vector.
     model = _bert()
@@ -263,6 +325,64 @@ def test_nfn_aligned_weight_scores_high_and_plop_avoids_it():
     assert nfn["b"] == pytest.approx(1.0, abs=0.15)
     plop = _baseline(scores, space, 0.5, "plop")
     assert plop.key == "r8 b[0-2]"
+
+
+# ---- token layouts: a toy whose blocks see (batch, seq), flattened, (seq, batch) or packed ---------
+class _LayoutBlock(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.a, self.b = nn.Linear(d, d), nn.Linear(d, d)
+
+    def forward(self, hidden_states):
+        return hidden_states + self.b(torch.tanh(self.a(hidden_states)))
+
+
+class _LayoutToy(nn.Module):
+    """Every block gets, and gives back, its hidden states in one layout."""
+
+    def __init__(self, layout, vocab=64, d=8, n_layers=3):
+        super().__init__()
+        torch.manual_seed(0)
+        self.layout = layout
+        self.embed = nn.Embedding(vocab, d)
+        self.layers = nn.ModuleList(_LayoutBlock(d) for _ in range(n_layers))
+
+    def forward(self, input_ids, attention_mask):
+        h, mask = self.embed(input_ids), attention_mask.bool()
+        B, T, d = h.shape
+        to, back = {
+            "bt": (lambda x: x, lambda x: x),
+            "flat": (lambda x: x.reshape(B * T, d), lambda x: x.reshape(B, T, d)),
+            "tb": (lambda x: x.transpose(0, 1), lambda x: x.transpose(0, 1)),
+            "packed": (lambda x: x[mask], lambda x: x.new_zeros(B, T, d).masked_scatter(mask[..., None], x)),
+            "halves": (lambda x: x.reshape(2, B * T // 2, d), lambda x: x.reshape(B, T, d)),
+        }[self.layout]
+        for block in self.layers:
+            h = back(block(to(h)))
+        return h
+
+
+@pytest.mark.parametrize("layout", ["flat", "tb", "packed"])
+def test_any_token_layout_gives_the_same_scores(layout):
+    """Sites and blocks that see flattened (OPT's MLP), sequence-first or packed tokens score exactly
+    as with (batch, seq) tensors; padding (extra_pad) makes packed differ from flattened."""
+    batches = _batches(_examples(), [3, 5], extra_pad=3)
+    reference = _LayoutToy("bt")
+    space = discover(reference)
+    want = compute_priors(reference, space, batches, pooling="mean")
+    got = compute_priors(_LayoutToy(layout), space, batches, pooling="mean")
+    _assert_close(got.to_dict(), want.to_dict())
+    assert any(v < 0.999 for v in want.cka.per_layer)  # CKA is not trivially 1 here
+
+
+def test_a_layout_that_matches_nothing_is_one_clear_line():
+    model = _LayoutToy("halves")
+    with pytest.raises(PriorsError) as err:
+        compute_priors(model, discover(model), _batches(_examples(), [8]), pooling="mean")
+    line = str(err.value)
+    assert "\n" not in line and "shape (2, 40, 8)" in line and "attention_mask (8, 10)" in line
+    assert "flattened (80,)" in line and "point model.name at" in line
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
 
 
 # ---- the real architectures ----------------------------------------------------------------

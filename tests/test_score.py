@@ -14,6 +14,9 @@ def test_score_cli_writes_scores_and_heatmap(tmp_path, capsys):
         assert part in text
     scores = json.loads((tmp_path / "scores.json").read_text())
     assert scores["n_examples"] == 128  # priors.calibration_examples, from 154 training examples
+    # priors.pooling = auto, resolved from the architecture: shown, and recorded as resolved
+    assert "CKA pooling mean (auto: not causal)" in text
+    assert (scores["pooling"], scores["causal"], scores["cka_examples"]) == ("mean", False, 128)
     assert (tmp_path / "scores.png").stat().st_size > 1000
     from spaces.discovery import discover
     from trainables.config import load_config
@@ -34,3 +37,10 @@ def test_score_cli_bad_budget_is_one_line(tmp_path, capsys):
     assert main(["--config", "smoke", "--budget", "2", "--output-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: search.budget 2.0 is outside (0, 1]") and err.count("\n") == 1
+
+
+def test_score_cli_resolves_pooling_for_a_decoder(tmp_path, capsys):
+    assert main(["--config", "smoke", "--set", "model.name=tiny-gpt2", "--output-dir", str(tmp_path)]) == 0
+    assert "CKA pooling last (auto: a causal decoder)" in capsys.readouterr().out
+    scores = json.loads((tmp_path / "scores.json").read_text())
+    assert (scores["pooling"], scores["causal"]) == ("last", True)

@@ -30,7 +30,8 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    # "minilm" (the packaged all-MiniLM-L6-v2), a hub id, a local folder, or "tiny-bert",
+    # "minilm" (the packaged all-MiniLM-L6-v2), "smollm2" (the packaged SmolLM2-135M-Instruct GGUF),
+    # a hub id, a local folder or .gguf file, or "tiny-bert",
     # "tiny-gpt2", "tiny-llama" (random weights built from a config, for tests and smoke runs).
     name: str = "minilm"
     max_length: int = 64
@@ -99,8 +100,9 @@ class PriorsConfig:
     # Calibration examples drawn from the training split with a fixed seed (docs/methods.md).
     calibration_examples: int = 128
     seed: int = 0
-    # One vector per example for CKA: "mean" over non-pad tokens, "cls" (first), "last" (last non-pad).
-    pooling: str = "mean"
+    # One vector per example for CKA: "auto" ("last" on causal decoders, "mean" on encoders), "mean"
+    # over non-pad tokens, "cls" (first), "last" (last non-pad).
+    pooling: str = "auto"
     # Gradient sensitivity costs a backward pass: off unless asked for.
     gradients: bool = False
     batch_size: int = 32
@@ -132,6 +134,9 @@ class SearchConfig:
     confirm_seeds: int = 2
     confirm_top: int = 3
     confirm_baselines: int = 2
+    # Start from the completed trials of an earlier search (its experiment name, in the same
+    # tracking store, on the same model): they inform the sampler and are never retrained.
+    warm_start: str = ""
     sampler: str = "prior"
     seed: int = 0
     gpus_per_trial: float = 0.0
@@ -431,8 +436,8 @@ def validate(cfg: Config) -> list[str]:
                  f"({2 * d.synthetic_labels} for data.synthetic_labels {d.synthetic_labels}): one to train, one to validate")
     if d.synthetic_length < 3:
         p.append(f"data.synthetic_length {d.synthetic_length} must be >= 3")
-    if pr.pooling not in ("mean", "cls", "last"):
-        p.append(f"priors.pooling {pr.pooling!r} is not one of mean, cls, last")
+    if pr.pooling not in ("auto", "mean", "cls", "last"):
+        p.append(f"priors.pooling {pr.pooling!r} is not one of auto, mean, cls, last")
     if pr.calibration_examples < 2:
         p.append(f"priors.calibration_examples {pr.calibration_examples} must be >= 2")
     if pr.batch_size < 1:

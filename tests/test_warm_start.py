@@ -1,0 +1,56 @@
+"""--warm-start through the real CLI on the smoke config: an earlier search's completed trials
+enter a new search (another budget) as warm-start trials, never retrained, and never on the new
+frontier when they exceed its budget."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(tmp_path, *args):
+    return subprocess.run([sys.executable, str(ROOT / "search" / "run.py"), "--config", "smoke",
+                           "--output-dir", str(tmp_path / "out"), "--set", "search.confirm_seeds=0", *args],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+
+
+@pytest.mark.slow
+def test_a_new_search_starts_from_an_earlier_ones_trials(tmp_path):
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    first = _run(tmp_path, "--trials", "3", "--experiment", "first", "--budget", "0.5")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    second = _run(tmp_path, "--trials", "2", "--experiment", "second", "--budget", "0.3", "--warm-start", "first")
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}")
+
+    def trial_runs(name):
+        exp = client.get_experiment_by_name(name)
+        return [r for r in client.search_runs([exp.experiment_id]) if "trial_id" in r.data.tags]
+
+    done_first = {r.info.run_id: r for r in trial_runs("first") if r.data.tags["status"] == "completed"}
+    runs_second = trial_runs("second")
+    warm = [r for r in runs_second if "warm_start" in r.data.tags]
+    trained = [r for r in runs_second if "warm_start" not in r.data.tags]
+    assert done_first and {r.data.tags["warm_start"] for r in warm} == set(done_first)
+    assert len(trained) == 2  # the new search's own trials; the copies were not trained again
+    for r in warm:
+        origin = done_first[r.data.tags["warm_start"]]
+        assert r.data.metrics["score"] == origin.data.metrics["score"]
+        assert r.data.params["placement_key"] == origin.data.params["placement_key"]
+        assert client.get_metric_history(r.info.run_id, "epoch_score")[-1].step == 0  # no epochs trained here
+        over = float(r.data.params["budget_ratio"]) > 0.3
+        assert r.data.tags["within_budget"] == str(not over).lower()
+        if over:
+            assert r.data.tags.get("pareto") != "true"  # never on the new frontier
+    study = optuna.load_study(study_name="second", storage=f"sqlite:///{tmp_path / 'out' / 'optuna.db'}")
+    copied = [t for t in study.trials if "warm_start" in t.user_attrs]
+    assert len(copied) == len(warm) and all(t.state == optuna.trial.TrialState.COMPLETE for t in copied)
+    assert "(warm)" in second.stdout and f"warm start: {len(warm)} completed trials of 'first'" in second.stdout
+
+    wrong = _run(tmp_path, "--trials", "1", "--experiment", "third", "--warm-start", "nosuch")
+    assert wrong.returncode == 2 and "--warm-start nosuch" in wrong.stderr and "Traceback" not in wrong.stderr
