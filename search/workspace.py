@@ -137,8 +137,9 @@ class Written:
         if "://" not in self.storage_path:
             for folder in (self.name, f"{self.name}-confirm"):
                 shutil.rmtree(Path(self.storage_path) / folder, ignore_errors=True)
-        if experiment_id is not None:
-            shutil.rmtree(out / "mlartifacts" / str(experiment_id), ignore_errors=True)
+        for folder in (experiment_id, parent_run_id):  # a local store's artifacts: <mlartifacts>/<run id>/...
+            if folder is not None:
+                shutil.rmtree(out / "mlartifacts" / str(folder), ignore_errors=True)
         for folder in (out / "ray_results", out / "mlartifacts", out):
             if folder.is_dir() and not any(folder.iterdir()) and (folder != out or out not in self.existed):
                 folder.rmdir()

@@ -61,6 +61,28 @@ def test_a_new_search_claims_its_study_exclusively(tmp_path):
         claim_study(url, "s1")
 
 
+def test_a_new_search_stopped_before_its_first_trial_takes_back_what_it_wrote(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from search.workspace import SearchLock, Written, claim_study
+
+    out = tmp_path / "out"
+    search = SimpleNamespace(output_dir=out, name="s1", tracking_uri=f"sqlite:///{out / 'mlflow.db'}",
+                             study_url=f"sqlite:///{out / 'optuna.db'}", storage_path=str(out / "ray_results"))
+    written = Written.before(search)
+    with SearchLock(out, "s1"):
+        claim_study(search.study_url, "s1")
+        written.study_claimed = True
+        (out / "s1.search.json").write_text("{}")
+        (out / "s1-scores.png").write_bytes(b"png")
+        client = MlflowClient(search.tracking_uri)
+        written.experiment_id = client.create_experiment("s1", artifact_location=(out / "mlartifacts").as_uri())
+        parent = client.create_run(written.experiment_id).info.run_id
+        client.log_dict(parent, {"a": 1}, "config.json")  # lands in mlartifacts/<run id>/artifacts
+        written.remove(client, parent)
+    assert not out.exists(), sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+
+
 def test_resume_with_a_damaged_state_file_is_one_line(tmp_path, monkeypatch, capsys):
     from search.run import main
 
@@ -363,18 +385,19 @@ def test_a_signal_before_the_first_trial_leaves_nothing_behind(tmp_path, when):
     assert driver.returncode == 130, text[-3000:]
     assert "Traceback" not in text and "KeyboardInterrupt" not in text
     assert ("nothing was written" if when == "preparing" else "removed what this search had written") in text
-    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no output folder, store, study or state file
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    assert left == [], left  # no output folder, store, study or state file
 
 
 @pytest.mark.slow
 def test_a_search_whose_every_trial_fails_exits_non_zero_and_says_why(tmp_path):
     out = tmp_path / "out"
-    proc = subprocess.run(_cli("--trials", "2", "--output-dir", str(out), "--experiment", "allfail",
-                               "--set", "search.calibrate_lr=false", "--set", "search.lr_min=1e4",
-                               "--set", "search.lr_max=1e5", "--set", "search.confirm_seeds=0"),
-                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "LORA_SEARCH_TEST_FAULT": f"nan:{tmp_path / 'marker'}"}
+    proc = subprocess.run(_cli("--trials", "1", "--output-dir", str(out), "--experiment", "allfail",
+                               "--set", "search.calibrate_lr=false", "--set", "search.confirm_seeds=0"),
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert lines == [line for line in lines if "no trial completed (2 of 2 failed; 2 with: non-finite training loss" in line]
-    assert len(lines) == 1
-    assert json.loads((out / "allfail.search.json").read_text())["config"]["search"]["trials"] == 2
+    assert len(lines) == 1 and "no trial completed (1 of 1 failed; 1 with: non-finite training loss" in lines[0]
+    assert "fix what the reason names" in lines[0]
+    assert json.loads((out / "allfail.search.json").read_text())["config"]["search"]["trials"] == 1
