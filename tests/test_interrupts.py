@@ -325,8 +325,10 @@ def _finish(driver, seen: list, timeout_s: float = 300) -> str:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_after_the_first_trial_ends_the_search_as_killed_and_resume_finishes_it(tmp_path, sig):
     out = tmp_path / "out"
+    # Trials long enough (16x the smoke data) that the signal lands while trials 2 and 3 still run.
     args = ["--trials", "3", "--output-dir", str(out), "--experiment", "stopped", "--set", "train.epochs=4",
-            "--set", "search.asha_grace_epochs=4", "--set", "search.confirm_seeds=0"]
+            "--set", "search.asha_grace_epochs=4", "--set", "search.confirm_seeds=0",
+            "--set", "search.calibrate_lr=false", "--set", "data.synthetic_examples=4096"]
     driver, seen = _start(args, tmp_path), []
     _signal_after(driver, "[1/3]", sig, seen, wait_s=2)  # inside trial 2
     text = _finish(driver, seen)
