@@ -116,12 +116,17 @@ def calibrate(search, reference) -> LrCalibration:
     pending = {task.remote(probe_cfg.to_dict(), search.space.to_dict(), reference.to_json(), lr, search.metric_name): lr
                for lr in lrs}
     results: dict[float, dict] = {}
-    while pending:
-        done, _ = ray.wait(list(pending), num_returns=1)
-        out = ray.get(done[0])
-        results[pending.pop(done[0])] = out
-        what = f"{out['score']:.4f}" if out["score"] is not None else f"diverged ({out['failure'][:60]})"
-        print(f"  lr {out['lr']:.3g}: {search.metric_name} {what}  ({len(results)}/{len(lrs)})", flush=True)
+    try:
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            out = ray.get(done[0])
+            results[pending.pop(done[0])] = out
+            what = f"{out['score']:.4f}" if out["score"] is not None else f"diverged ({out['failure'][:60]})"
+            print(f"  lr {out['lr']:.3g}: {search.metric_name} {what}  ({len(results)}/{len(lrs)})", flush=True)
+    except KeyboardInterrupt:  # the search was stopped (search.interrupts): so are its probe runs
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        raise
     scores = [results[lr]["score"] for lr in lrs]
     chosen, edge = choose_lr(lrs, scores)
     return LrCalibration(reference.key, s.calibration_epochs, tuple(lrs), tuple(scores), chosen, edge,

@@ -24,18 +24,142 @@ _SQLITE_FIX = "pass --tracking-uri sqlite:///<a writable folder>/mlflow.db"
 _STUDY_FIX = "pass --study-storage sqlite:///<a writable folder>/optuna.db"
 
 
+# MLflow stores a search can track to (MLflow's own registry also has the deprecated file store).
+TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
+# Where Ray Tune can keep an experiment: a local or shared folder, or a pyarrow filesystem URI.
+STORAGE_SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss", "az")
+ADDRESS_TIMEOUT_S = 3.0
+
+
+def check_search_name(name: str) -> None:
+    """A search's name (--experiment) is safe as a file name prefix inside --output-dir and as an
+    MLflow experiment, Ray Tune experiment and Optuna study name."""
+    from trainables.config import check_name
+
+    problem = check_name(name, "--experiment")
+    if problem:
+        raise UsageError(problem)
+
+
 def check_tracking_uri(uri: str, timeout_s: float = SERVER_TIMEOUT_S) -> None:
     """An MLflow tracking URI the search can use. "" (the default store under --output-dir) is
-    checked with the output folder; http(s): a server answers within `timeout_s`; sqlite: the
-    database file can be created or written. Other stores (databricks, postgresql, ...) are left to
-    MLflow."""
+    checked with the output folder; a store MLflow cannot track a search in (a bare path, the
+    deprecated file store, an unknown scheme) is refused; http(s): a server answers within
+    `timeout_s`; sqlite: the database file can be created or written. Database and databricks
+    stores are left to MLflow. Messages show the URI with any password masked."""
+    from search.credentials import shown
+
     if not uri:
         return
     scheme = urlparse(uri).scheme.lower()
+    if scheme.split("+")[0] not in TRACKING_SCHEMES:
+        raise UsageError(f"tracking.uri {shown(uri)} is not an MLflow store a search can use (scheme "
+                         f"{scheme or 'none'!r}; known: {', '.join(TRACKING_SCHEMES)}): pass an MLflow server "
+                         f"(--tracking-uri http://HOST:5000) or {_SQLITE_FIX}")
     if scheme in ("http", "https"):
         _check_server(uri, timeout_s)
     elif scheme == "sqlite":
         _check_sqlite(uri, "tracking.uri", _SQLITE_FIX)
+
+
+def check_storage(storage: str) -> None:
+    """Ray Tune's experiment storage: "" (<output-dir>/ray_results, checked with it), a folder that
+    exists or can be made, or a URI of a filesystem Ray Tune reads through pyarrow."""
+    if not storage:
+        return
+    fix = "pass --storage <a writable folder> (a shared one on a multi-node cluster) or an s3://, gs://, hdfs:// or abfs:// URI"
+    scheme = urlparse(storage).scheme.lower() if "://" in storage else ""
+    if scheme and scheme not in STORAGE_SCHEMES:
+        raise UsageError(f"search.storage {storage}: Ray Tune cannot keep an experiment on {scheme}:// "
+                         f"storage: {fix}")
+    if scheme in ("", "file"):
+        path = Path(urlparse(storage).path) if scheme else Path(storage)
+        _check_creatable_dir(path, f"search.storage {storage}", fix)
+
+
+def check_address(address: str, timeout_s: float = ADDRESS_TIMEOUT_S) -> None:
+    """A Ray cluster to join answers: "" (a local runtime) needs nothing; "auto" needs a cluster
+    this machine knows of (RAY_ADDRESS, or one `ray start` launched here); HOST:PORT and
+    ray://HOST:PORT accept a connection within `timeout_s`; ray:// also needs Ray Client (grpcio)."""
+    if not address:
+        return
+    fix = "start the cluster (ray start --head) or fix --address; leave --address out to start a local runtime"
+    if address == "auto":
+        from ray._private.services import canonicalize_bootstrap_address
+
+        try:
+            found = canonicalize_bootstrap_address("auto")
+        except ConnectionError as e:
+            raise UsageError(f"search.address auto: no Ray cluster found on this machine "
+                             f"({str(e).splitlines()[0][:160]}): {fix}") from None
+        if found is None:
+            raise UsageError(f"search.address auto: no Ray cluster found on this machine: {fix}")
+        if "://" not in found:
+            host, _, port = found.rpartition(":")
+            _check_port(f"search.address auto ({found})", host, int(port), timeout_s, fix)
+        return
+    client = address.startswith("ray://")
+    if client:
+        import importlib.util
+
+        if importlib.util.find_spec("grpc") is None:
+            raise UsageError(f"search.address {address}: a ray:// address needs Ray Client (pip install "
+                             "'ray[client]'); or run the driver on a node of the cluster with --address auto")
+    rest = address[len("ray://"):] if client else address
+    host, sep, port = rest.rpartition(":")
+    if client and not sep:
+        host, port = rest, "10001"
+    _check_port(f"search.address {address}", host.strip("[]"), int(port), timeout_s, fix)
+
+
+def _check_port(what: str, host: str, port: int, timeout_s: float, fix: str) -> None:
+    import socket
+
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as e:
+        why = e.strerror or str(e) or type(e).__name__
+        raise UsageError(f"{what} cannot be reached ({why}, waited {timeout_s:g}s): {fix}") from None
+
+
+def check_model_source(name: str, path: str) -> None:
+    """A hub model id (`path` is not a folder) can be loaded: from the local Hugging Face cache, or
+    from a hub that answers. Without this an unreachable hub costs a minute of retries on a Ray
+    worker before a traceback."""
+    if Path(path).exists():
+        return
+    import huggingface_hub
+    import huggingface_hub.constants
+    import huggingface_hub.errors
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    fix = "point model.name at a local model folder, or check the id"
+    try:
+        validate_repo_id(path)
+        cached = huggingface_hub.try_to_load_from_cache(path, "config.json")
+    except HFValidationError:
+        raise UsageError(f"model.name {name!r} is neither a local folder nor a Hugging Face hub id: {fix}") from None
+    if isinstance(cached, str):
+        return  # in the cache: transformers loads it offline too
+    if huggingface_hub.constants.is_offline_mode() or os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise UsageError(f"model.name {name!r} is not a local folder and not in the Hugging Face cache, and the "
+                         f"hub is off (HF_HUB_OFFLINE=1): {fix}, or download it first with the hub on")
+    token = huggingface_hub.get_token()
+    url = f"{huggingface_hub.constants.ENDPOINT.rstrip('/')}/api/models/{path}"
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    wait_s = SERVER_TIMEOUT_S * 3
+    try:
+        urllib.request.urlopen(request, timeout=wait_s).close()
+    except urllib.error.HTTPError as e:
+        if e.code in (401, 403, 404):  # the hub answers 401 for a repository it does not show you
+            access = "your HF_TOKEN cannot read it" if token else "it is private or gated: set HF_TOKEN"
+            raise UsageError(f"model.name {name!r} is not a model on the Hugging Face hub, or {access}: {fix}") from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as e:
+        why = getattr(e, "reason", None) or e
+        raise UsageError(f"model.name {name!r} is not a local folder and the Hugging Face hub cannot be reached "
+                         f"({str(why)[:160] or type(why).__name__}, waited {wait_s:g}s): {fix}, or check your "
+                         "network") from None
 
 
 def check_study_storage(url: str, new_study: str | None = None) -> None:
@@ -52,6 +176,9 @@ def check_study_storage(url: str, new_study: str | None = None) -> None:
         raise UsageError(f"search.study_storage {url!r} is not a database URL: {_STUDY_FIX}") from None
     shown = parsed.render_as_string(hide_password=True)
     if parsed.get_backend_name() == "sqlite":
+        if parsed.username or parsed.password or parsed.host or parsed.port or not url.startswith("sqlite:///"):
+            raise UsageError(f"search.study_storage {shown}: a SQLite URL names a file and nothing else (no user, "
+                             f"password or host): {_STUDY_FIX} (four slashes before an absolute path)")
         _check_sqlite(url, "search.study_storage", _STUDY_FIX)
         if not Path(parsed.database or "").is_file():
             return  # a new file: no studies yet
@@ -62,14 +189,23 @@ def check_study_storage(url: str, new_study: str | None = None) -> None:
                          f"driver (e.g. pip install psycopg2-binary for postgresql) or {_STUDY_FIX}") from None
     try:
         with engine.connect() as conn:
-            taken = new_study is not None and sqlalchemy.inspect(conn).has_table("studies") and conn.execute(
+            tables = set(sqlalchemy.inspect(conn).get_table_names())
+            optuna_store = {"studies", "trials", "version_info"} <= tables
+            taken = new_study is not None and optuna_store and conn.execute(
                 sqlalchemy.text("SELECT 1 FROM studies WHERE study_name = :n"), {"n": new_study}).first()
     except sqlalchemy.exc.SQLAlchemyError as e:
         why = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+        if "file is not a database" in why:
+            raise UsageError(f"search.study_storage {shown} is not a SQLite database ({why}): {_STUDY_FIX} "
+                             "(a new file, or the optuna.db of a search)") from None
         raise UsageError(f"search.study_storage {shown} cannot be reached ({why}): start the database "
                          f"or {_STUDY_FIX}") from None
     finally:
         engine.dispose()
+    if tables and not optuna_store:
+        listed = ", ".join(sorted(tables)[:6]) + (", ..." if len(tables) > 6 else "")
+        raise UsageError(f"search.study_storage {shown} holds a database that is not an Optuna study store "
+                         f"(its tables: {listed}): {_STUDY_FIX} (a new file, or the optuna.db of a search)")
     if taken:
         raise UsageError(f"search.study_storage {shown} already holds a study named {new_study!r}: pass "
                          "--resume to continue that search, or another --experiment name")
@@ -82,7 +218,7 @@ def check_warm_start(tracking_uri: str, experiment: str) -> None:
     try:
         find_parent(open_store(tracking_uri), experiment=experiment)
     except StoreError as e:
-        raise UsageError(f"--warm-start {experiment}: {e}") from None
+        raise UsageError(f"--warm-start {experiment} (search.warm_start): {e}") from None
 
 
 def check_output_dir(path: Path) -> None:
@@ -92,7 +228,9 @@ def check_output_dir(path: Path) -> None:
 
 def _check_server(uri: str, timeout_s: float) -> None:
     """Any HTTP answer (even 404 or 401) means a server is there; no answer in time does not."""
-    url = uri.rstrip("/") + "/health"
+    from search.credentials import without_credentials
+
+    url = without_credentials(uri).rstrip("/") + "/health"  # user:password@ is not part of the host
     try:
         urllib.request.urlopen(url, timeout=timeout_s).close()
         return
@@ -104,10 +242,12 @@ def _check_server(uri: str, timeout_s: float) -> None:
         why = e.reason
     except (OSError, http.client.HTTPException, ValueError) as e:  # timeout, reset, not HTTP, bad URL
         why = e
+    from search.credentials import shown
+
     why = str(why) or type(why).__name__
     host = urlparse(uri)
     raise UsageError(
-        f"tracking.uri {uri} cannot be reached ({why}, waited {timeout_s:g}s): start the MLflow server "
+        f"tracking.uri {shown(uri)} cannot be reached ({why}, waited {timeout_s:g}s): start the MLflow server "
         f"(mlflow server --host {host.hostname or '<host>'} --port {host.port or '<port>'}) or {_SQLITE_FIX}"
     )
 
@@ -117,6 +257,9 @@ def _check_sqlite(uri: str, key: str, fix: str) -> None:
     raw = uri.split("?", 1)[0][len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
     if raw in ("", ":memory:"):
         return
+    from search.credentials import shown
+
+    uri = shown(uri)
     db = Path(raw)
     if db.is_dir():
         raise UsageError(f"{key} {uri}: {db} is a folder, not a database file: {fix}")

@@ -14,8 +14,13 @@ checks ASHA's `epoch_score`, so a misspelt scheduler metric fails loudly).
 The study can live in an RDB storage (`open_study_storage`, SQLite by default): Tune's searcher
 snapshot then holds a handle to it, so a driver that restarts (`--resume`, on this machine or
 another that reaches the database) continues the same study, including every outcome told after
-Tune's last snapshot. On restore, trials the dead driver had asked for but Tune never recorded are
-marked FAIL, and an enqueued baseline among them is enqueued again.
+Tune's last snapshot. Each trial's config carries its Optuna trial number (`OPTUNA_TRIAL`) and
+each Optuna trial its Tune trial id (user attr `TUNE_TRIAL_ATTR`). On restore, trials the dead
+driver had asked for after the searcher's snapshot ("orphans", still RUNNING) are kept: when Tune
+asks for a trial again, an orphan is asked again (the same Optuna trial, never a copy); when Tune
+reruns one from its own experiment state (a separate file, which can be newer than the
+searcher's), its outcome reaches its Optuna trial through the config. The driver fails those
+left at the end (`close_running`), so nothing stays RUNNING or WAITING.
 """
 
 from __future__ import annotations
@@ -25,13 +30,16 @@ import logging
 import math
 import pickle
 
+from optuna.storages import RDBStorage
 from ray.tune.search import Searcher
 
-from search.proposal import PlacementSpace, is_baseline
+from search.proposal import PlacementSpace
 from trainables import record as R
 
 log = logging.getLogger(__name__)
 
+OPTUNA_TRIAL = "optuna_trial"  # in a trial's config: its Optuna trial number
+TUNE_TRIAL_ATTR = "tune_trial_id"  # user attr of an Optuna trial: the Tune trial that ran it
 OBJECTIVE_NAMES = [name for name, _ in R.OBJECTIVES]
 DIRECTIONS = ["maximize" if sense == "max" else "minimize" for _, sense in R.OBJECTIVES]
 
@@ -52,22 +60,41 @@ def optuna_state(result: dict | None, error: bool, objectives: list[str] = OBJEC
     return TrialState.PRUNED, None
 
 
+class MaskedRDBStorage(RDBStorage):
+    """An Optuna RDB storage whose pickles (Tune's snapshots of the searcher) hold its URL with the
+    password masked; unpickled by a driver that was given the password (`search.credentials`), it
+    connects with the full URL."""
+
+    def __getstate__(self) -> dict:
+        from search.credentials import shown
+
+        return {**super().__getstate__(), "url": shown(self.url)}
+
+    def __setstate__(self, state: dict) -> None:
+        from search.credentials import real
+
+        super().__setstate__({**state, "url": real(state["url"])})
+
+
 def open_study_storage(url: str):
-    """An Optuna RDB storage at a SQLAlchemy URL (sqlite:///path.db, postgresql://..., mysql://...).
+    """An Optuna RDB storage at a SQLAlchemy URL (sqlite:///path.db, postgresql://..., mysql://...);
+    a masked URL (`search.credentials`) connects with the password this process was given.
 
     A SQLite file is opened by `sqlite_connect`: it waits up to 60 s for a lock instead of failing
     at once (an `optuna-dashboard` or a notebook reading the same file holds it briefly), and
     commits without waiting for the disk (docstring there)."""
-    import optuna
     from sqlalchemy.engine import make_url
 
+    from search.credentials import real
+
+    full = real(url)
     kwargs = {}
-    if url.startswith("sqlite:"):
-        path = make_url(url).database
+    if full.startswith("sqlite:"):
+        path = make_url(full).database
         kwargs = {"connect_args": {"timeout": 60}}
         if path and path != ":memory:":
             kwargs["creator"] = functools.partial(sqlite_connect, path)  # picklable: kept on --resume
-    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    return MaskedRDBStorage(full, engine_kwargs=kwargs)
 
 
 def sqlite_connect(path: str):
@@ -112,6 +139,7 @@ class PlacementSearcher(Searcher):
         self.study, self.space, self.persistent = study, space, persistent
         self._numbers: dict[str, int] = {}  # Tune trial id -> Optuna trial number
         self._told: set[str] = set()
+        self._orphans: list[int] = []  # asked for by a driver that died after the last snapshot
         if not study.get_trials(deepcopy=False):
             for params, user_attrs in enqueue:
                 study.enqueue_trial(params, user_attrs=user_attrs)
@@ -123,20 +151,36 @@ class PlacementSearcher(Searcher):
     def suggest(self, trial_id: str) -> dict:
         from optuna.trial import TrialState
 
-        trial = self.study.ask()
+        trial = self._next_orphan() or self.study.ask()
         try:
-            config = self.space(trial)
+            config = self.space(trial)  # an orphan answers with the values it was given
         except Exception:
             self.study.tell(trial, state=TrialState.FAIL)
             raise
+        trial.set_user_attr(TUNE_TRIAL_ATTR, trial_id)
         self._numbers[trial_id] = trial.number
-        return config
+        return {**config, OPTUNA_TRIAL: trial.number}
+
+    def _next_orphan(self):
+        """The oldest orphan still RUNNING (told by no rerun in the meantime), as a live trial."""
+        from optuna.trial import Trial, TrialState
+
+        while self._orphans:
+            number = self._orphans.pop(0)
+            frozen = self.study.get_trials(deepcopy=False)[number]
+            if frozen.state == TrialState.RUNNING and number not in self._numbers.values():
+                return Trial(self.study, frozen._trial_id)
+        return None
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         return  # early stopping is ASHA's job; Optuna sees final outcomes only
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         number = self._numbers.get(trial_id)
+        if number is None:  # a trial Tune restored from a snapshot newer than this searcher's
+            number = ((result or {}).get("config") or {}).get(OPTUNA_TRIAL)
+            if number in self._orphans:
+                self._orphans.remove(number)
         if number is None or trial_id in self._told:
             return
         state, values = optuna_state(result, error)
@@ -152,11 +196,12 @@ class PlacementSearcher(Searcher):
     # ---- snapshots -------------------------------------------------------------------------------
     def get_state(self) -> dict:
         return {"study": self.study, "space": self.space, "persistent": self.persistent,
-                "numbers": dict(self._numbers), "told": set(self._told)}
+                "numbers": dict(self._numbers), "told": set(self._told), "orphans": list(self._orphans)}
 
     def set_state(self, state: dict) -> None:
         self.study, self.space, self.persistent = state["study"], state["space"], state["persistent"]
         self._numbers, self._told = dict(state["numbers"]), set(state["told"])
+        self._orphans = list(state.get("orphans", []))
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:
@@ -169,25 +214,31 @@ class PlacementSearcher(Searcher):
             self.reconcile()
 
     def reconcile(self) -> list[int]:
-        """Close the study's orphans: trials still RUNNING that no Tune trial owns (asked by a
-        driver that died before Tune's next snapshot). Each becomes FAIL; a baseline among them is
-        enqueued again with its params and user attrs, so it still runs. Returns their numbers."""
+        """Find the study's orphans: trials still RUNNING that no Tune trial of this searcher owns
+        (asked for by a driver that died before Tune's next snapshot). They are asked again before
+        any new trial, or told when Tune reruns them (module docstring). Returns their numbers."""
         from optuna.trial import TrialState
 
         owned = set(self._numbers.values())  # Tune reruns these if unfinished
-        orphans = []
-        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if t.number in owned:
-                continue
-            self.study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
-            if is_baseline(t):
-                self.study.enqueue_trial(dict(t.params), user_attrs=dict(t.user_attrs))
-            orphans.append(t.number)
-        if orphans:
-            log.warning("study %s: trials %s were asked for by the previous driver after its last "
-                        "snapshot; marked FAIL (baselines among them are enqueued again)",
-                        self.study.study_name, orphans)
-        return orphans
+        self._orphans = [t.number for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                         if t.number not in owned]
+        if self._orphans:
+            log.warning("study %s: trials %s were asked for by the previous driver after its last snapshot; "
+                        "they run again before any new trial", self.study.study_name, self._orphans)
+        return list(self._orphans)
+
+
+def close_running(study) -> list[int]:
+    """After a search phase has ended, fail the trials still RUNNING in its study: orphans nobody
+    asked for again or reran (the search ended first). Returns their numbers."""
+    from optuna.trial import TrialState
+
+    running = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+    for number in running:
+        study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+    if running:
+        log.warning("study %s: trials %s never ran to an end; marked FAIL", study.study_name, running)
+    return running
 
 
 def make_searcher(inputs, sampler_name: str, storage=None, study_name: str | None = None) -> PlacementSearcher:

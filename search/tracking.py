@@ -141,18 +141,22 @@ class _Writer:
             raise RuntimeError(f"MLflow tracking failed: {self._error!r}") from self._error
 
 
-def open_search_run(client: MlflowClient, name: str, *, artifact_location: str | None, resume: bool) -> SearchRun:
+def open_search_run(client: MlflowClient, name: str, *, artifact_location: str | None, resume: bool,
+                    tracking_uri: str | None = None) -> SearchRun:
     """The experiment named `name` (made if needed) and its search parent run: the existing one on
-    `resume`, else a new one (the caller logs what the search is made of)."""
+    `resume`, else a new one (the caller logs what the search is made of). `tracking_uri`: the URI
+    the run carries (and Tune's snapshots of the tracker keep), its password masked; default the
+    client's."""
+    tracking_uri = tracking_uri or client.tracking_uri
     exp = client.get_experiment_by_name(name)
     exp_id = exp.experiment_id if exp else client.create_experiment(name, artifact_location=artifact_location)
     if resume:
         parents = client.search_runs([exp_id], filter_string=f"tags.{R.ROLE_TAG} = '{R.ROLE_SEARCH}'", max_results=1)
         if parents:
             client.update_run(parents[0].info.run_id, status="RUNNING")
-            return SearchRun(client.tracking_uri, exp_id, parents[0].info.run_id)
+            return SearchRun(tracking_uri, exp_id, parents[0].info.run_id)
     pid = client.create_run(exp_id, run_name="search", tags={R.ROLE_TAG: R.ROLE_SEARCH}).info.run_id
-    return SearchRun(client.tracking_uri, exp_id, pid)
+    return SearchRun(tracking_uri, exp_id, pid)
 
 
 class MlflowTracker(Callback):
@@ -172,8 +176,10 @@ class MlflowTracker(Callback):
         return state
 
     def __setstate__(self, state):
+        from search.credentials import real
+
         self.__dict__.update(state)
-        self.client = MlflowClient(self.run.tracking_uri)
+        self.client = MlflowClient(real(self.run.tracking_uri))
         self._writer = _Writer()
         self._rehydrate()
 
@@ -190,13 +196,16 @@ class MlflowTracker(Callback):
                         {k: (0, v) for k, v in run.data.metrics.items()}, run.info.status, run.info.start_time)
             self._mirrors[tid] = m
 
-    def _confirmation_of(self, cfg: dict) -> str | None:
-        """The trial id whose run already holds this confirmation job (same trial confirmed, same
-        seed): a confirmation restarted without Tune's state logs into it instead of a second run."""
-        if not cfg.get(R.CONFIRMS_TAG):
-            return None
+    def _earlier_run_of(self, cfg: dict) -> str | None:
+        """The trial id whose run already holds this job under another Tune trial id: a confirmation
+        job (same trial confirmed, same seed) or a search trial asked again (same Optuna trial),
+        restarted without Tune's state; it logs into that run instead of a second one."""
         for tid, m in self._mirrors.items():
-            if m.tags.get(R.CONFIRMS_TAG) == cfg[R.CONFIRMS_TAG] and m.params.get(R.SEED) == str(cfg.get(R.SEED)):
+            if cfg.get(R.CONFIRMS_TAG):
+                if m.tags.get(R.CONFIRMS_TAG) == cfg[R.CONFIRMS_TAG] and m.params.get(R.SEED) == str(cfg.get(R.SEED)):
+                    return tid
+            elif cfg.get(R.OPTUNA_TRIAL) is not None and m.params.get(R.OPTUNA_TRIAL) == str(cfg[R.OPTUNA_TRIAL]) \
+                    and not _final(m):
                 return tid
         return None
 
@@ -216,10 +225,15 @@ class MlflowTracker(Callback):
 
     # ---- Tune hooks ------------------------------------------------------------------------
     def on_trial_start(self, iteration, trials, trial, **info):
-        if trial.trial_id in self._mirrors:
-            return  # a retried trial keeps its run
+        m = self._mirrors.get(trial.trial_id)
+        if m is not None:  # a retried trial keeps its run; a settled rerun leaves it as it is
+            if m.mlflow_status != "RUNNING" and not _final(m):  # stopped with its search: it runs again
+                self._write(m, tags={R.STATUS_TAG: R.RUNNING})
+                self.client.update_run(m.run_id, status="RUNNING")
+                m.mlflow_status = "RUNNING"
+            return
         cfg, space = R.trial_config(trial.config), self.context.space
-        earlier = self._confirmation_of(cfg)
+        earlier = self._earlier_run_of(cfg)
         if earlier is not None:
             m = self._mirrors.pop(earlier)
             self._mirrors[trial.trial_id] = m
@@ -253,6 +267,8 @@ class MlflowTracker(Callback):
             "repairs": _short(cfg.get("repairs") or "none"),
             R.SEED: seed,
         }
+        if cfg.get(R.OPTUNA_TRIAL) is not None:
+            params[R.OPTUNA_TRIAL] = cfg[R.OPTUNA_TRIAL]
         params.update({k: v for k, v in cfg.items() if k.startswith(("kind_", "layer_"))})
         params = {k: str(v) for k, v in params.items()}
         new_tags = {R.BASELINE_TAG: str(cfg["baseline"])} if cfg.get("baseline") else {}
@@ -263,7 +279,7 @@ class MlflowTracker(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         m = self._mirrors.get(trial.trial_id)
-        if m is None:
+        if m is None or result.get(R.SETTLED):
             return
         epoch = int(result.get(R.EPOCH, result.get("training_iteration", 0)))
         now = int(time.time() * 1000)
@@ -279,7 +295,7 @@ class MlflowTracker(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         m = self._mirrors.get(trial.trial_id)
-        if m is None:
+        if m is None or _final(m):  # a settled rerun: the run already holds its outcome
             return
         result = trial.last_result or {}
         if R.FAILURE in result:
@@ -299,7 +315,7 @@ class MlflowTracker(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         m = self._mirrors.get(trial.trial_id)
-        if m is None:
+        if m is None or _final(m):
             return
         self._close(m, R.FAILED, "FAILED", tags={R.ERROR_TAG: _short(_error_reason(trial))})
 
@@ -358,6 +374,11 @@ class MlflowTracker(Callback):
                    and R.WARM_START_TAG not in m.tags for m in self._mirrors.values())
         print(f"{label}[{done}/{self.context.total_trials}] {r.status:<9} {self.context.metric_name} {score}  "
               f"params {r.trainable_params or 0:,}  {r.key}  ({time.time() - self.t0:.0f}s elapsed)", flush=True)
+
+
+def _final(m: _Mirror) -> bool:
+    """The run holds an outcome (completed, pruned, failed) and is closed."""
+    return m.mlflow_status != "RUNNING" and m.tags.get(R.STATUS_TAG) in R.TRIAL_STATUSES
 
 
 def _error_reason(trial) -> str:

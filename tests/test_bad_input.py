@@ -218,3 +218,219 @@ def test_a_new_search_may_not_take_over_an_existing_study(tmp_path, monkeypatch,
     capsys.readouterr()
     line = _main_in(tmp_path, monkeypatch, capsys, "--study-storage", url, "--experiment", "taken")
     assert "already holds a study named 'taken'" in line and "--resume" in line
+
+
+# ---- round two (ISSUE-15): addresses, names, stores and models refused before Ray ---------------
+def test_an_unreachable_cluster_address_is_refused_before_ray(tmp_path, monkeypatch, capsys):
+    import ray
+
+    port = _closed_port()
+    line = _main_in(tmp_path, monkeypatch, capsys, "--address", f"127.0.0.1:{port}")
+    assert f"search.address 127.0.0.1:{port} cannot be reached" in line and "--address" in line
+    assert not ray.is_initialized()
+
+
+def test_a_ray_client_address_needs_ray_client_or_a_server(tmp_path, monkeypatch, capsys):
+    line = _main_in(tmp_path, monkeypatch, capsys, "--address", f"ray://127.0.0.1:{_closed_port()}")
+    assert "search.address ray://127.0.0.1:" in line
+    assert "pip install 'ray[client]'" in line or "cannot be reached" in line
+
+
+@pytest.mark.parametrize("name", ["../x/../../escaped", "a/b", "x" * 300, "-leading-dash", "sp ace"])
+def test_an_experiment_name_that_is_not_a_safe_file_name_is_refused(tmp_path, monkeypatch, capsys, name):
+    line = _main_in(tmp_path, monkeypatch, capsys, f"--experiment={name}")
+    assert f"--experiment {name!r} is not a usable name" in line and "letters, digits" in line
+
+
+def test_storage_on_a_filesystem_ray_tune_cannot_use(tmp_path, monkeypatch, capsys):
+    line = _main_in(tmp_path, monkeypatch, capsys, "--storage", "ftp://127.0.0.1:1/x")
+    assert "search.storage ftp://127.0.0.1:1/x: Ray Tune cannot keep an experiment on ftp://" in line
+    assert "--storage <a writable folder>" in line
+
+
+@pytest.mark.parametrize("uri", ["ftp://127.0.0.1/x", "./mlruns", "file:///tmp/mlruns"])
+def test_a_tracking_uri_that_names_no_usable_store(tmp_path, monkeypatch, capsys, uri):
+    line = _main_in(tmp_path, monkeypatch, capsys, "--tracking-uri", uri)
+    assert f"tracking.uri {uri} is not an MLflow store a search can use" in line and "sqlite:///" in line
+
+
+def test_a_tracking_uri_with_a_password_is_checked_and_shown_without_it(tmp_path, monkeypatch, capsys):
+    """The user and password go to MLflow's variables; the server is checked, and named, without them."""
+    import os
+
+    for var in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.delenv(var, raising=False)  # restored after the test
+    port = _closed_port()
+    line = _main_in(tmp_path, monkeypatch, capsys, "--tracking-uri", f"http://user:s3cretpw@127.0.0.1:{port}")
+    assert f"tracking.uri http://127.0.0.1:{port} cannot be reached ([Errno 111] Connection refused" in line
+    assert "Name or service not known" not in line and "s3cretpw" not in line
+    assert (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]) == ("user", "s3cretpw")
+
+
+def test_a_study_storage_that_is_not_an_optuna_database(tmp_path, monkeypatch, capsys):
+    import sqlite3
+
+    db = tmp_path / "other.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE experiments (id INTEGER)")
+    line = _main_in(tmp_path, monkeypatch, capsys, "--study-storage", f"sqlite:///{db}")
+    assert "holds a database that is not an Optuna study store (its tables: experiments)" in line
+    assert "optuna version" not in line.lower()
+    (tmp_path / "junk.db").write_bytes(b"\x00not sqlite at all" * 40)
+    line = _main_in(tmp_path, monkeypatch, capsys, "--study-storage", f"sqlite:///{tmp_path / 'junk.db'}")
+    assert "is not a SQLite database" in line
+
+
+def test_a_sqlite_study_url_with_a_user_and_password(tmp_path, monkeypatch, capsys):
+    line = _main_in(tmp_path, monkeypatch, capsys, "--study-storage", "sqlite://u:p@//tmp/x.db")
+    assert "search.study_storage sqlite://u:***@" in line and "a SQLite URL names a file and nothing else" in line
+
+
+def test_an_output_dir_that_is_a_file_is_blamed_on_the_output_dir(tmp_path, monkeypatch, capsys):
+    from search.run import main
+
+    (tmp_path / "afile").write_text("x")
+    monkeypatch.chdir(tmp_path)
+    assert main(["--config", "smoke", "--output-dir", str(tmp_path / "afile")]) == 2
+    line = _assert_refused(tmp_path, capsys.readouterr().err, {"afile"})
+    assert line.startswith(f"error: --output-dir {tmp_path / 'afile'}: ") and "is a file, not a folder" in line
+    assert "study" not in line
+
+
+def test_a_hub_model_with_the_hub_off_and_not_cached(tmp_path, monkeypatch, capsys):
+    t0 = time.monotonic()
+    line = _main_in(tmp_path, monkeypatch, capsys, "--set", "model.name=nobody-here/no-such-model")
+    assert "model.name 'nobody-here/no-such-model' is not a local folder and not in the Hugging Face cache" in line
+    assert "HF_HUB_OFFLINE=1" in line and time.monotonic() - t0 < 20
+
+
+def test_a_hub_model_when_the_hub_cannot_be_reached_fails_in_seconds(tmp_path, monkeypatch, capsys):
+    import huggingface_hub.constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
+    t0 = time.monotonic()
+    line = _main_in(tmp_path, monkeypatch, capsys, "--set", "model.name=nobody-here/no-such-model")
+    assert "model.name 'nobody-here/no-such-model' is not a local folder and the Hugging Face hub cannot be reached" in line
+    assert time.monotonic() - t0 < 30
+
+
+# ---- data files that cannot be read as given: one line naming the file and the fix -------------
+def _lines_file(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _data_args(data: Path, *extra: str) -> list[str]:
+    return ["--set", f"data.source={data}", "--set", "model.name=minilm", "--set", "data.min_examples_per_label=5", *extra]
+
+
+def test_a_latin1_csv_names_its_encoding_and_the_encoding_option(tmp_path, monkeypatch, capsys):
+    data = tmp_path / "latin.csv"
+    data.write_bytes(("text,label\n" + "".join(f"caf\xe9 number {i},{i % 2}\n" for i in range(60))).encode("latin-1"))
+    line = _main_in(tmp_path, monkeypatch, capsys, *_data_args(data))
+    assert f"data file {data} is not utf-8 text (byte 0xe9 at position" in line and "data.encoding=latin-1" in line
+    from trainables.config import load_config
+    from trainables.data import load_task
+
+    cfg = load_config(["smoke"], [f"data.source={data}", "data.encoding=latin-1", "data.min_examples_per_label=5"])
+    assert "café number 0" in load_task(cfg.data).train.texts + load_task(cfg.data).val.texts
+
+
+def test_a_jsonl_file_with_one_malformed_line_names_the_line(tmp_path, monkeypatch, capsys):
+    data = _lines_file(tmp_path / "d.jsonl", [f'{{"text": "line {i}", "label": {i % 2}}}' for i in range(60)]
+                       + ['{"text": "broken'])
+    line = _main_in(tmp_path, monkeypatch, capsys, *_data_args(data))
+    assert f"data file {data} line 61 is not valid JSON (" in line and "fix or remove that line" in line
+
+
+def test_list_valued_labels_are_refused(tmp_path, monkeypatch, capsys):
+    data = _lines_file(tmp_path / "d.jsonl", [f'{{"text": "line {i}", "label": [{i % 2}, 1]}}' for i in range(60)])
+    line = _main_in(tmp_path, monkeypatch, capsys, *_data_args(data))
+    assert f"dataset '{data}': column 'label' holds lists (e.g. [0, 1])" in line and "data.label_column" in line
+
+
+def test_a_synthetic_task_without_training_examples(tmp_path, monkeypatch, capsys):
+    line = _main_in(tmp_path, monkeypatch, capsys, "--set", "data.val_fraction=0.999")
+    assert "leaves an empty train or validation split" in line and "data.val_fraction" in line
+
+
+# ---- model folders that cannot be loaded: checked on the driver, before Ray ----------------------
+def _minilm_copy(tmp_path: Path, drop: tuple[str, ...] = ()) -> Path:
+    import shutil
+
+    from trainables.model import packaged_minilm_path
+
+    folder = tmp_path / "my-model"
+    shutil.copytree(packaged_minilm_path(), folder)
+    for name in drop:
+        (folder / name).unlink()
+    return folder
+
+
+def test_a_truncated_config_json(tmp_path, monkeypatch, capsys):
+    folder = _minilm_copy(tmp_path)
+    text = (folder / "config.json").read_text()
+    (folder / "config.json").write_text(text[: len(text) // 2])
+    line = _main_in(tmp_path, monkeypatch, capsys, "--set", f"model.name={folder}")
+    assert f"model folder {folder}: config.json is not valid JSON (" in line and "model.name" in line
+
+
+def test_weights_that_are_not_a_safetensors_file(tmp_path, monkeypatch, capsys):
+    folder = _minilm_copy(tmp_path)
+    (folder / "model.safetensors").write_bytes(os.urandom(4096))
+    line = _main_in(tmp_path, monkeypatch, capsys, "--set", f"model.name={folder}")
+    assert f"model folder {folder}: model.safetensors is not a readable safetensors file" in line
+
+
+def test_a_model_folder_without_weights(tmp_path, monkeypatch, capsys):
+    folder = _minilm_copy(tmp_path, drop=("model.safetensors",))
+    line = _main_in(tmp_path, monkeypatch, capsys, "--set", f"model.name={folder}")
+    assert f"model folder {folder} has no weights (model.safetensors, pytorch_model.bin" in line
+    assert "network" not in line
+
+
+def test_a_tokenizer_far_smaller_than_the_embedding_table_is_refused(tmp_path):
+    """transformers builds a 5-token tokenizer for a folder without tokenizer files: every word
+    would become [UNK] and the search would train on nothing."""
+    from trainables.config import load_config
+    from trainables.model import ModelError, load_tokenizer
+
+    names = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+    folder = _minilm_copy(tmp_path, drop=names)
+    cfg = load_config(["default"], [f"model.name={folder}"])
+    with pytest.raises(ModelError) as e:
+        load_tokenizer(cfg.model)
+    text = str(e.value)
+    assert "its tokenizer has 5 tokens but the model's embedding table has 30522" in text
+    assert "none of tokenizer.json, tokenizer_config.json, vocab.txt" in text and str(folder) in text
+    assert len(load_tokenizer(load_config(["default"]).model)) == 30522  # the packaged folder is fine
+
+
+def test_max_length_beyond_the_models_positions(tmp_path):
+    from trainables.config import load_config
+    from trainables.model import ModelError, check_positions, load_model
+
+    cfg = load_config(["smoke"], ["model.max_length=100000", "data.synthetic_length=300"])
+    with pytest.raises(ModelError, match=r"model.max_length 100000 is more than the 128 positions of the model "
+                                         r"\(max_position_embeddings\): set model.max_length to at most 128"):
+        check_positions(cfg.model, load_model(cfg.model, 2))
+    check_positions(load_config(["smoke"]).model, load_model(cfg.model, 2))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["no tokenizer files", "max_length beyond positions"])
+def test_model_problems_found_on_the_worker_are_one_line_before_anything_is_written(tmp_path, case):
+    if case == "no tokenizer files":
+        folder = _minilm_copy(tmp_path, drop=("tokenizer.json", "tokenizer_config.json", "vocab.txt",
+                                              "special_tokens_map.json"))
+        out = _run_cli(tmp_path, "--set", f"model.name={folder}", "--set", "data.source=chatterbot",
+                       "--set", "data.min_examples_per_label=100")
+        expected, before = "its tokenizer has 5 tokens but the model's embedding table has 30522", {"my-model"}
+    else:
+        out = _run_cli(tmp_path, "--set", "model.max_length=100000", "--set", "data.synthetic_length=300")
+        expected, before = "model.max_length 100000 is more than the 128 positions of the model", set()
+    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
+    assert expected in _assert_refused(tmp_path, out.stderr, before)

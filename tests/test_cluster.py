@@ -4,7 +4,9 @@ Both are slow integration tests: real `ray start` processes, real trials, a real
 """
 
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,6 +16,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))  # the loopback cluster of benchmarks/cluster_scale.py
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _cli(*args):
@@ -29,22 +37,106 @@ def _child_runs(out_dir: Path, experiment: str):
     return client, [r for r in runs if "trial_id" in r.data.tags], [r for r in runs if r.data.tags.get("role") == "search"]
 
 
-def test_the_address_reaches_ray_init_and_no_address_starts_a_runtime_of_its_own(monkeypatch):
-    """A bare ray.init() joins any cluster `ray start` launched on this machine (someone else's
-    included), so the slow test below would pass even if --address were dropped: check the call."""
+def _fake_ray_init(monkeypatch):
     import ray
+
+    calls = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
+    return calls
+
+
+def test_the_driver_joins_the_address_it_is_given_else_a_runtime_of_its_own(monkeypatch):
+    from ray._private import ray_constants
 
     from search.prepared import init_ray
     from trainables.config import load_config
 
-    for name in ("RAY_DEDUP_LOGS", "RAY_AIR_NEW_OUTPUT", "TUNE_GLOBAL_CHECKPOINT_S"):
-        monkeypatch.delenv(name, raising=False)  # init_ray sets them; undone after the test
-    seen = []
-    monkeypatch.setattr(ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(ray, "init", lambda **kwargs: seen.append(kwargs["address"]))
-    init_ray(load_config(["smoke"], ["search.address='127.0.0.1:6380'"]))
+    monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", ray_constants.ENABLE_RAY_CLUSTER)  # restored after
+    monkeypatch.setenv(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR, "1")
+    calls = _fake_ray_init(monkeypatch)
+    for address in ("127.0.0.1:6379", "auto", "ray://head:10001"):
+        init_ray(load_config(["smoke"], [f"search.address={address}"]))
+        assert calls[-1]["address"] == address
+    assert ray_constants.ENABLE_RAY_CLUSTER is True  # joining changes nothing about this machine
     init_ray(load_config(["smoke"]))
-    assert seen == ["127.0.0.1:6380", "local"]
+    # "local": never a cluster `ray start` launched here or RAY_ADDRESS names; servers on 127.0.0.1
+    assert calls[-1]["address"] == "local"
+    assert ray_constants.ENABLE_RAY_CLUSTER is False and os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] == "0"
+
+
+@pytest.mark.parametrize("nodes, addable, cpus, gpus, refusal", [
+    ([{"CPU": 2}], [], 2, 0, None),
+    ([{"CPU": 2}], [], 64, 0, "--cpus-per-trial 64 but the largest node of the Ray cluster has 2 CPUs (a trial runs "
+                              "on one node): pass --cpus-per-trial 2 or fewer"),
+    ([{"CPU": 0}, {"CPU": 4}, {"CPU": 4}], [], 8, 0, "has 4 CPUs"),  # 8 in all, but not on one node
+    ([{"CPU": 2}], [{"CPU": 64}], 64, 0, None),  # the autoscaler can add a node that fits
+    ([{"CPU": 2}], [], 1, 1.0, "--gpus-per-trial 1.0 but the Ray cluster has 0 GPUs: pass --gpus-per-trial 0"),
+    ([{"CPU": 1, "GPU": 1}, {"CPU": 8}], [], 4, 0.5, "with 0.5 GPUs has 1 CPUs"),
+    ([{"CPU": 8, "GPU": 1}], [], 4, 0.5, None),
+])
+def test_trial_resources_must_fit_on_one_node(monkeypatch, capsys, nodes, addable, cpus, gpus, refusal):
+    import ray
+
+    from search import prepared
+    from search.errors import UsageError
+    from trainables.config import load_config
+
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": r} for r in nodes] +
+                        [{"Alive": False, "Resources": {"CPU": 999, "GPU": 99}}])  # a dead node counts for nothing
+    monkeypatch.setattr(prepared, "_autoscaler_node_types", lambda: addable)
+    cfg = load_config(["smoke"], [f"search.cpus_per_trial={cpus}", f"search.gpus_per_trial={gpus}"])
+    if refusal is None:
+        prepared.check_resources(cfg)
+        assert ("autoscaler can add one" in capsys.readouterr().out) == bool(addable)
+    else:
+        with pytest.raises(UsageError, match=re.escape(refusal)):
+            prepared.check_resources(cfg)
+
+
+@pytest.mark.slow
+def test_more_cpus_per_trial_than_any_node_has_is_refused_not_a_hang(tmp_path):
+    proc = subprocess.run(_cli("--cpus-per-trial", "64", "--output-dir", str(tmp_path / "out")), capture_output=True,
+                          text=True, timeout=180, cwd=tmp_path, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "--cpus-per-trial 64 but the largest node of the Ray cluster has" in lines[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+_LISTENERS = """
+import psutil, ray
+from search.prepared import init_ray
+from trainables.config import load_config
+init_ray(load_config(["smoke"]))
+print("nodes", len(ray.nodes()), ray.get_runtime_context().gcs_address)
+procs = [psutil.Process()] + psutil.Process().children(recursive=True)
+for p in procs:
+    try:
+        for c in p.net_connections(kind="inet"):
+            if c.status == psutil.CONN_LISTEN:
+                print("listen", p.name(), c.laddr.ip, c.laddr.port)
+    except psutil.Error:
+        pass
+ray.shutdown()
+"""
+
+
+def _local_runtime(env: dict) -> tuple[list[str], list[tuple[str, str]]]:
+    """Start the driver's local runtime in a fresh process: (its `nodes` line, every listening socket)."""
+    out = subprocess.run([sys.executable, "-c", _LISTENERS], capture_output=True, text=True, timeout=180, cwd=ROOT,
+                         env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    nodes = next(line.split() for line in lines if line.startswith("nodes"))
+    return nodes, [tuple(line.split()[1:3]) for line in lines if line.startswith("listen")]
+
+
+@pytest.mark.slow
+def test_a_local_runtime_listens_on_loopback_only():
+    _, listening = _local_runtime({**os.environ, "RAY_AUTH_MODE": "disabled"})
+    assert listening, "no listening sockets found"
+    assert {ip for _, ip in listening} <= {"127.0.0.1", "::ffff:127.0.0.1", "::1"}, listening
 
 
 @pytest.mark.slow
@@ -58,12 +150,18 @@ def test_search_runs_on_the_worker_nodes_of_an_existing_cluster(tmp_path):
     cluster = LoopbackCluster(nodes=2, gpus_per_node=1, root=tmp_path)
     try:
         address = cluster.start()
+        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+        # Without --address the driver starts a runtime of its own, never the cluster found on this machine.
+        local, _ = _local_runtime(env)
+        assert local[1] == "1" and local[2] != address, local
         out = tmp_path / "out"
+        # RAY_ADDRESS names no cluster: a driver that dropped --address would fail to connect, and
+        # one that started a local runtime would run the trials on a node that is not a worker.
+        joined = {**env, "RAY_ADDRESS": f"127.0.0.1:{_free_port()}"}
         proc = subprocess.run(_cli("--address", address, "--gpus-per-trial", "0.5",
                                    "--cpus-per-trial", "1", "--trials", "2", "--output-dir", str(out),
                                    "--experiment", "cluster", "--set", "search.confirm_seeds=0"),
-                              capture_output=True, text=True, timeout=400, cwd=ROOT,
-                              env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+                              capture_output=True, text=True, timeout=400, cwd=ROOT, env=joined)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         import ray
 

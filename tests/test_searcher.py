@@ -7,7 +7,7 @@ from optuna.trial import TrialState
 
 from search.proposal import propose
 from search.samplers import SamplerInputs
-from search.searcher import OBJECTIVE_NAMES, make_searcher, open_study_storage, optuna_state
+from search.searcher import OBJECTIVE_NAMES, close_running, make_searcher, open_study_storage, optuna_state
 from spaces import Placement, make_budget
 from spaces.space import ModelSpace
 from trainables.config import load_config
@@ -87,8 +87,9 @@ def test_proposal_is_the_product_of_kinds_and_layers():
 
 
 def test_a_restarted_driver_continues_the_same_study_in_its_database(tmp_path):
-    """The RDB study outlives the driver: what was told after Tune's last snapshot is kept, trials
-    asked for after it are closed as FAIL, and the restored searcher goes on in the same study."""
+    """The RDB study outlives the driver: what was told after Tune's last snapshot is kept, a trial
+    asked for after it is asked again (the same Optuna trial, never a copy), and the restored
+    searcher goes on in the same study."""
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     live, _, _ = _searcher(trials=10, storage=url)
     _ready(live)
@@ -104,17 +105,61 @@ def test_a_restarted_driver_continues_the_same_study_in_its_database(tmp_path):
     restored.restore(str(tmp_path / "searcher.pkl"))
     study = optuna.load_study(study_name="s", storage=url)
     states = [t.state for t in study.get_trials()]
-    assert states == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.RUNNING, TrialState.FAIL]
+    assert states == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.RUNNING, TrialState.RUNNING]
     restored.on_trial_complete("t1", {**FINAL, "score": 0.1})  # the rerun of t1: first outcome stays
     restored.on_trial_complete("t2", FINAL)
-    cfg = restored.suggest("t4")
-    assert budget.fits(Placement.from_json(cfg["placement"]).checked(space), space)
+    cfg = restored.suggest("t4")  # Tune asks for the trial it lost: trial 3, asked again
+    assert cfg["optuna_trial"] == 3 and budget.fits(Placement.from_json(cfg["placement"]).checked(space), space)
+    restored.on_trial_complete("t4", FINAL)
+    assert restored.suggest("t5")["optuna_trial"] == 4
     trials = optuna.load_study(study_name="s", storage=url).get_trials()
     assert [t.number for t in trials] == [0, 1, 2, 3, 4]  # one study, its history kept
-    assert trials[1].values[0] == 0.9 and trials[2].state == TrialState.COMPLETE
+    assert trials[1].values[0] == 0.9 and trials[2].state == trials[3].state == TrialState.COMPLETE
+    assert trials[3].user_attrs["tune_trial_id"] == "t4"
 
 
-def test_a_baseline_lost_with_the_driver_is_enqueued_again(tmp_path):
+def test_a_trial_tune_kept_but_the_searcher_snapshot_missed_is_told_and_leaves_nothing_waiting(tmp_path):
+    """Tune's experiment state can be newer than the searcher's snapshot (they are separate files):
+    Tune reruns a trial the restored searcher never heard of. Its outcome reaches its own Optuna
+    trial through the trial's config, and no copy of it stays WAITING in the study."""
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    live, _, _ = _searcher(trials=6, sampler="prior", storage=url)
+    _ready(live)
+    first = live.suggest("t0")
+    live.save(str(tmp_path / "searcher.pkl"))  # the searcher's snapshot ...
+    kept = live.suggest("t1")  # ... then t1, which Tune's own (newer) experiment state does hold
+    assert kept["baseline"]
+    del live
+
+    restored, _, _ = _searcher(trials=6, sampler="prior", storage=url)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    restored.on_trial_complete("t0", {**FINAL, "config": first})
+    restored.on_trial_complete("t1", {**FINAL, "score": 0.7, "config": kept})  # Tune reran t1
+    for i in range(4):  # Tune knows 2 trials of 6: it asks for 4 more
+        restored.on_trial_complete(f"n{i}", {**FINAL, "config": restored.suggest(f"n{i}")})
+    assert close_running(restored.study) == []
+    trials = optuna.load_study(study_name="s", storage=url).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 6  # nothing WAITING or RUNNING
+    assert trials[1].values[0] == 0.7 and trials[1].user_attrs["baseline"] == kept["baseline"]
+
+
+def test_orphans_nobody_asked_for_again_are_closed_at_the_end(tmp_path):
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    live, _, _ = _searcher(trials=3, storage=url)
+    _ready(live)
+    live.suggest("t0")
+    live.save(str(tmp_path / "searcher.pkl"))
+    live.suggest("t1")
+    del live
+    restored, _, _ = _searcher(trials=3, storage=url)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    restored.on_trial_complete("t0", FINAL)  # the search ends (a cost cap) before asking again
+    assert close_running(restored.study) == [1]
+    assert [t.state for t in optuna.load_study(study_name="s", storage=url).get_trials()] == \
+        [TrialState.COMPLETE, TrialState.FAIL]
+
+
+def test_a_baseline_lost_with_the_driver_is_asked_again(tmp_path):
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     live, _, _ = _searcher(trials=12, sampler="prior", storage=url)
     _ready(live)

@@ -9,6 +9,8 @@ The resolved config is saved with every search (`to_dict`).
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -50,6 +52,8 @@ class DataConfig:
     text_column: str = "text"
     label_column: str = "label"
     hub_split: str = "train"
+    # Text encoding of local .csv / .json / .jsonl files (e.g. "latin-1").
+    encoding: str = "utf-8"
     val_fraction: float = 0.2
     split_seed: int = 0
     # Labels with fewer unique examples than this are dropped (documented in the README).
@@ -327,10 +331,52 @@ def lora_scaling(cfg: Config):
     return LoraScaling(cfg.train.lora_scale, cfg.train.rslora, cfg.search.r_ref)
 
 
+# A name that is safe as a file name, an MLflow experiment, a Ray Tune and an Optuna study name.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+NAME_MAX = 100
+SEED_MAX = 2**32 - 1  # numpy's and torch's seeds are unsigned 32-bit
+
+
+def check_name(name: str, what: str) -> str | None:
+    """None for a usable search name, else the problem, naming `what` (a key or a flag)."""
+    if not NAME_PATTERN.fullmatch(name) or len(name) > NAME_MAX or ".." in name:
+        return (f"{what} {name!r} is not a usable name: use letters, digits, '.', '_' and '-' (no '..'), "
+                f"starting with a letter or digit, at most {NAME_MAX} characters")
+    return None
+
+
+def _address_problem(address: str) -> str | None:
+    """None for "" (a local runtime), "auto", "host:port" or "ray://host[:port]"."""
+    if address in ("", "auto"):
+        return None
+    rest = address[len("ray://"):] if address.startswith("ray://") else address
+    host, sep, port = rest.rpartition(":")
+    if address.startswith("ray://") and not sep:
+        host, port = rest, "10001"
+    if host and re.fullmatch(r"[A-Za-z0-9_.\-\[\]:]+", host) and port.isdigit() and 0 < int(port) < 65536:
+        return None
+    return (f"search.address {address!r} is not a Ray address: pass auto, HOST:PORT (the head's GCS port, "
+            "6379 by default) or ray://HOST:10001, or leave it empty for a local runtime")
+
+
 def validate(cfg: Config) -> list[str]:
-    """Value checks that types alone cannot express."""
-    p = []
-    s, t, d, m = cfg.search, cfg.train, cfg.data, cfg.model
+    """Value checks that types alone cannot express; every float must be finite."""
+    p, broken = [], set()  # broken: keys already reported (a NaN fails every range check below too)
+    s, t, d, m, pr = cfg.search, cfg.train, cfg.data, cfg.model, cfg.priors
+    for section in dataclasses.fields(cfg):
+        values = getattr(cfg, section.name)
+        for f in dataclasses.fields(values):
+            value = getattr(values, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                p.append(f"{section.name}.{f.name} {value} must be a finite number")
+                broken.add(f"{section.name}.{f.name}")
+            elif isinstance(value, str) and not value and f.name in _NON_EMPTY.get(section.name, ()):
+                p.append(f"{section.name}.{f.name} is empty: give it a value (the default is "
+                         f"{getattr(type(values)(), f.name)!r})")
+            elif f.name == "seed" or f.name.endswith("_seed"):
+                if not 0 <= value <= SEED_MAX:
+                    p.append(f"{section.name}.{f.name} {value} must be in 0..{SEED_MAX}")
+    first = len(p)
     if not (0.0 < s.budget <= 1.0):
         p.append(f"search.budget {s.budget} is outside (0, 1]: use e.g. --budget 0.5")
     if s.r_ref < 1:
@@ -340,19 +386,22 @@ def validate(cfg: Config) -> list[str]:
     if s.trials < 1:
         p.append(f"search.trials {s.trials} must be >= 1")
     if not (0 < s.lr_min <= s.lr_max):
-        p.append(f"search.lr_min {s.lr_min} and lr_max {s.lr_max} need 0 < lr_min <= lr_max")
+        p.append(f"search.lr_min {s.lr_min} and search.lr_max {s.lr_max} need 0 < lr_min <= lr_max")
     if not (0 < s.calibration_lr_min < s.calibration_lr_max):
-        p.append(f"search.calibration_lr_min {s.calibration_lr_min} and calibration_lr_max {s.calibration_lr_max} "
-                 "need 0 < calibration_lr_min < calibration_lr_max")
+        p.append(f"search.calibration_lr_min {s.calibration_lr_min} and search.calibration_lr_max "
+                 f"{s.calibration_lr_max} need 0 < calibration_lr_min < calibration_lr_max")
     if s.calibration_points < 3:
         p.append(f"search.calibration_points {s.calibration_points} must be >= 3 (a peak needs neighbours)")
     if s.calibration_epochs < 1:
         p.append(f"search.calibration_epochs {s.calibration_epochs} must be >= 1")
     if not s.lr_band >= 1.0:
         p.append(f"search.lr_band {s.lr_band} must be >= 1 (1 = every trial at the calibrated rate)")
-    for key in ("confirm_seeds", "confirm_top", "confirm_baselines"):
+    for key in ("confirm_seeds", "confirm_top", "confirm_baselines", "max_concurrent_trials"):
         if getattr(s, key) < 0:
-            p.append(f"search.{key} {getattr(s, key)} must be >= 0 (0 = none)")
+            p.append(f"search.{key} {getattr(s, key)} must be >= 0 (0 = " + ("no limit)" if key.startswith("max") else "none)"))
+    if s.max_failures < 0:
+        p.append(f"search.max_failures {s.max_failures} must be >= 0 (retries of a trial whose worker died; "
+                 "Ray's -1, retry forever, would never end a trial that always fails)")
     if s.sampler not in ("prior", "tpe", "random"):
         p.append(f"search.sampler {s.sampler!r} is not one of prior, tpe, random")
     if s.gpus_per_trial < 0:
@@ -361,28 +410,86 @@ def validate(cfg: Config) -> list[str]:
         p.append(f"search.cpus_per_trial {s.cpus_per_trial} must be >= 1")
     if s.max_compute_hours < 0:
         p.append(f"search.max_compute_hours {s.max_compute_hours} must be >= 0 (0 = no cap)")
+    if s.asha_grace_epochs < 1:
+        p.append(f"search.asha_grace_epochs {s.asha_grace_epochs} must be >= 1 (ASHA compares trials after "
+                 "at least one epoch)")
     if s.asha_reduction_factor < 2:
         p.append(f"search.asha_reduction_factor {s.asha_reduction_factor} must be >= 2")
+    problem = check_name(s.experiment, "search.experiment")
+    if problem:
+        p.append(problem)
+    problem = _address_problem(s.address)
+    if problem:
+        p.append(problem)
     if t.epochs < 1:
         p.append(f"train.epochs {t.epochs} must be >= 1")
-    if t.batch_size < 1 or t.eval_batch_size < 1:
-        p.append("train.batch_size and train.eval_batch_size must be >= 1")
+    for key in ("batch_size", "eval_batch_size"):
+        if getattr(t, key) < 1:
+            p.append(f"train.{key} {getattr(t, key)} must be >= 1")
+    if not 0 <= t.warmup_ratio < 1:
+        p.append(f"train.warmup_ratio {t.warmup_ratio} must be in [0, 1)")
+    if t.weight_decay < 0:
+        p.append(f"train.weight_decay {t.weight_decay} must be >= 0")
+    if t.lora_scale <= 0:
+        p.append(f"train.lora_scale {t.lora_scale} must be > 0")
+    if not 0 <= t.lora_dropout < 1:
+        p.append(f"train.lora_dropout {t.lora_dropout} must be in [0, 1) (the share of an adapter's inputs "
+                 "dropped in training)")
     if t.precision not in ("auto", "no", "bf16", "fp16"):
         p.append(f"train.precision {t.precision!r} is not one of auto, no, bf16, fp16")
     if t.metric not in ("auto", "accuracy", "balanced_accuracy"):
         p.append(f"train.metric {t.metric!r} is not one of auto, accuracy, balanced_accuracy")
+    for key in ("min_examples_per_label", "max_train_examples", "max_train_per_label"):
+        if getattr(d, key) < 0:
+            p.append(f"data.{key} {getattr(d, key)} must be >= 0 (0 = " + ("no cap)" if key.startswith("max") else "keep every label)"))
     if d.early_eval_examples < 0:
         p.append(f"data.early_eval_examples {d.early_eval_examples} must be >= 0 (0 = the whole validation split)")
     if not (0.0 < d.val_fraction < 1.0):
         p.append(f"data.val_fraction {d.val_fraction} must be in (0, 1)")
-    if cfg.priors.pooling not in ("auto", "mean", "cls", "last"):
-        p.append(f"priors.pooling {cfg.priors.pooling!r} is not one of auto, mean, cls, last")
-    if cfg.priors.calibration_examples < 2:
-        p.append(f"priors.calibration_examples {cfg.priors.calibration_examples} must be >= 2")
+    if d.encoding and not _is_encoding(d.encoding):
+        p.append(f"data.encoding {d.encoding!r} is not a text encoding Python knows: use e.g. utf-8 or latin-1")
+    if not 0 <= d.min_confidence <= 1:
+        p.append(f"data.min_confidence {d.min_confidence} must be in [0, 1]")
+    if d.synthetic_labels < 2:
+        p.append(f"data.synthetic_labels {d.synthetic_labels} must be >= 2 (a task with one label is solved "
+                 "by a constant)")
+    elif d.synthetic_examples < 2 * d.synthetic_labels:
+        p.append(f"data.synthetic_examples {d.synthetic_examples} must be at least 2 per label "
+                 f"({2 * d.synthetic_labels} for data.synthetic_labels {d.synthetic_labels}): one to train, one to validate")
+    if d.synthetic_length < 3:
+        p.append(f"data.synthetic_length {d.synthetic_length} must be >= 3")
+    if pr.pooling not in ("auto", "mean", "cls", "last"):
+        p.append(f"priors.pooling {pr.pooling!r} is not one of auto, mean, cls, last")
+    if pr.calibration_examples < 2:
+        p.append(f"priors.calibration_examples {pr.calibration_examples} must be >= 2")
+    if pr.batch_size < 1:
+        p.append(f"priors.batch_size {pr.batch_size} must be >= 1")
     if m.max_length < 2:
         p.append(f"model.max_length {m.max_length} must be >= 2")
+    for key in ("tiny_hidden", "tiny_layers", "tiny_heads"):
+        if getattr(m, key) < 1:
+            p.append(f"model.{key} {getattr(m, key)} must be >= 1")
+    if m.tiny_heads >= 1 and m.tiny_hidden % m.tiny_heads:
+        p.append(f"model.tiny_hidden {m.tiny_hidden} must be a multiple of model.tiny_heads {m.tiny_heads}")
+    if m.tiny_vocab < 8:
+        p.append(f"model.tiny_vocab {m.tiny_vocab} must be >= 8 (4 special tokens and room for a task)")
     p.extend(_validate_simulation(cfg))
-    return p
+    return p[:first] + [problem for problem in p[first:] if problem.split(" ", 1)[0] not in broken]
+
+
+def _is_encoding(name: str) -> bool:
+    import codecs
+
+    try:
+        info = codecs.lookup(name)
+    except LookupError:
+        return False
+    return getattr(info, "_is_text_encoding", True)  # base64, zip, ... turn bytes into bytes
+
+
+# String settings that have no meaning when empty ("" elsewhere means "the default").
+_NON_EMPTY = {"model": ("name",), "data": ("source", "text_column", "label_column", "hub_split", "encoding"),
+              "search": ("experiment",)}
 
 
 def _validate_simulation(cfg: Config) -> list[str]:
@@ -391,6 +498,8 @@ def _validate_simulation(cfg: Config) -> list[str]:
     sim, p = cfg.simulation, []
     if sim.landscape not in ("", *SHAPES):
         p.append(f"simulation.landscape {sim.landscape!r} is not one of {', '.join(SHAPES)} (or \"\" to train for real)")
+    if not 0 <= sim.seed <= 2**32 - 1:
+        p.append(f"simulation.seed {sim.seed} must be in [0, 2**32 - 1]")
     if sim.prior not in PRIORS:
         p.append(f"simulation.prior {sim.prior!r} is not one of {', '.join(PRIORS)}")
     if not sim.epoch_s > 0:

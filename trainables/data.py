@@ -129,10 +129,19 @@ def _file_examples(cfg: DataConfig) -> list[tuple[str, object]]:
             raise DataError(
                 f"data.source {cfg.source!r}: give files of one format, .csv, .json, .jsonl or .parquet"
             )
+        kind = kinds.pop()
+        options = {"encoding": cfg.encoding} if kind in ("csv", "json") else {}
+        verbosity = datasets.logging.get_verbosity()
         try:
-            ds = datasets.load_dataset(kinds.pop(), data_files=[str(p) for p in local], split="train")
+            # A file the builder cannot parse is logged before it raises: the one line below says it.
+            datasets.logging.set_verbosity(datasets.logging.CRITICAL)
+            ds = datasets.load_dataset(kind, data_files=[str(p) for p in local], split="train", **options)
+        except datasets.exceptions.DatasetGenerationError as e:
+            raise _unreadable(local, kind, cfg.encoding, e) from None
         except ValueError as e:  # an empty or unreadable file
             raise DataError(f"could not read {cfg.source!r} ({e}): check that the files hold rows") from None
+        finally:
+            datasets.logging.set_verbosity(verbosity)
     else:
         try:
             ds = datasets.load_dataset(cfg.source, split=cfg.hub_split)
@@ -149,11 +158,48 @@ def _file_examples(cfg: DataConfig) -> list[tuple[str, object]]:
                 f"dataset {cfg.source!r} has no column {col!r}; it has {ds.column_names}: "
                 f"set data.{key}"
             )
-    return [
-        (str(t).strip(), lab)
-        for t, lab in zip(ds[cfg.text_column], ds[cfg.label_column])
-        if t is not None and lab is not None and str(t).strip()
-    ]
+    texts, labels = ds[cfg.text_column], ds[cfg.label_column]
+    for values, col, key in ((texts, cfg.text_column, "text_column"), (labels, cfg.label_column, "label_column")):
+        nested = next((v for v in values if isinstance(v, (list, dict))), None)
+        if nested is not None:
+            kind = "lists" if isinstance(nested, list) else "objects"
+            raise DataError(f"dataset {cfg.source!r}: column {col!r} holds {kind} (e.g. {str(nested)[:60]}); each "
+                            f"example needs one {'text' if key == 'text_column' else 'label (a string or a number)'}: "
+                            f"check data.{key} (multi-label data is not supported)")
+    return [(str(t).strip(), lab) for t, lab in zip(texts, labels) if t is not None and lab is not None and str(t).strip()]
+
+
+def _unreadable(files: list[Path], kind: str, encoding: str, error: Exception) -> DataError:
+    """Why `datasets` could not parse local files, as one line naming the file and the fix."""
+    import json
+
+    cause = error.__cause__ or error.__context__ or error
+    for path in files:
+        raw = path.read_bytes()
+        try:
+            text = raw.decode(encoding)
+        except UnicodeDecodeError as e:
+            byte = raw[e.start:e.start + 1].hex()
+            return DataError(f"data file {path} is not {encoding} text (byte 0x{byte} at position {e.start}): set "
+                             "data.encoding to the file's encoding (e.g. --set data.encoding=latin-1), or save it "
+                             "as UTF-8")
+        if kind == "json" and path.suffix.lower() == ".jsonl":
+            for number, line in enumerate(text.splitlines(), 1):
+                try:
+                    if line.strip():
+                        json.loads(line)
+                except json.JSONDecodeError as e:
+                    return DataError(f"data file {path} line {number} is not valid JSON ({e.msg}): fix or remove that "
+                                     "line (JSON Lines: one JSON object per line)")
+        elif kind == "json":
+            try:
+                json.loads(text)
+            except json.JSONDecodeError as e:
+                return DataError(f"data file {path} is not valid JSON ({e.msg} at line {e.lineno}): fix the file, "
+                                 "or give one JSON object per line in a .jsonl file")
+    why = str(cause).strip().splitlines()[0][:200] if str(cause).strip() else type(cause).__name__
+    return DataError(f"could not read {', '.join(map(str, files))} as {kind} ({why}): check the file's format "
+                     "and data.encoding")
 
 
 def _dedupe(examples: list[tuple[str, object]]) -> list[tuple[str, object]]:
@@ -238,6 +284,10 @@ def load_task(cfg: DataConfig, vocab_size: int = 128) -> TaskData:
     if cfg.source == "synthetic":
         ids, labels = _synthetic(cfg, vocab_size)
         tr, va = stratified_split(labels, cfg.val_fraction, cfg.split_seed)
+        if not tr or not va:
+            raise DataError(f"the synthetic task leaves an empty train or validation split ({len(labels)} examples, "
+                            f"data.val_fraction {cfg.val_fraction}): lower data.val_fraction or raise "
+                            "data.synthetic_examples")
         names = [f"marker{i}" for i in range(cfg.synthetic_labels)]
         return TaskData(
             Split(None, [ids[i] for i in tr], [labels[i] for i in tr]),

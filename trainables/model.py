@@ -104,11 +104,17 @@ def load_tokenizer(cfg: ModelConfig):
         return None
     from transformers import AutoTokenizer
 
-    source, extra = pretrained_args(resolve_model_path(cfg))
+    path = resolve_model_path(cfg)
+    source, extra = pretrained_args(path)
     try:
         tok = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.trust_remote_code, **extra)
     except ImportError as e:
         raise _needs_gguf(cfg, e) from None
+    except OSError as e:
+        raise ModelError(f"the tokenizer of model {cfg.name!r} could not be loaded ({str(e).splitlines()[0][:200]}): "
+                         "point model.name at a folder (or hub id) with the model's tokenizer files") from None
+    if not extra:  # a GGUF file carries its own tokenizer
+        check_tokenizer(tok, cfg, path)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token or tok.unk_token
     return tok
@@ -135,6 +141,9 @@ def load_model(cfg: ModelConfig, num_labels: int, seed: int = 0, tokenizer=None)
                 path, num_labels=num_labels, trust_remote_code=cfg.trust_remote_code
             )
     except OSError as e:
+        if Path(path).is_dir():
+            raise ModelError(f"model folder {path} could not be loaded ({str(e).splitlines()[0][:200]}): check its "
+                             "files, or point model.name at another folder") from None
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         hint = "the hub is off (HF_HUB_OFFLINE=1)" if offline else "check the id or your network"
         raise ModelError(f"model {cfg.name!r} could not be loaded: {hint}; or point model.name at a local folder ({e.__class__.__name__})") from None
@@ -145,6 +154,76 @@ def load_model(cfg: ModelConfig, num_labels: int, seed: int = 0, tokenizer=None)
         pad = getattr(tokenizer, "pad_token_id", None)
         model.config.pad_token_id = pad if pad is not None else 0
     return model
+
+
+# ---- checks of a model's files (the driver runs the folder check before Ray) ---------------------
+WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "merges.txt",
+                   "tokenizer.model", "spiece.model")
+
+
+def check_model_folder(path: str) -> None:
+    """A local model folder has a readable config.json and weights whose header reads (safetensors),
+    so a broken copy fails in one line before Ray starts, not in a traceback on a worker."""
+    import json
+    import struct
+
+    folder = Path(path)
+    if not folder.is_dir():
+        return  # a hub id
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (ValueError, OSError) as e:  # truncated, not JSON, not UTF-8, unreadable
+        raise ModelError(f"model folder {folder}: config.json is not valid JSON ({str(e)[:120]}): copy the model's "
+                         "config.json again, or point model.name at another folder") from None
+    if not isinstance(config, dict):
+        raise ModelError(f"model folder {folder}: config.json holds no settings object: copy it again")
+    shards = sorted(folder.glob("*.safetensors"))
+    if not shards and not any((folder / w).exists() for w in WEIGHTS) and not any(folder.glob("*.gguf")):
+        raise ModelError(f"model folder {folder} has no weights ({', '.join(WEIGHTS[:2])} or a sharded index): copy "
+                         "the model's weight files into it, or point model.name at another folder")
+    for shard in shards:
+        try:
+            with open(shard, "rb") as f:
+                (n,) = struct.unpack("<Q", f.read(8))
+                if n > shard.stat().st_size - 8 or n > 100_000_000:
+                    raise ValueError(f"a header of {n} bytes")
+                if not isinstance(json.loads(f.read(n)), dict):
+                    raise ValueError("its header is not a table of tensors")
+        except (ValueError, struct.error, OSError) as e:
+            raise ModelError(f"model folder {folder}: {shard.name} is not a readable safetensors file ({str(e)[:80]}): "
+                             "copy the weights again, or point model.name at another folder") from None
+
+
+def check_tokenizer(tok, cfg: ModelConfig, path: str) -> None:
+    """Refuse a tokenizer far smaller than the model's embedding table: transformers builds one from
+    nothing but special tokens when a folder lacks the tokenizer files, and every word would be
+    [UNK] (the search would train on nothing and report chance as a result)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+    vocab = getattr(config.get_text_config(), "vocab_size", None) or 0
+    if vocab and len(tok) < vocab // 2:
+        folder = Path(path)
+        files = ", ".join(TOKENIZER_FILES)
+        if folder.is_dir():
+            present = [f for f in TOKENIZER_FILES if (folder / f).exists()]
+            where = (f"the folder {folder} has none of {files}" if not present
+                     else f"the folder {folder} has {', '.join(present)} of {files}")
+        else:
+            where = f"the hub repository lacks its tokenizer files ({files})"
+        raise ModelError(f"model {cfg.name!r}: its tokenizer has {len(tok)} tokens but the model's embedding table "
+                         f"has {vocab}, so most words would become unknown tokens; {where}: copy the model's tokenizer "
+                         "files next to its config.json")
+
+
+def check_positions(cfg: ModelConfig, model) -> None:
+    """model.max_length fits in the model's position embeddings (longer inputs fail inside a trial)."""
+    config = model.config.get_text_config()
+    positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if positions and cfg.max_length > positions:
+        raise ModelError(f"model.max_length {cfg.max_length} is more than the {positions} positions of the model "
+                         f"(max_position_embeddings): set model.max_length to at most {positions}")
 
 
 def _needs_gguf(cfg: ModelConfig, error: ImportError) -> Exception:

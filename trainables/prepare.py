@@ -56,13 +56,14 @@ def prepare(cfg_dict: dict, with_priors: bool = True) -> Preparation:
     from spaces.kappa import kappa_scores
     from spaces.priors import compute_priors
     from trainables.data import load_task
-    from trainables.model import load_model, load_tokenizer, vocab_size
+    from trainables.model import check_positions, load_model, load_tokenizer, vocab_size
     from trainables.train import resolve_metric, tokenize
 
     cfg = Config.from_dict(cfg_dict)
     task = load_task(cfg.data, vocab_size(cfg.model))
     tok = load_tokenizer(cfg.model)
     model = load_model(cfg.model, task.num_labels, seed=cfg.train.seed, tokenizer=tok)
+    check_positions(cfg.model, model)
     space = discover(model)
     scores, priors_s = None, None
     if with_priors:

@@ -36,6 +36,10 @@ NODE_ID = "node_id"
 # and ends without raising, so that it is not retried (a retry would fail the same way).
 FAILURE = "failure"
 
+# A trial whose outcome one store already held when a driver restarted: Tune reran it (its snapshot
+# was older), and it reports that outcome instead of training again (`settled_result`).
+SETTLED = "settled"
+
 EPOCH_METRICS = (ACCURACY, BALANCED_ACCURACY, EPOCH_SCORE, TRAIN_LOSS, WALL_S, COMPUTE_HOURS)
 METRICS = (ACCURACY, BALANCED_ACCURACY)  # the task metrics a search can optimise
 
@@ -77,6 +81,8 @@ COST_UNIT = "cost_unit"
 # ---- trial statuses -------------------------------------------------------------------------
 RUNNING, COMPLETED, PRUNED, FAILED = "running", "completed", "pruned", "failed"
 TRIAL_STATUSES = (COMPLETED, PRUNED, FAILED)
+KILLED = "killed"  # the search was stopped (Ctrl-C, SIGTERM) while the trial ran; --resume reruns it
+OPTUNA_TRIAL = "optuna_trial"  # param of a search trial's run: its Optuna trial number
 
 
 @dataclass(frozen=True)
@@ -178,3 +184,19 @@ def build_record(run_id: str, mlflow_status: str, tags: dict, params: dict, metr
         warm_start=tags.get(WARM_START_TAG),
         within_budget=tags.get(WITHIN_BUDGET_TAG) != "false",
     )
+
+
+def settled_result(record: TrialRecord) -> dict:
+    """The result a rerun reports instead of training, for a trial whose outcome is already known
+    (`SETTLED`): the objectives of a completed trial, the reason of a failed one, nothing more for
+    a pruned one (so Optuna reads the same outcome MLflow holds)."""
+    nan = float("nan")
+    out = {SETTLED: True, EPOCH_SCORE: record.last_score if record.last_score is not None else nan}
+    if record.compute_hours is not None:
+        out[COMPUTE_HOURS] = record.compute_hours
+    if record.status == COMPLETED and None not in (record.score, record.trainable_params, record.compute_hours):
+        out.update({SCORE: record.score, TRAINABLE_PARAMS: record.trainable_params,
+                    ADAPTER_PARAMS: record.adapter_params or 0})
+    elif record.status == FAILED:
+        out[FAILURE] = record.error or "failed before the driver restarted"
+    return out

@@ -160,10 +160,16 @@ class ReportTrace:
             f.write(json.dumps(self.row) + "\n")
 
 
-def run_simulated_trial(trial_config: dict, *, cfg_dict: dict, space_dict: dict, metric_name: str) -> None:
-    """Tune function trainable, the simulated counterpart of `trainables.tune_entry.run_trial`."""
+def run_simulated_trial(trial_config: dict, *, cfg_dict: dict, space_dict: dict, metric_name: str,
+                        settled: dict | None = None) -> None:
+    """Tune function trainable, the simulated counterpart of `trainables.tune_entry.run_trial`
+    (`settled` as there)."""
     import ray
     from ray import tune
+
+    if settled and tune.get_context().get_trial_id() in settled:
+        tune.report(dict(settled[tune.get_context().get_trial_id()]))
+        return
 
     from trainables.tune_entry import make_reporter
 

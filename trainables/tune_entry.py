@@ -11,6 +11,9 @@ not raised: the trial reports one last result with `failure` (the reason, `train
 and ends, so Ray does not retry it; the tracker records it FAILED in MLflow and the searcher FAIL
 in Optuna, and the search goes on. Any other error propagates, and Ray retries the trial up to
 `search.max_failures` times (a worker that died, a node that was lost).
+
+A restarted driver (`--resume`) passes `settled`: trials whose outcome its stores already hold but
+that Tune's older snapshot would run again report that outcome at once instead of training.
 """
 
 from __future__ import annotations
@@ -54,15 +57,22 @@ def make_reporter(node_id: str, save_dir: str):
     return report, last
 
 
-def run_trial(trial_config: dict, *, cfg_dict: dict, space_dict: dict, metric_name: str) -> None:
-    """Tune function trainable. Reports every epoch; the last report also has `score`."""
-    import ray
-    import torch
+def run_trial(trial_config: dict, *, cfg_dict: dict, space_dict: dict, metric_name: str,
+              settled: dict | None = None) -> None:
+    """Tune function trainable. Reports every epoch; the last report also has `score`.
+
+    settled: trial id -> the result to report instead of training (`trainables.record.SETTLED`):
+    trials a restarted driver's stores already hold an outcome for, which Tune's older snapshot
+    would run again."""
     from ray import tune
 
-    from trainables import faults
+    trial_id = tune.get_context().get_trial_id()
+    if settled and trial_id in settled:
+        tune.report(dict(settled[trial_id]))
+        return
+    import torch
+
     from trainables.model import load_model
-    from trainables.train import Resources, TrialPlan, train_placement
 
     trial_config = R.trial_config(trial_config)
     cfg = Config.from_dict(cfg_dict)
@@ -74,7 +84,22 @@ def run_trial(trial_config: dict, *, cfg_dict: dict, space_dict: dict, metric_na
     data, tok = cached_task(cfg, metric_name)
     seed = int(trial_config.get("seed", cfg.train.seed))
     model = load_model(cfg.model, data.num_labels, seed=seed, tokenizer=tok)
-    save_dir = tempfile.mkdtemp(prefix="adapter-")
+    # The adapter goes into Tune's checkpoint when it is reported (a copy in the trial's storage);
+    # the temporary folder goes with the trial.
+    with tempfile.TemporaryDirectory(prefix="adapter-") as save_dir:
+        _train(cfg, placement, space, trial_config, seed, model, data, save_dir)
+
+
+def _train(cfg: Config, placement: Placement, space: ModelSpace, trial_config: dict, seed: int, model, data,
+           save_dir: str) -> None:
+    import ray
+    import torch
+    from ray import tune
+
+    from trainables import faults
+    from trainables.train import Resources, TrialPlan, train_placement
+
+    n_cpus = max(1, int(cfg.search.cpus_per_trial))
     node_id = ray.get_runtime_context().get_node_id()  # which cluster node ran the trial
     report, last = make_reporter(node_id, save_dir)
     resources = Resources(float(cfg.search.gpus_per_trial) if torch.cuda.is_available() else 0.0, n_cpus)

@@ -1,0 +1,176 @@
+"""A search's hold on what it writes: one driver per search, and nothing left behind by a new
+search that stops before its first trial.
+
+Where it sits: on the driver, between preparation and tracking (`search.driver`).
+- `SearchLock`: an exclusive lock file per search in the output folder (`<name>.lock`, held with
+  `flock` for the driver's life; the kernel lets go of it when the driver dies, even by SIGKILL).
+  A second driver on the same search (two searches started with one `--experiment`, or `--resume`
+  while the first still runs) is refused with one line naming the one that holds it; `check_free`
+  refuses it already before Ray starts.
+- `claim_study`: a new search creates its Optuna study exclusively, so two drivers that share a
+  study database from different machines cannot both start the same search.
+- `Written`: which stores and files existed before this driver began. A new search stopped before
+  its first trial started (Ctrl-C during the learning-rate probe, a store that refused it) has
+  nothing worth keeping and would block a rerun under its name, so `remove` takes back what it
+  made: its MLflow experiment (the store file too, when this driver created it and it holds
+  nothing else), its study (likewise), its state file, plots and Ray Tune folder, and the output
+  folder when the driver created it and nothing else is in it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from search.errors import UsageError
+
+
+class SearchLock:
+    def __init__(self, output_dir: Path, name: str):
+        self.output_dir, self.name = Path(output_dir), name
+        self.path = self.output_dir / f"{name}.lock"
+        self._fd: int | None = None
+
+    def __enter__(self) -> "SearchLock":
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise _busy(self.path, self.name) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        # The file stays: unlinking it would let a driver waiting on the old file and a new one both
+        # hold "the" lock. Closing releases the lock.
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def check_free(output_dir: Path, name: str) -> None:
+    """Refuse a search another driver holds, at once (before Ray starts) and without writing
+    anything; the driver takes the lock itself (`SearchLock`) once the search is prepared."""
+    path = Path(output_dir) / f"{name}.lock"
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return  # no lock file: no driver has held this search here
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise _busy(path, name) from None
+    finally:
+        os.close(fd)  # a lock this probe took goes with the descriptor
+
+
+def _busy(path: Path, name: str) -> UsageError:
+    try:
+        holder = path.read_text(errors="replace")[:300].strip() or "a driver"
+    except OSError:
+        holder = "a driver"
+    return UsageError(f"search {name!r} in {path.parent} is being run by another driver ({holder}): "
+                      "wait for it to end, or pass another --experiment name")
+
+
+def claim_study(url: str, name: str) -> None:
+    """Create a new search's study, refusing one that exists (another driver made it since the
+    checks ran). Directions as the searcher's (`search.searcher.DIRECTIONS`)."""
+    import optuna
+
+    from search.credentials import shown
+    from search.searcher import DIRECTIONS, open_study_storage
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_study_storage(url)
+    try:
+        optuna.create_study(study_name=name, storage=storage, directions=DIRECTIONS)
+    except optuna.exceptions.DuplicatedStudyError:
+        raise UsageError(f"search.study_storage {shown(url)} already holds a study named {name!r} (another driver "
+                         "started it just now): pass --resume to continue that search, or another --experiment name") from None
+    finally:
+        storage.engine.dispose()  # the searcher opens its own; an idle connection would keep SQLite's WAL files
+
+
+def _sqlite_file(url: str) -> Path | None:
+    return Path(url[len("sqlite:///"):].split("?", 1)[0]).absolute() if url.startswith("sqlite:///") else None
+
+
+@dataclass
+class Written:
+    """What existed before a new search's driver began (see the module docstring)."""
+
+    output_dir: Path
+    name: str
+    tracking_uri: str
+    study_url: str
+    storage_path: str
+    existed: set[Path] = field(default_factory=set)
+    study_claimed: bool = False  # this driver created the study (`claim_study`)
+    experiment_id: str | None = None  # the MLflow experiment this driver created
+
+    @classmethod
+    def before(cls, search) -> "Written":
+        paths = [Path(search.output_dir).absolute(), _sqlite_file(search.tracking_uri), _sqlite_file(search.study_url)]
+        existed = {p for p in paths if p is not None and p.exists()}
+        return cls(Path(search.output_dir).absolute(), search.name, search.tracking_uri, search.study_url,
+                   search.storage_path, existed)
+
+    def remove(self, client=None, parent_run_id: str | None = None) -> None:
+        """Take back what this search wrote (it started no trial): its parent run, and the
+        experiment and study when this driver created them."""
+        experiment_id = self.experiment_id
+        if client is not None and parent_run_id is not None and experiment_id is None:
+            client.delete_run(parent_run_id)  # an experiment that existed before: only our run goes
+        self._remove_experiment(client, experiment_id)
+        if self.study_claimed:
+            self._remove_study()
+        out = self.output_dir
+        for suffix in (".search.json", "-scores.png", "-lr.png", ".lock"):
+            (out / f"{self.name}{suffix}").unlink(missing_ok=True)
+        if "://" not in self.storage_path:
+            for folder in (self.name, f"{self.name}-confirm"):
+                shutil.rmtree(Path(self.storage_path) / folder, ignore_errors=True)
+        for folder in (experiment_id, parent_run_id):  # a local store's artifacts: <mlartifacts>/<run id>/...
+            if folder is not None:
+                shutil.rmtree(out / "mlartifacts" / str(folder), ignore_errors=True)
+        for folder in (out / "ray_results", out / "mlartifacts", out):
+            if folder.is_dir() and not any(folder.iterdir()) and (folder != out or out not in self.existed):
+                folder.rmdir()
+
+    def _remove_experiment(self, client, experiment_id) -> None:
+        if client is None or experiment_id is None:
+            return
+        db = _sqlite_file(self.tracking_uri)
+        others = [e for e in client.search_experiments() if e.experiment_id != experiment_id and e.name != "Default"]
+        if db is not None and db not in self.existed and not others:
+            db.unlink(missing_ok=True)  # this driver made the store and it holds nothing else
+            return
+        # A shared store: free the name (a deleted experiment keeps it), then delete.
+        client.rename_experiment(experiment_id, f"{self.name}-removed-{int(time.time())}")
+        client.delete_experiment(experiment_id)
+
+    def _remove_study(self) -> None:
+        import optuna
+
+        from search.searcher import open_study_storage
+
+        storage = open_study_storage(self.study_url)
+        try:
+            optuna.delete_study(study_name=self.name, storage=storage)
+        except KeyError:
+            pass  # never created
+        db = _sqlite_file(self.study_url)
+        if db is not None and db not in self.existed and not storage.get_all_studies():
+            storage.engine.dispose()
+            for path in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):  # WAL mode's files
+                path.unlink(missing_ok=True)
