@@ -221,9 +221,9 @@ def check_warm_start(tracking_uri: str, experiment: str) -> None:
         raise UsageError(f"--warm-start {experiment} (search.warm_start): {e}") from None
 
 
-def check_output_dir(path: Path) -> None:
-    """--output-dir is a folder the search can write in, or one that can be created."""
-    _check_creatable_dir(Path(path), f"--output-dir {path}", "pass --output-dir <a writable folder>")
+def check_output_dir(path: Path, flag: str = "--output-dir") -> None:
+    """`flag`'s folder (a command's output) is one it can write in, or one that can be created."""
+    _check_creatable_dir(Path(path), f"{flag} {path}", f"pass {flag} <a writable folder>")
 
 
 def _check_server(uri: str, timeout_s: float) -> None:

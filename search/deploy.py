@@ -15,7 +15,9 @@ import sys
 from pathlib import Path
 
 from analysis.mlflow_read import DEFAULT_TRACKING_URI
+from search.checks import check_output_dir
 from search.cli import fail, mlflow_client_defaults
+from search.errors import UsageError
 from search.export import DeployError, deploy
 
 
@@ -40,9 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     mlflow_client_defaults()
     output = Path(args.output or f"outputs/deploy/{args.run_id}")
     try:
+        check_output_dir(output, "--output")  # a file there: one line, before any download
         info = deploy(args.tracking_uri, args.run_id, output, model_name=args.model_name, force=args.force,
                       registry=not args.no_register)
-    except DeployError as e:
+    except (DeployError, UsageError) as e:
         return fail(str(e))
     print(f"exported trial {info['trial_id']} ({info['placement_key']}, {info['metric_name']} {info['score']}) "
           f"to {output}")

@@ -54,13 +54,19 @@ def main(argv: list[str] | None = None) -> int:
     from search.notes import publish_notes
     from search.ui import open_views, ui_lines
 
+    from search.checks import check_output_dir
+    from search.errors import UsageError
+
     try:
+        if args.output_dir:
+            check_output_dir(Path(args.output_dir))  # before reading the store
         client = open_store(args.tracking_uri)
         search = read_search(client, experiment=args.experiment, run_id=args.run_id)
-    except StoreError as e:
+        output_dir = Path(args.output_dir or f"outputs/report-{_safe_name(search['parent']['experiment'])}")
+        check_output_dir(output_dir)
+    except (StoreError, UsageError) as e:
         return fail(str(e))
     parent, records = search["parent"], search["rows"]
-    output_dir = Path(args.output_dir or f"outputs/report-{_safe_name(parent['experiment'])}")
     cap = parent["params"].get("max_adapter_params")
     metric_name = parent["metric_name"]
     result = publish_frontier(client, parent["run_id"], records, metric_name, parent["cost_unit"], output_dir,

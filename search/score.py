@@ -77,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     add_common_args(p)
     args = p.parse_args(argv)
     try:
+        from search.checks import check_output_dir
+
+        check_output_dir(Path(args.output_dir))  # before the model loads
         cfg = config_from_args(args)
         from spaces.baselines import make_baselines
         from spaces.budget import make_budget

@@ -434,3 +434,24 @@ def test_model_problems_found_on_the_worker_are_one_line_before_anything_is_writ
         expected, before = "model.max_length 100000 is more than the 128 positions of the model", set()
     assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
     assert expected in _assert_refused(tmp_path, out.stderr, before)
+
+
+@pytest.mark.parametrize("script, args", [
+    ("deploy", ["--run-id", "0" * 32, "--output"]),
+    ("report", ["--output-dir"]),
+    ("score", ["--config", "smoke", "--output-dir"]),
+])
+def test_the_helper_scripts_refuse_a_file_as_their_output_folder(script, args, tmp_path, monkeypatch, capsys):
+    import importlib
+
+    taken = tmp_path / "taken"
+    taken.write_text("a file, not a folder")
+    monkeypatch.chdir(tmp_path)
+    main = importlib.import_module(f"search.{script}").main
+    assert main([*args, str(taken), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+                if script != "score" else [*args, str(taken)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    flag = args[-1]
+    assert f"error: {flag} {taken}: {taken} is a file, not a folder: pass {flag} <a writable folder>" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]  # nothing else written
