@@ -22,6 +22,13 @@ import signal
 from contextlib import contextmanager
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_stop_requested = False  # a signal reached this process's driver (`stop_requested`)
+
+
+def stop_requested() -> bool:
+    """Whether a signal has stopped the search this process drives: the tracker then leaves the
+    trials Tune stopped to the driver, which marks them KILLED."""
+    return _stop_requested
 
 
 class Interrupts:
@@ -32,12 +39,16 @@ class Interrupts:
         self._env: str | None = None
 
     def __enter__(self) -> "Interrupts":
+        global _stop_requested
+        _stop_requested = False
         self._env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
         os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
         self.install()
         return self
 
     def __exit__(self, *exc) -> None:
+        global _stop_requested
+        _stop_requested = False
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         if self._env is None:
@@ -76,9 +87,11 @@ class Interrupts:
         return signal.Signals(self.signum or signal.SIGINT).name
 
     def _handle(self, signum, frame) -> None:
+        global _stop_requested
         first = self.signum is None
         if first:
             self.signum = signum
+            _stop_requested = True
         tune_listens = signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, signal.SIG_IGN, None)
         if first and self._in_tune and tune_listens:
             print(f"\n{signal.Signals(signum).name}: stopping the trials (Ray Tune saves the search's state); "

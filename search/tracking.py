@@ -334,9 +334,13 @@ class MlflowTracker(Callback):
 
     def on_experiment_end(self, trials, **info):
         """Everything queued is written; a trial Tune has finished whose run is still RUNNING (its
-        close was queued when a previous driver died) is closed from Tune's last result."""
+        close was queued when a previous driver died) is closed from Tune's last result. After
+        Ctrl-C or SIGTERM the trials Tune stopped are left to the driver, which marks them KILLED
+        (`search.driver`): their last result is not an outcome."""
+        from search.interrupts import stop_requested
+
         self._writer.flush()
-        for trial in trials:
+        for trial in [] if stop_requested() else trials:
             m = self._mirrors.get(trial.trial_id)
             if m is None or m.mlflow_status != "RUNNING":
                 continue
