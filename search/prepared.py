@@ -33,6 +33,9 @@ if TYPE_CHECKING:
     from search.calibration import LrCalibration
 
 STATE_SUFFIX = ".search.json"
+# Tune reads its snapshot interval from the environment when a Tuner starts; a value the user
+# exported before the search began wins over `snapshot_period`.
+_USER_SNAPSHOT_S = os.environ.get("TUNE_GLOBAL_CHECKPOINT_S")
 
 
 def default_study_storage(output_dir: Path) -> str:
@@ -199,13 +202,11 @@ def init_ray(cfg: Config) -> None:
     listening on 127.0.0.1 only."""
     import ray
 
+    os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = snapshot_setting(cfg.search.trials)
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    # Snapshot Tune's experiment state every 2 s (default: 10 s or more), so that --resume after
-    # a killed driver re-runs only trials that finished in the last 2 s before it died.
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     address = cfg.search.address
     if not address:
         _local_only()
@@ -217,6 +218,21 @@ def init_ray(cfg: Config) -> None:
     except ConnectionError as e:  # the cluster went away between the check and now, or refused us
         raise UsageError(f"search.address {address or 'local'}: Ray could not connect "
                          f"({str(e).splitlines()[0][:200]}): start the cluster or fix --address") from None
+
+
+def snapshot_period(trials: int) -> float:
+    """Seconds between Tune's experiment-state snapshots (Tune's own default: 10 s or more). Short,
+    so that --resume after a killed driver re-runs only the trials that finished in the last few
+    seconds before it died; but each snapshot serialises every trial, so its cost grows with the
+    sweep and at 2 s it took 13% of the driver's loop at 1,000 trials (docs/benchmarks.md, "Cluster
+    scale"). 2 s up to 100 trials, then in proportion to the trials (1,000: 20 s), which keeps the
+    snapshots' share of the loop about constant."""
+    return max(2.0, trials / 50)
+
+
+def snapshot_setting(trials: int) -> str:
+    """The value for TUNE_GLOBAL_CHECKPOINT_S: the user's own if they exported one, else ours."""
+    return _USER_SNAPSHOT_S or f"{snapshot_period(trials):g}"
 
 
 def _local_only() -> None:
