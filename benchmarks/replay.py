@@ -8,8 +8,9 @@ the product (`search.samplers.make_sampler`: its baselines, its define-by-run sp
 repair, its prior draws) runs on a plain Optuna study; a proposed placement gets the values the
 table measured for it (the mean over its training seeds), and a placement the table does not hold
 gets them from a ridge model fitted to the table (per-kind and per-layer shares, log rank, log
-adapter parameters; one model per epoch and one for the cost), and the replay says how often that
-happened and how well the model predicts held-out rows (5-fold R^2). ASHA is replayed from the
+adapter parameters; one model per epoch and one for the cost; a prediction is clipped to the
+range the table measured, so no replay finds an optimum no training reached), and the replay says
+how often that happened and how well the model predicts held-out rows (5-fold R^2). ASHA is replayed from the
 per-epoch values as the search runs it (grace 1 epoch, reduction factor 2, one trial at a time):
 at each rung a trial below the median of the earlier trials' values there stops, is told PRUNED
 and costs its epochs so far.
@@ -20,6 +21,10 @@ a deliberately misleading prior), tpe, random. Measured per sampler over --seeds
 hypervolume of the completed trials (score up, trainable params down, cost down; bounds from the
 table, reference 1.1) and the best score, at 12 and at --trials trials (median and interquartile
 range), and the trials it takes to reach 95% of the best hypervolume any run reached.
+
+Then the which-prior-was-right report of the search (`analysis.importance`) on the whole table:
+per-kind and per-layer effects on the final score, and each prior's rank agreement with them
+(printed; JSON in the summary, bars in docs/img/prior-quality-<task>.png).
 """
 
 from __future__ import annotations
@@ -72,6 +77,7 @@ class Table:
         Y = np.array([[*v[0], v[2]] for v in self.values.values()])
         self._mu, self._sd = X.mean(0), np.where(X.std(0) > 0, X.std(0), 1.0)
         self._coef = self._fit(X, Y)
+        self._lo, self._hi = Y.min(0), Y.max(0)  # predictions stay within what the table measured
         self.cv_r2 = self._cross_validate(X, Y)
         self.lookups = self.misses = 0
 
@@ -99,7 +105,7 @@ class Table:
             return self.values[placement.key]
         self.misses += 1
         z = np.append((np.array(_features(placement, self.space)) - self._mu) / self._sd, 1.0)
-        out = z @ self._coef
+        out = np.clip(z @ self._coef, self._lo, self._hi)
         return out[:-1].tolist(), float(placement.adapter_params(self.space) + self.head), max(float(out[-1]), 1e-9)
 
 
@@ -168,6 +174,24 @@ def replay(table: Table, sampler: str, seed: int, trials: int, bounds) -> dict:
     return {"hv": hv, "best": best}
 
 
+def prior_quality(table: Table, task: str) -> dict:
+    """Which prior predicted the table: the search's end-of-run report, run on every placement the
+    table holds (seed means of the final score)."""
+    from analysis.importance import features, format_agreement, plot_agreement, prior_agreement
+    from spaces.scores import PriorScores
+
+    scores = PriorScores.from_dict(table.meta["scores"])
+    keys = list(table.values)
+    report = prior_agreement([features(table.placements[k], None) for k in keys],
+                             [table.values[k][0][-1] for k in keys], scores, bootstrap=500)
+    kinds = list(table.space.aliases)
+    print("\n" + format_agreement(report, kinds))
+    img = DATA.parent / "img" / f"prior-quality-{task}.png"
+    plot_agreement(report, kinds, img)
+    print(f"plot: {img}")
+    return {**report, "agreements": [dataclasses.asdict(a) for a in report["agreements"]]}
+
+
 def _stats(values: list[float]) -> str:
     q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
     return f"{statistics.median(values):.4f} ({q[0]:.4f}-{q[2]:.4f})"
@@ -214,6 +238,7 @@ def main() -> None:
             "hv_at_12": [r["hv"][k - 1] for r in rs], "hv_at_end": [r["hv"][-1] for r in rs],
             "best_at_12": [r["best"][k - 1] for r in rs], "best_at_end": [r["best"][-1] for r in rs],
             "trials_to_95": [n if math.isfinite(n) else None for n in need]}
+    summary["prior_quality"] = prior_quality(table, args.task)
     out = args.out or DATA / f"replay-{args.task}.json"
     out.write_text(json.dumps(summary, indent=1))
     print(f"\nwrote {out}")

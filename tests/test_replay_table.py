@@ -1,0 +1,95 @@
+"""The replay benchmark's table (`benchmarks/replay.py`): measured placements answer with their seed
+means, others with a surrogate fitted to the table that never leaves the measured range; and the
+table builder's --shard split (`benchmarks/placement_table.py`)."""
+
+import argparse
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from spaces.budget import make_budget
+from trainables.landscape import model_space
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+EPOCHS = 3
+KIND_EFFECT = np.array([0.06, 0.0, 0.04, 0.0, -0.03, 0.01])  # q k v o up down
+LAYER_EFFECT = np.array([0.0, 0.01, 0.02, 0.03, 0.04, 0.05])
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _truth(placement) -> float:
+    """A known additive landscape over the shares of each kind's and each layer's sites."""
+    from analysis.importance import features
+
+    x, y, _, _ = features(placement, None)
+    return 0.5 + float(KIND_EFFECT @ np.array(x) + LAYER_EFFECT @ np.array(y))
+
+
+@pytest.fixture()
+def replay(tmp_path, monkeypatch):
+    table_mod, replay_mod = _load("placement_table"), _load("replay")
+    space = model_space("minilm")
+    budget = make_budget(space, 0.5, 8, 2)
+    placements = table_mod.draw_placements(space, budget, [2, 4, 8], 80, seed=0)
+    held, unseen = placements[:60], placements[60:]
+    with open(tmp_path / "table-t.jsonl", "w") as f:
+        for p in held:
+            for seed in (0, 1):
+                final = _truth(p) + (0.01 if seed else -0.01)  # the seed mean is the truth
+                row = {"key": p.key, "seed": seed, "score": final, "epoch_scores": [final - 0.2, final - 0.1, final],
+                       "adapter_params": p.adapter_params(space), "trainable_params": p.adapter_params(space) + 1000,
+                       "compute_hours": 1e-6 * p.adapter_params(space)}
+                f.write(json.dumps(row) + "\n")
+    (tmp_path / "table-t.meta.json").write_text(json.dumps({"space": space.to_dict(), "epochs": EPOCHS, "lr": 1e-3}))
+    monkeypatch.setattr(replay_mod, "DATA", tmp_path)
+    return replay_mod.Table("t"), held, unseen
+
+
+def test_measured_placements_answer_with_their_seed_means(replay):
+    table, held, _ = replay
+    for p in held[:10]:
+        epochs, params, cost = table.lookup(table.placements[p.key])
+        assert epochs[-1] == pytest.approx(_truth(p))
+        assert epochs[0] == pytest.approx(_truth(p) - 0.2)
+        assert params == p.adapter_params(table.space) + 1000
+    assert table.misses == 0 and table.lookups == 10
+
+
+def test_the_surrogate_learns_the_table_and_stays_in_its_range(replay):
+    table, held, unseen = replay
+    assert min(table.cv_r2[:EPOCHS]) > 0.9  # an additive truth: the per-epoch models recover it out of fold
+    finals = [table.values[p.key][0][-1] for p in held]
+    errors = []
+    for p in unseen:
+        epochs, _, cost = table.lookup(p)
+        assert min(finals) - 1e-9 <= epochs[-1] <= max(finals) + 1e-9
+        assert cost > 0
+        errors.append(abs(epochs[-1] - _truth(p)))
+    assert table.misses == len(unseen)
+    assert float(np.median(errors)) < 0.01
+
+
+def test_shards_split_the_missing_rows():
+    table_mod = _load("placement_table")
+    assert table_mod._shard("1/2") == (1, 2)
+    for bad in ("2/2", "x", "1-2"):
+        with pytest.raises(argparse.ArgumentTypeError, match="--shard"):
+            table_mod._shard(bad)
+
+
+def test_a_surrogate_that_overshoots_is_held_to_the_measured_range(replay):
+    table, held, unseen = replay
+    table._coef = table._coef * 50  # a badly extrapolating fit
+    finals = [table.values[p.key][0][-1] for p in held]
+    predicted = [table.lookup(p)[0][-1] for p in unseen]
+    assert min(finals) - 1e-9 <= min(predicted) and max(predicted) <= max(finals) + 1e-9
+    assert max(predicted) == pytest.approx(max(finals))  # some overshoot was there to clip
