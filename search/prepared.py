@@ -222,11 +222,12 @@ def init_ray(cfg: Config) -> None:
 
 def snapshot_period(trials: int) -> float:
     """Seconds between Tune's experiment-state snapshots (Tune's own default: 10 s or more). Short,
-    so that --resume after a killed driver re-runs only the trials that finished in the last few
-    seconds before it died; but each snapshot serialises every trial, so its cost grows with the
-    sweep and at 2 s it took 13% of the driver's loop at 1,000 trials (docs/benchmarks.md, "Cluster
-    scale"). 2 s up to 100 trials, then in proportion to the trials (1,000: 20 s), which keeps the
-    snapshots' share of the loop about constant."""
+    so that --resume after a killed driver restarts few trials (those that finished after the last
+    snapshot; they report their outcome from MLflow instead of training, `search.driver._settled`);
+    but each snapshot serialises every trial, so its cost grows with the sweep, and at 2 s it took
+    13% of the driver's loop at 1,000 trials (docs/benchmarks.md, "Cluster scale"). 2 s up to 100
+    trials, then in proportion to the trials (1,000: 20 s), which keeps the snapshots' share of the
+    loop about constant."""
     return max(2.0, trials / 50)
 
 
