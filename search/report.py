@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         client = open_store(args.tracking_uri)
         search = read_search(client, experiment=args.experiment, run_id=args.run_id)
         output_dir = Path(args.output_dir or f"outputs/report-{_safe_name(search['parent']['experiment'])}")
-        check_output_dir(output_dir)
+        if not args.output_dir:  # an explicit one was checked above
+            check_output_dir(output_dir)
     except (StoreError, UsageError) as e:
         return fail(str(e))
     parent, records = search["parent"], search["rows"]
