@@ -34,10 +34,10 @@ class _CPU:
 
 
 def metric(preds: np.ndarray, labels: np.ndarray, name: str, num_labels: int) -> float:
-    if name == "accuracy":
-        return float((preds == labels).mean())
-    recalls = [float((preds[labels == c] == c).mean()) for c in range(num_labels) if (labels == c).any()]
-    return sum(recalls) / len(recalls)
+    """The trial's own metric (`trainables.train.classification_metrics`) of these predictions."""
+    from trainables.train import classification_metrics
+
+    return classification_metrics(preds.tolist(), labels.tolist(), num_labels)[name]
 
 
 def bootstrap_sd(preds, labels, name: str, num_labels: int, resamples: int, seed: int = 0) -> float:
