@@ -51,9 +51,46 @@ def trial_timing(traces: list[dict], concurrent: int) -> dict:
         rows.sort(key=lambda r: r["start"])
         gaps.extend(b["start"] - a["end"] for a, b in zip(rows, rows[1:]))
     start, end = min(t["start"] for t in traces), max(t["end"] for t in traces)
+    warm = warm_up_end(traces, concurrent)
+    steady_waits, steady_lost, steady_busy = [], 0.0, 0.0
+    for t in traces:
+        for made, resumed in t["reports"]:
+            if made >= warm:
+                wait = (resumed if resumed is not None else t["end"]) - made
+                steady_waits.append(wait)
+                steady_lost += wait
+        steady_busy += max(0.0, t["end"] - max(t["start"], warm))
     return {"trials": len(traces), "workers": len(by_worker), "report_wait_s": summary(waits),
             "wait_share": lost / busy if busy else None, "gap_between_trials_s": summary(gaps),
-            "simulated_s": sim, "ideal_s": sim / concurrent, "first_start": start, "last_end": end}
+            "warm_up_s": warm - start, "steady_report_wait_s": summary(steady_waits),
+            "steady_wait_share": steady_lost / steady_busy if steady_busy else None,
+            "simulated_s": sim, "ideal_s": sim / concurrent, "schedule_s": zero_overhead_schedule(traces, concurrent),
+            "first_start": start, "last_end": end}
+
+
+def warm_up_end(traces: list[dict], concurrent: int) -> float:
+    """When the cluster has warmed up: the first `concurrent` trials (one per worker process, each
+    started cold: Ray starts the process, the worker imports Ray Tune) have all made their first
+    report. Later trials reuse those processes (`reuse_actors`)."""
+    first = sorted(traces, key=lambda t: t["start"])[:concurrent]
+    made = [t["reports"][0][0] for t in first if t["reports"]]
+    return max(made) if made else min(t["start"] for t in traces)
+
+
+def zero_overhead_schedule(traces: list[dict], concurrent: int) -> float:
+    """The wall time of the same trials, started in the same order, on `concurrent` slots with no
+    overhead at all (each trial takes its simulated time; a trial starts the moment a slot frees):
+    unlike simulated time / concurrency, it counts the tail, where fewer trials are left than slots."""
+    import heapq
+
+    slots = [0.0] * concurrent
+    end = 0.0
+    for t in sorted(traces, key=lambda t: t["start"]):
+        free = heapq.heappop(slots)
+        finish = free + len(t["reports"]) * t["epoch_s"]
+        heapq.heappush(slots, finish)
+        end = max(end, finish)
+    return end
 
 
 def measure(run: dict, concurrent: int) -> dict:
@@ -89,9 +126,12 @@ def measure(run: dict, concurrent: int) -> dict:
         "driver_rss_mb": {"peak": probes["rusage"]["max_rss_bytes"] / 2**20,
                           "end": probes["timeline"][-1][2] / 2**20 if probes["timeline"] else None},
         "report_wait_s": timing["report_wait_s"], "wait_share": timing["wait_share"],
+        "warm_up_s": timing["warm_up_s"], "steady_report_wait_s": timing["steady_report_wait_s"],
+        "steady_wait_share": timing["steady_wait_share"],
         "gap_between_trials_s": timing["gap_between_trials_s"],
         "wall_s": wall, "first_trial_to_last_s": timing["last_end"] - timing["first_start"],
         "simulated_s": timing["simulated_s"], "ideal_s": timing["ideal_s"], "wall_over_ideal": wall / timing["ideal_s"],
+        "schedule_s": timing["schedule_s"], "wall_over_schedule": wall / timing["schedule_s"],
     }
 
 

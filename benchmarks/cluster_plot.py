@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 STYLE = {("after", "sqlite"): ("tab:blue", "o"), ("after", "server"): ("tab:green", "s"),
-         ("before", "sqlite"): ("tab:red", "x"), ("before", "server"): ("tab:orange", "+")}
+         ("before", "sqlite"): ("tab:red", "x"), ("before", "server"): ("tab:orange", "+"),
+         ("alone", "sqlite"): ("tab:purple", "D"), ("one-read", "sqlite"): ("tab:brown", "^")}
 
 
 def _style(r: dict):

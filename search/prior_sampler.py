@@ -95,6 +95,19 @@ class PriorOptions:
         return dataclasses.replace(self, **values)
 
 
+def trials_of(study) -> list:
+    """The study's trials for one proposal, read once per ask: Optuna's own per-ask cache (the
+    one its TPE sampler reads, so TPE and this sampler share one read), else a plain read.
+
+    With an RDB study every `get_trials` re-reads each unfinished trial from the database (the
+    finished ones are cached): with 64 trials running, two such reads per proposal were a quarter
+    of the driver's CPU (docs/benchmarks.md, "Cluster scale")."""
+    try:
+        return study._get_trials(deepcopy=False, use_cache=True)
+    except (AttributeError, TypeError):  # an Optuna without the per-ask cache
+        return study.get_trials(deepcopy=False)
+
+
 def _sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x)) if x > -700 else 0.0
 
@@ -189,26 +202,28 @@ class PriorSampler(BaseSampler):
             return {}
         return {name: d for name, d in self._space.items() if not d.single()}  # Optuna sets singles
 
-    def phase(self, study, trial) -> str:
-        """The phase of a trial of this study: "baseline", "prior" or "learned"."""
+    def phase(self, study, trial, trials=None) -> str:
+        """The phase of a trial of this study: "baseline", "prior" or "learned" (`trials`: the
+        study's trials, read here when not given)."""
         if is_baseline(trial):
             return "baseline"
-        trials = study.get_trials(deepcopy=False)
+        trials = study.get_trials(deepcopy=False) if trials is None else trials
         enqueued_before = sum(is_baseline(t) for t in trials if t.number < trial.number)
         return "prior" if trial.number - enqueued_before < self.n_prior else "learned"
 
     def sample_relative(self, study, trial, search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
         if not search_space:
             return {}
-        phase = self.phase(study, trial)
+        trials = trials_of(study)
+        phase = self.phase(study, trial, trials)
         if phase == "baseline":
             return {}
         draw = self.prior.draw(self._rng)
         if phase == "prior":
             return {k: v for k, v in draw.items() if k in search_space}
         if self.options.adaptive:
-            return self._adaptive(study, trial, search_space, draw)
-        finished = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
+            return self._adaptive(study, trial, search_space, draw, trials)
+        finished = sum(t.state.is_finished() for t in trials)
         w = prior_weight(finished, self.w0, self.tau)
         learned = self._learned.sample_relative(study, trial, search_space)  # {} during TPE's startup
         out = {}
@@ -227,10 +242,12 @@ class PriorSampler(BaseSampler):
         return ([bool(params.get(f"kind_{a}", False)) for a in sp.aliases],
                 [bool(params.get(f"layer_{l}", False)) for l in range(sp.n_layers)])
 
-    def weights(self, study) -> dict[str, float]:
-        """The chance that the next trial comes from each source: random, prior, incumbent."""
+    def weights(self, study, trials=None) -> dict[str, float]:
+        """The chance that the next trial comes from each source: random, prior, incumbent
+        (`trials`: the study's trials, read here when not given)."""
         o = self.options
-        done = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE" and t.values]
+        trials = study.get_trials(deepcopy=False) if trials is None else trials
+        done = [t for t in trials if t.state.name == "COMPLETE" and t.values]
         r = math.floor(math.log(1 + len(done)) / math.log(o.eta))
         p_random = 1.0 / (1.0 + o.eta ** r)
         if len(done) < o.min_evidence:
@@ -271,8 +288,8 @@ class PriorSampler(BaseSampler):
         rho = spearman([r[0] for r in rows], residual.tolist())
         return 0.5 if rho is None else 1.0 / (1.0 + math.exp(-4.0 * rho))
 
-    def _adaptive(self, study, trial, search_space, draw: dict) -> dict[str, Any]:
-        w = self.weights(study)
+    def _adaptive(self, study, trial, search_space, draw: dict, trials) -> dict[str, Any]:
+        w = self.weights(study, trials)
         u = self._rng.random_sample()
         source = "random" if u < w["random"] else "prior" if u < w["random"] + w["prior"] else "incumbent"
         self.sources.append((trial.number, source, w))
@@ -281,7 +298,7 @@ class PriorSampler(BaseSampler):
         elif source == "incumbent" and self.options.learned == "tpe":
             out = self._learned.sample_relative(study, trial, search_space) or self._uniform()
         elif source == "incumbent":
-            out = self._around_incumbent(study)
+            out = self._around_incumbent(trials)
         else:
             out = self._uniform()
         return {k: v for k, v in out.items() if k in search_space}
@@ -294,9 +311,9 @@ class PriorSampler(BaseSampler):
                            int(prior.ranks[self._rng.randint(len(prior.ranks))]),
                            min(prior.lr_max, max(prior.lr_min, lr)))
 
-    def _around_incumbent(self, study) -> dict[str, Any]:
+    def _around_incumbent(self, trials) -> dict[str, Any]:
         prior, eps = self.prior, self.options.epsilon
-        done = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE" and t.values]
+        done = [t for t in trials if t.state.name == "COMPLETE" and t.values]
         best = max(done, key=lambda t: t.values[0]).params
         kinds, layers = self._flags(best)
         kinds = [k != (self._rng.random_sample() < eps) for k in kinds]

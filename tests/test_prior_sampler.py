@@ -3,6 +3,7 @@ without a cluster: baselines come first and in order, prior draws follow the sco
 the learned phase mixes the prior in at a decaying weight, and outcomes reach Optuna correctly."""
 
 import pickle
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -297,3 +298,43 @@ def test_the_prior_keeps_its_weight_where_it_is_right_and_loses_it_where_it_is_n
     # and the search itself does better with the right prior (same seed, same budget)
     best = lambda s: max(t.values[0] for t in s.trials if t.values)  # noqa: E731
     assert best(study_right) >= best(study_wrong)
+
+
+def test_a_proposal_reads_the_rdb_study_once(tmp_path):
+    # With an RDB study every read of the trials re-reads each unfinished trial from the database;
+    # with many trials running those reads were most of the driver's CPU. In the learned phase the
+    # prior sampler reads the study once per proposal (Optuna's per-ask cache), however many of its
+    # steps look at the trials. (Optuna's ask and its TPE with constant liar make reads of their own.)
+    import traceback
+
+    space = _space(n_layers=4)
+    budget = make_budget(space, 0.5, 8, 2)
+    setup = make_sampler("prior", _inputs(space, budget, trials=30, scores=_scores(space)))
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'study.db'}")
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=setup.sampler, storage=storage)
+    for params, attrs in setup.enqueue:
+        study.enqueue_trial(params, user_attrs=attrs)
+    for i in range(20):
+        trial = study.ask()
+        p = Placement.from_json(setup.space(trial)["placement"])
+        if i % 4 != 3:  # every fourth left RUNNING, as trials in flight are
+            study.tell(trial, [p.n_sites / 20, p.adapter_params(space), 0.0])
+    ours = []
+    inner = study._storage.get_all_trials
+
+    def spy(*args, **kwargs):
+        stack = traceback.extract_stack()
+        ours.append(any(Path(f.filename).parts[-2:] == ("search", "prior_sampler.py") for f in stack)
+                    and not any("_tpe" in Path(f.filename).parts for f in stack))
+        return inner(*args, **kwargs)
+
+    study._storage.get_all_trials = spy
+    sources = set()
+    for _ in range(8):
+        ours.clear()
+        trial = study.ask()
+        setup.space(trial)
+        sources.add(setup.sampler.sources[-1][1])
+        assert sum(ours) == 1, ours
+        study.tell(trial, [0.5, 10.0, 0.0])
+    assert {"prior", "incumbent"} <= sources | {"random"} and len(sources) > 1
