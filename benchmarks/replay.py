@@ -194,6 +194,16 @@ def prior_quality(table: Table, task: str) -> dict:
     return {**report, "agreements": [dataclasses.asdict(a) for a in report["agreements"]]}
 
 
+def trials_to(runs: list[dict], level: float) -> list[float]:
+    """For each run, the trials it took to reach hypervolume `level` (inf if it never did)."""
+    return [next((i + 1 for i, h in enumerate(r["hv"]) if h >= level), math.inf) for r in runs]
+
+
+def _reached(need: list[float], longest: int) -> str:
+    med = statistics.median(need)
+    return f"{med if math.isfinite(med) else f'>{longest}'} ({sum(math.isfinite(n) for n in need)}/{len(need)})"
+
+
 def _stats(values: list[float]) -> str:
     q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
     return f"{statistics.median(values):.4f} ({q[0]:.4f}-{q[2]:.4f})"
@@ -236,17 +246,21 @@ def main() -> None:
     summary = {"task": args.task, "seeds": args.seeds, "trials": horizons, "h_star": h_star, "bounds": bounds,
                "surrogate_cv_r2": table.cv_r2, "surrogate_share": table.misses / max(1, table.lookups),
                "placements": len(table.values), "rows": table.n_rows, "samplers": {}}
+    reach = {}
     for s in args.samplers:
-        need = [next((i + 1 for i, h in enumerate(r["hv"]) if h >= 0.95 * h_star), math.inf) for r in runs[longest][s]]
-        reached = [n for n in need if math.isfinite(n)]
-        med = statistics.median(need)
+        need = {f: trials_to(runs[longest][s], f * h_star) for f in (0.95, 0.9)}
+        reach[s] = need
         print(f"| {s} | " + " | ".join(_stats([r["hv"][-1] for r in runs[h][s]]) for h in horizons) + " | "
               + " | ".join(_stats([r["best"][-1] for r in runs[h][s]]) for h in horizons)
-              + f" | {med if math.isfinite(med) else f'>{longest}'} ({len(reached)}/{len(need)}) |")
+              + f" | {_reached(need[0.95], longest)} |")
         summary["samplers"][s] = {
             **{f"hv_at_{h}": [r["hv"][-1] for r in runs[h][s]] for h in horizons},
             **{f"best_at_{h}": [r["best"][-1] for r in runs[h][s]] for h in horizons},
-            "trials_to_95": [n if math.isfinite(n) else None for n in need]}
+            "trials_to_95": [n if math.isfinite(n) else None for n in need[0.95]],
+            "trials_to_90": [n if math.isfinite(n) else None for n in need[0.9]],
+            f"hv_curve_median_{longest}": [statistics.median(r["hv"][i] for r in runs[longest][s]) for i in range(longest)]}
+    print(f"\ntrials to 90% of H* in a search of {longest} (median, runs that got there): "
+          + "; ".join(f"{s} {_reached(reach[s][0.9], longest)}" for s in args.samplers))
     summary["prior_quality"] = prior_quality(table, args.task)
     out = args.out or DATA / f"replay-{args.task}.json"
     out.write_text(json.dumps(summary, indent=1))

@@ -93,3 +93,12 @@ def test_a_surrogate_that_overshoots_is_held_to_the_measured_range(replay):
     predicted = [table.lookup(p)[0][-1] for p in unseen]
     assert min(finals) - 1e-9 <= min(predicted) and max(predicted) <= max(finals) + 1e-9
     assert max(predicted) == pytest.approx(max(finals))  # some overshoot was there to clip
+
+
+def test_trials_to_a_level_counts_the_first_trial_that_reaches_it():
+    replay_mod = _load("replay")
+    runs = [{"hv": [0.1, 0.5, 0.9, 0.95]}, {"hv": [0.2, 0.2, 0.3, 0.4]}]
+    assert replay_mod.trials_to(runs, 0.9) == [3, float("inf")]
+    assert replay_mod.trials_to(runs, 0.2) == [2, 1]
+    assert replay_mod._reached([3, float("inf"), 5], 100) == "5 (2/3)"
+    assert replay_mod._reached([float("inf")] * 2, 100) == ">100 (0/2)"
