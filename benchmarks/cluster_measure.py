@@ -37,13 +37,19 @@ def load_traces(trace_dir: Path) -> list[dict]:
 def trial_timing(traces: list[dict], concurrent: int) -> dict:
     """Waits after reports, gaps between trials on a worker, simulated time, wall against the ideal."""
     waits, busy, lost, sim = [], 0.0, 0.0, 0.0
+    warm = warm_up_end(traces, concurrent)
+    steady_waits, steady_lost, steady_busy = [], 0.0, 0.0  # the same, after the warm-up
     by_worker: dict[int, list[dict]] = {}
     for t in traces:
         for made, resumed in t["reports"]:
             wait = (resumed if resumed is not None else t["end"]) - made  # stopped at a report: until it ended
             waits.append(wait)
             lost += wait
+            if made >= warm:
+                steady_waits.append(wait)
+                steady_lost += wait
         busy += t["end"] - t["start"]
+        steady_busy += max(0.0, t["end"] - max(t["start"], warm))
         sim += len(t["reports"]) * t["epoch_s"]
         by_worker.setdefault(t["pid"], []).append(t)
     gaps = []
@@ -51,15 +57,6 @@ def trial_timing(traces: list[dict], concurrent: int) -> dict:
         rows.sort(key=lambda r: r["start"])
         gaps.extend(b["start"] - a["end"] for a, b in zip(rows, rows[1:]))
     start, end = min(t["start"] for t in traces), max(t["end"] for t in traces)
-    warm = warm_up_end(traces, concurrent)
-    steady_waits, steady_lost, steady_busy = [], 0.0, 0.0
-    for t in traces:
-        for made, resumed in t["reports"]:
-            if made >= warm:
-                wait = (resumed if resumed is not None else t["end"]) - made
-                steady_waits.append(wait)
-                steady_lost += wait
-        steady_busy += max(0.0, t["end"] - max(t["start"], warm))
     return {"trials": len(traces), "workers": len(by_worker), "report_wait_s": summary(waits),
             "wait_share": lost / busy if busy else None, "gap_between_trials_s": summary(gaps),
             "warm_up_s": warm - start, "steady_report_wait_s": summary(steady_waits),

@@ -96,8 +96,9 @@ class PriorOptions:
 
 
 def trials_of(study) -> list:
-    """The study's trials for one proposal, read once per ask: Optuna's own per-ask cache (the
-    one its TPE sampler reads, so TPE and this sampler share one read), else a plain read.
+    """The study's trials for one proposal, read once per ask: Optuna's own per-ask cache (what
+    its samplers read when one read per ask is enough; a TPE with constant liar, which wants the
+    running trials as they are now, reads again), else a plain read.
 
     With an RDB study every `get_trials` re-reads each unfinished trial from the database (the
     finished ones are cached): with 64 trials running, two such reads per proposal were a quarter
