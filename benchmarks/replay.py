@@ -127,7 +127,7 @@ def _negated(scores):
         act=dataclasses.replace(scores.act, per_layer=tuple(None if v is None else -v for v in scores.act.per_layer)))
 
 
-def replay(table: Table, sampler: str, seed: int, trials: int, bounds) -> dict:
+def replay(table: Table, sampler: str, seed: int, trials: int, bounds, prior_set: dict | None = None) -> dict:
     """One search, one trial at a time, with ASHA replayed; hypervolume and best score per trial."""
     import optuna
 
@@ -145,7 +145,7 @@ def replay(table: Table, sampler: str, seed: int, trials: int, bounds) -> dict:
         scores = _negated(scores)
     lr = meta["lr"]
     inputs = SamplerInputs(table.space, budget, tuple(meta["ranks"]), (lr / 3, lr * 3), trials, seed, scores, lr)
-    options = {"adaptive": False} if sampler == "prior-decay" else None
+    options = {**(prior_set or {}), **({"adaptive": False} if sampler == "prior-decay" else {})}
     setup = make_sampler("prior" if sampler.startswith("prior") else sampler, inputs, options)
     study = optuna.create_study(directions=DIRECTIONS, sampler=setup.sampler)
     for params, attrs in setup.enqueue:
@@ -209,6 +209,14 @@ def _stats(values: list[float]) -> str:
     return f"{statistics.median(values):.4f} ({q[0]:.4f}-{q[2]:.4f})"
 
 
+def _option(text: str) -> tuple[str, float]:
+    name, sep, value = text.partition("=")
+    try:
+        return name.strip(), float(value)
+    except ValueError:
+        raise SystemExit(f"--prior-set {text!r}: want OPTION=NUMBER, e.g. handover=10") from None
+
+
 def main() -> None:
     import optuna
 
@@ -218,8 +226,12 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=20)
     p.add_argument("--trials", type=int, nargs="+", default=[12, 30],
                    help="search lengths; each is replayed as a search of its own")
+    p.add_argument("--prior-set", action="append", default=[], metavar="OPTION=VALUE",
+                   help="a prior sampler option (search.prior_sampler.PriorOptions) for every prior* sampler, "
+                        "e.g. handover=10")
     p.add_argument("--out", type=Path, default=None, help="JSON summary (default: docs/data/replay-<task>.json)")
     args = p.parse_args()
+    prior_set = dict(_option(o) for o in args.prior_set)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     table = Table(args.task)
     pts = [(v[0][-1], v[1], v[2]) for v in table.values.values()]
@@ -229,7 +241,7 @@ def main() -> None:
     # A search of 12 trials is not the first 12 trials of a search of 30: the sampler sizes its
     # baselines and prior draws to the trials it is given (`search.samplers.baseline_cap`,
     # `prior_trials`), so each horizon is replayed as a search of its own.
-    runs = {h: {s: [replay(table, s, seed, h, bounds) for seed in range(args.seeds)] for s in args.samplers}
+    runs = {h: {s: [replay(table, s, seed, h, bounds, prior_set) for seed in range(args.seeds)] for s in args.samplers}
             for h in horizons}
     longest = horizons[-1]
     h_star = max(r["hv"][-1] for rs in runs[longest].values() for r in rs)
@@ -243,7 +255,7 @@ def main() -> None:
           + " | ".join(f"best score, search of {h}" for h in horizons)
           + f" | trials to 95% H* in a search of {longest} (median, runs that got there) |")
     print("| --- " * (2 * len(horizons) + 2) + "|")
-    summary = {"task": args.task, "seeds": args.seeds, "trials": horizons, "h_star": h_star, "bounds": bounds,
+    summary = {"task": args.task, "seeds": args.seeds, "prior_set": prior_set, "trials": horizons, "h_star": h_star, "bounds": bounds,
                "surrogate_cv_r2": table.cv_r2, "surrogate_share": table.misses / max(1, table.lookups),
                "placements": len(table.values), "rows": table.n_rows, "samplers": {}}
     reach = {}

@@ -106,7 +106,7 @@ def main() -> None:
     p.add_argument("--fills", type=float, nargs="+", default=None, help="ablation: prior fill levels")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="ablation: a prior sampler option (search.prior_sampler.PriorOptions: strength, floor, "
-                   "n_prior, w0, tau, adaptive, learned, eta, epsilon, min_evidence)")
+                   "n_prior, w0, tau, adaptive, learned, eta, epsilon, min_evidence, handover)")
     args = p.parse_args()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     space = model_space(args.shape)

@@ -258,7 +258,7 @@ def test_single_valued_rank_and_lr_still_reach_the_learned_phase():
 
 
 # ---- the adaptive prior weight (PriorBand-style), replayed on landscapes with a known answer ---
-def _landscape_search(sign: float, trials: int = 36, seed: int = 0):
+def _landscape_search(sign: float, trials: int = 36, seed: int = 0, options: dict | None = None):
     """A search on a landscape where kind k and layer l are worth a_k * b_l; the priors point the
     right way (sign +1) or exactly the wrong way (sign -1). Returns the sampler and the study."""
     import math
@@ -269,7 +269,8 @@ def _landscape_search(sign: float, trials: int = 36, seed: int = 0):
     scores = PriorScores.from_summaries(space.aliases, [1.5 - sign * 0.3 * x for x in a],
                                         [0.3 + sign * 0.05 * y for y in b], [1.0 + sign * 0.1 * y for y in b])
     budget = make_budget(space, 0.4, 8, 2)
-    setup = make_sampler("prior", SamplerInputs(space, budget, (2, 4, 8), (1e-3, 1e-2), trials, seed, scores))
+    setup = make_sampler("prior", SamplerInputs(space, budget, (2, 4, 8), (1e-3, 1e-2), trials, seed, scores),
+                         options)
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=setup.sampler)
     for params, attrs in setup.enqueue:
         study.enqueue_trial(params, user_attrs=attrs)
@@ -288,8 +289,9 @@ def _prior_share(weights):
 
 
 def test_the_prior_keeps_its_weight_where_it_is_right_and_loses_it_where_it_is_negated():
-    right, study_right = _landscape_search(+1.0)
-    wrong, study_wrong = _landscape_search(-1.0)
+    # the evidence alone (no handover): a right prior keeps most of the share, a negated one loses it
+    right, study_right = _landscape_search(+1.0, options={"handover": 0.0})
+    wrong, study_wrong = _landscape_search(-1.0, options={"handover": 0.0})
     late_right = [_prior_share(w) for _, _, w in right.sources[-10:]]
     late_wrong = [_prior_share(w) for _, _, w in wrong.sources[-10:]]
     assert min(late_right) > 0.5 and max(late_wrong) < 0.2, (late_right, late_wrong)
@@ -309,7 +311,8 @@ def test_a_proposal_reads_the_rdb_study_once(tmp_path):
 
     space = _space(n_layers=4)
     budget = make_budget(space, 0.5, 8, 2)
-    setup = make_sampler("prior", _inputs(space, budget, trials=30, scores=_scores(space)))
+    # (no handover, so that the 8 proposals below come from every source, the prior's included)
+    setup = make_sampler("prior", _inputs(space, budget, trials=30, scores=_scores(space)), {"handover": 0.0})
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'study.db'}")
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=setup.sampler, storage=storage)
     for params, attrs in setup.enqueue:
@@ -338,3 +341,15 @@ def test_a_proposal_reads_the_rdb_study_once(tmp_path):
         assert sum(ours) == 1, ours
         study.tell(trial, [0.5, 10.0, 0.0])
     assert {"prior", "incumbent"} <= sources | {"random"} and len(sources) > 1
+
+
+def test_a_right_prior_hands_over_to_the_results_as_they_accumulate():
+    right, _ = _landscape_search(+1.0)  # the default handover
+    wrong, _ = _landscape_search(-1.0)
+    evidence, _ = _landscape_search(+1.0, options={"handover": 0.0})
+    shares = [_prior_share(w) for _, _, w in right.sources]
+    # the share of a right prior falls as trials complete, below what the evidence alone gives it ...
+    assert shares[-1] < shares[0] and shares[-1] < 0.5 * _prior_share(evidence.sources[-1][2]), shares
+    # ... and still stays above a negated prior's
+    late_wrong = [_prior_share(w) for _, _, w in wrong.sources[-10:]]
+    assert min(shares[-10:]) > 2 * max(late_wrong), (shares[-10:], late_wrong)
