@@ -127,8 +127,10 @@ def _negated(scores):
         act=dataclasses.replace(scores.act, per_layer=tuple(None if v is None else -v for v in scores.act.per_layer)))
 
 
-def replay(table: Table, sampler: str, seed: int, trials: int, bounds, prior_set: dict | None = None) -> dict:
-    """One search, one trial at a time, with ASHA replayed; hypervolume and best score per trial."""
+def replay(table: Table, sampler: str, seed: int, trials: int, bounds, prior_set: dict | None = None,
+           baselines: int | None = None) -> dict:
+    """One search, one trial at a time, with ASHA replayed; hypervolume and best score per trial.
+    `baselines`: enqueue at most this many of the sampler's baselines (an ablation; None: all)."""
     import optuna
 
     from analysis.pareto import hypervolume
@@ -148,7 +150,7 @@ def replay(table: Table, sampler: str, seed: int, trials: int, bounds, prior_set
     options = {**(prior_set or {}), **({"adaptive": False} if sampler == "prior-decay" else {})}
     setup = make_sampler("prior" if sampler.startswith("prior") else sampler, inputs, options)
     study = optuna.create_study(directions=DIRECTIONS, sampler=setup.sampler)
-    for params, attrs in setup.enqueue:
+    for params, attrs in setup.enqueue[:baselines]:
         study.enqueue_trial(params, user_attrs=attrs)
     rungs: dict[int, list[float]] = {1: [], 2: []}  # ASHA's milestones with grace 1, factor 2, 3 epochs
     done, hv, best = [], [], []
@@ -229,6 +231,8 @@ def main() -> None:
     p.add_argument("--prior-set", action="append", default=[], metavar="OPTION=VALUE",
                    help="a prior sampler option (search.prior_sampler.PriorOptions) for every prior* sampler, "
                         "e.g. handover=10")
+    p.add_argument("--baselines", type=int, default=None, metavar="K",
+                   help="ablation: enqueue at most K of the prior sampler's baselines (default: all it picks)")
     p.add_argument("--out", type=Path, default=None, help="JSON summary (default: docs/data/replay-<task>.json)")
     args = p.parse_args()
     prior_set = dict(_option(o) for o in args.prior_set)
@@ -241,7 +245,7 @@ def main() -> None:
     # A search of 12 trials is not the first 12 trials of a search of 30: the sampler sizes its
     # baselines and prior draws to the trials it is given (`search.samplers.baseline_cap`,
     # `prior_trials`), so each horizon is replayed as a search of its own.
-    runs = {h: {s: [replay(table, s, seed, h, bounds, prior_set) for seed in range(args.seeds)] for s in args.samplers}
+    runs = {h: {s: [replay(table, s, seed, h, bounds, prior_set, args.baselines) for seed in range(args.seeds)] for s in args.samplers}
             for h in horizons}
     longest = horizons[-1]
     h_star = max(r["hv"][-1] for rs in runs[longest].values() for r in rs)
@@ -255,7 +259,7 @@ def main() -> None:
           + " | ".join(f"best score, search of {h}" for h in horizons)
           + f" | trials to 95% H* in a search of {longest} (median, runs that got there) |")
     print("| --- " * (2 * len(horizons) + 2) + "|")
-    summary = {"task": args.task, "seeds": args.seeds, "prior_set": prior_set, "trials": horizons, "h_star": h_star, "bounds": bounds,
+    summary = {"task": args.task, "seeds": args.seeds, "prior_set": prior_set, "baselines": args.baselines, "trials": horizons, "h_star": h_star, "bounds": bounds,
                "surrogate_cv_r2": table.cv_r2, "surrogate_share": table.misses / max(1, table.lookups),
                "placements": len(table.values), "rows": table.n_rows, "samplers": {}}
     reach = {}

@@ -102,3 +102,28 @@ def test_trials_to_a_level_counts_the_first_trial_that_reaches_it():
     assert replay_mod.trials_to(runs, 0.2) == [2, 1]
     assert replay_mod._reached([3, float("inf"), 5], 100) == "5 (2/3)"
     assert replay_mod._reached([float("inf")] * 2, 100) == ">100 (0/2)"
+
+
+def test_the_baselines_ablation_enqueues_only_the_first_k(replay):
+    from search.samplers import SamplerInputs, make_sampler
+    from spaces.scores import PriorScores
+
+    table, _, _ = replay
+    space = table.space
+    scores = PriorScores.from_summaries(space.aliases, [1.0 + 0.1 * i for i in range(6)],
+                                        [0.3 + 0.05 * l for l in range(6)], [1.0 + 0.1 * l for l in range(6)])
+    table.meta.update({"budget": 0.5, "r_ref": 8, "ranks": [2, 4, 8], "scores": scores.to_dict()})
+    budget = make_budget(space, 0.5, 8, 2)
+    setup = make_sampler("prior", SamplerInputs(space, budget, (2, 4, 8), (1e-3, 1e-2), 12, 0, scores, 1e-3))
+    baseline_keys = [b.placement.key for b in setup.baselines]
+    seen = []
+    lookup = table.lookup
+    table.lookup = lambda p: (seen.append(p.key), lookup(p))[1]
+    bounds = ((1.0, 0.0, 0.0), (0.0, 1e6, 1.0))
+    run = _load("replay").replay
+    run(table, "prior", 0, 12, bounds)
+    assert len(baseline_keys) == 4 and seen[:4] == baseline_keys, (seen[:4], baseline_keys)
+    for k in (0, 2):
+        seen.clear()
+        run(table, "prior", 0, 12, bounds, baselines=k)
+        assert seen[:k] == baseline_keys[:k] and seen[k] not in baseline_keys, (k, seen[:k + 1])
