@@ -212,7 +212,7 @@ def _stats(values: list[float]) -> str:
 
 
 def _option(text: str) -> tuple[str, float]:
-    name, sep, value = text.partition("=")
+    name, _, value = text.partition("=")
     try:
         return name.strip(), float(value)
     except ValueError:
