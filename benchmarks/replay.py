@@ -11,9 +11,10 @@ gets them from a ridge model fitted to the table (per-kind and per-layer shares,
 adapter parameters; one model per epoch and one for the cost; a prediction is clipped to the
 range the table measured, so no replay finds an optimum no training reached), and the replay says
 how often that happened and how well the model predicts held-out rows (5-fold R^2). ASHA is replayed from the
-per-epoch values as the search runs it (grace 1 epoch, reduction factor 2, one trial at a time):
-at each rung a trial below the median of the earlier trials' values there stops, is told PRUNED
-and costs its epochs so far.
+per-epoch values with the search's own rule (`search.asha.Rungs`; grace 1 epoch, reduction factor
+2, one trial at a time): at each rung a trial below the median of the earlier trials' values
+there (by default only those no larger than it; --early-stopping all: every one, plain ASHA) stops,
+is told PRUNED and costs its epochs so far; the epochs trained are counted.
 
 Samplers: prior (the default: baselines, prior draws, the adaptive share), prior-decay (the earlier
 fixed decay of the prior's weight), prior-negated (the same sampler given the priors' opposite:
@@ -128,12 +129,15 @@ def _negated(scores):
 
 
 def replay(table: Table, sampler: str, seed: int, trials: int, bounds, prior_set: dict | None = None,
-           baselines: int | None = None) -> dict:
-    """One search, one trial at a time, with ASHA replayed; hypervolume and best score per trial.
-    `baselines`: enqueue at most this many of the sampler's baselines (an ablation; None: all)."""
+           baselines: int | None = None, stopping: str = "by-size") -> dict:
+    """One search, one trial at a time, with ASHA replayed; hypervolume and best score per trial,
+    and the epochs trained in all. `baselines`: enqueue at most this many of the sampler's
+    baselines (an ablation; None: all). `stopping`: "by-size" or "all" (`search.asha.Rungs`'
+    two rules), or "none"."""
     import optuna
 
     from analysis.pareto import hypervolume
+    from search.asha import Rungs
     from search.samplers import SamplerInputs, make_sampler
     from search.searcher import DIRECTIONS
     from spaces.budget import make_budget
@@ -152,21 +156,19 @@ def replay(table: Table, sampler: str, seed: int, trials: int, bounds, prior_set
     study = optuna.create_study(directions=DIRECTIONS, sampler=setup.sampler)
     for params, attrs in setup.enqueue[:baselines]:
         study.enqueue_trial(params, user_attrs=attrs)
-    rungs: dict[int, list[float]] = {1: [], 2: []}  # ASHA's milestones with grace 1, factor 2, 3 epochs
-    done, hv, best = [], [], []
+    rungs = None  # ASHA's rungs (`search.asha`), grace 1 epoch, factor 2, as the search runs them
+    done, hv, best, epochs_trained = [], [], [], 0
     for _ in range(trials):
         trial = study.ask()
         placement = Placement.from_json(setup.space(trial)["placement"])
         epochs, params, cost = table.lookup(placement)
-        stopped = None
-        for rung, seen in rungs.items():
-            if rung >= len(epochs):
-                continue
-            value = epochs[rung - 1]
-            if seen and value < float(np.percentile(seen, 50)):
-                stopped = rung
-            seen.append(value)
-            if stopped:
+        if rungs is None and stopping != "none":
+            rungs = Rungs(len(epochs), 1, 2, by_size=stopping == "by-size")
+        stopped = False
+        for t, value in enumerate(epochs, start=1):
+            epochs_trained += 1
+            if rungs is not None and rungs.on_result(str(trial.number), t, value, params):
+                stopped = t < len(epochs)
                 break
         if stopped:
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
@@ -175,7 +177,7 @@ def replay(table: Table, sampler: str, seed: int, trials: int, bounds, prior_set
             done.append((epochs[-1], params, cost))
         hv.append(hypervolume(done, ("max", "min", "min"), bounds=bounds) if done else 0.0)
         best.append(max((d[0] for d in done), default=float("nan")))
-    return {"hv": hv, "best": best}
+    return {"hv": hv, "best": best, "epochs": epochs_trained}
 
 
 def prior_quality(table: Table, task: str) -> dict:
@@ -233,6 +235,9 @@ def main() -> None:
                         "e.g. handover=10")
     p.add_argument("--baselines", type=int, default=None, metavar="K",
                    help="ablation: enqueue at most K of the prior sampler's baselines (default: all it picks)")
+    p.add_argument("--early-stopping", choices=("by-size", "all", "none"), default="by-size",
+                   help="ASHA's rule (search.asha): compare a trial with the earlier ones no larger than it "
+                        "(by-size, the search's default), with all of them (all: plain ASHA), or never stop early")
     p.add_argument("--out", type=Path, default=None, help="JSON summary (default: docs/data/replay-<task>.json)")
     args = p.parse_args()
     prior_set = dict(_option(o) for o in args.prior_set)
@@ -245,7 +250,7 @@ def main() -> None:
     # A search of 12 trials is not the first 12 trials of a search of 30: the sampler sizes its
     # baselines and prior draws to the trials it is given (`search.samplers.baseline_cap`,
     # `prior_trials`), so each horizon is replayed as a search of its own.
-    runs = {h: {s: [replay(table, s, seed, h, bounds, prior_set, args.baselines) for seed in range(args.seeds)] for s in args.samplers}
+    runs = {h: {s: [replay(table, s, seed, h, bounds, prior_set, args.baselines, args.early_stopping) for seed in range(args.seeds)] for s in args.samplers}
             for h in horizons}
     longest = horizons[-1]
     h_star = max(r["hv"][-1] for rs in runs[longest].values() for r in rs)
@@ -257,9 +262,11 @@ def main() -> None:
           f"H* = {h_star:.4f} (the best final hypervolume of any {longest}-trial run)\n")
     print("| sampler | " + " | ".join(f"HV, search of {h}" for h in horizons) + " | "
           + " | ".join(f"best score, search of {h}" for h in horizons)
-          + f" | trials to 95% H* in a search of {longest} (median, runs that got there) |")
-    print("| --- " * (2 * len(horizons) + 2) + "|")
-    summary = {"task": args.task, "seeds": args.seeds, "prior_set": prior_set, "baselines": args.baselines, "trials": horizons, "h_star": h_star, "bounds": bounds,
+          + f" | trials to 95% H* in a search of {longest} (median, runs that got there) | "
+          + " | ".join(f"epochs trained, search of {h}" for h in horizons) + " |")
+    print("| --- " * (3 * len(horizons) + 2) + "|")
+    summary = {"task": args.task, "seeds": args.seeds, "prior_set": prior_set, "baselines": args.baselines,
+               "early_stopping": args.early_stopping, "trials": horizons, "h_star": h_star, "bounds": bounds,
                "surrogate_cv_r2": table.cv_r2, "surrogate_share": table.misses / max(1, table.lookups),
                "placements": len(table.values), "rows": table.n_rows, "samplers": {}}
     reach = {}
@@ -268,10 +275,12 @@ def main() -> None:
         reach[s] = need
         print(f"| {s} | " + " | ".join(_stats([r["hv"][-1] for r in runs[h][s]]) for h in horizons) + " | "
               + " | ".join(_stats([r["best"][-1] for r in runs[h][s]]) for h in horizons)
-              + f" | {_reached(need[0.95], longest)} |")
+              + f" | {_reached(need[0.95], longest)} | "
+              + " | ".join(f"{statistics.median(r['epochs'] for r in runs[h][s]):g}" for h in horizons) + " |")
         summary["samplers"][s] = {
             **{f"hv_at_{h}": [r["hv"][-1] for r in runs[h][s]] for h in horizons},
             **{f"best_at_{h}": [r["best"][-1] for r in runs[h][s]] for h in horizons},
+            **{f"epochs_at_{h}": [r["epochs"] for r in runs[h][s]] for h in horizons},
             "trials_to_95": [n if math.isfinite(n) else None for n in need[0.95]],
             "trials_to_90": [n if math.isfinite(n) else None for n in need[0.9]],
             f"hv_curve_median_{longest}": [statistics.median(r["hv"][i] for r in runs[longest][s]) for i in range(longest)]}

@@ -121,7 +121,7 @@ def _search_phases(search: PreparedSearch, client, run: SearchRun, interrupts, p
     trainable = _trainable(search, settled)
     cap = search.cfg.search.max_compute_hours
     print(f"searching: {search.cfg.search.trials} trials, {search.cfg.train.epochs} epochs each, ASHA on "
-          f"epoch_score; MLflow experiment {search.name!r}; Optuna study {search.name!r} in {search.study_url_shown}"
+          f"epoch_score{' by size' if search.cfg.search.asha_by_size else ''}; MLflow experiment {search.name!r}; Optuna study {search.name!r} in {search.study_url_shown}"
           + (f"; cost cap {cap} {search.cost_unit}" if cap else ""), flush=True)
     with interrupts.tune_phase():
         _search_tuner(search, client, run, trainable).fit()
@@ -368,14 +368,14 @@ def _warm_started(study) -> bool:
 
 
 def _scheduler(cfg):
-    """ASHA on the per-epoch score (built before anything is written: its settings are checked)."""
-    from ray.tune.schedulers import ASHAScheduler
+    """ASHA on the per-epoch score, by size unless `search.asha_by_size` is off (`search.asha`;
+    built before anything is written: its settings are checked)."""
+    from search.asha import PlacementASHA
 
-    return ASHAScheduler(
-        time_attr="training_iteration", metric=R.EPOCH_SCORE, mode="max", max_t=cfg.train.epochs,
-        grace_period=min(cfg.search.asha_grace_epochs, cfg.train.epochs),
-        reduction_factor=cfg.search.asha_reduction_factor,
-    )
+    return PlacementASHA(R.EPOCH_SCORE, "max", max_t=cfg.train.epochs,
+                         grace=min(cfg.search.asha_grace_epochs, cfg.train.epochs),
+                         factor=cfg.search.asha_reduction_factor, by_size=cfg.search.asha_by_size,
+                         size_attr=R.TRAINABLE_PARAMS)
 
 
 def _trial_dirname(trial) -> str:

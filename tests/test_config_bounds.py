@@ -108,6 +108,7 @@ DOMAIN: dict[str, typing.Callable] = {
     "search.max_concurrent_trials": _int(0),
     "search.asha_grace_epochs": _int(1),
     "search.asha_reduction_factor": _int(2),
+    "search.asha_by_size": _never,
     "search.experiment": _text("0", "nan", "inf"),  # a name: letters, digits, . _ -, not leading -
     "search.max_failures": _int(0),
     "search.address": _text(""),  # "" = a local runtime; the others are not addresses

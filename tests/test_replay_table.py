@@ -104,15 +104,23 @@ def test_trials_to_a_level_counts_the_first_trial_that_reaches_it():
     assert replay_mod._reached([float("inf")] * 2, 100) == ">100 (0/2)"
 
 
+def _search_meta(table):
+    """What a table's meta says about the search it was built for: budget, ranks and scores."""
+    from spaces.scores import PriorScores
+
+    scores = PriorScores.from_summaries(table.space.aliases, [1.0 + 0.1 * i for i in range(6)],
+                                        [0.3 + 0.05 * l for l in range(6)], [1.0 + 0.1 * l for l in range(6)])
+    table.meta.update({"budget": 0.5, "r_ref": 8, "ranks": [2, 4, 8], "scores": scores.to_dict()})
+    return scores
+
+
 def test_the_baselines_ablation_enqueues_only_the_first_k(replay):
     from search.samplers import SamplerInputs, make_sampler
     from spaces.scores import PriorScores
 
     table, _, _ = replay
     space = table.space
-    scores = PriorScores.from_summaries(space.aliases, [1.0 + 0.1 * i for i in range(6)],
-                                        [0.3 + 0.05 * l for l in range(6)], [1.0 + 0.1 * l for l in range(6)])
-    table.meta.update({"budget": 0.5, "r_ref": 8, "ranks": [2, 4, 8], "scores": scores.to_dict()})
+    scores = _search_meta(table)
     budget = make_budget(space, 0.5, 8, 2)
     setup = make_sampler("prior", SamplerInputs(space, budget, (2, 4, 8), (1e-3, 1e-2), 12, 0, scores, 1e-3))
     baseline_keys = [b.placement.key for b in setup.baselines]
@@ -127,3 +135,26 @@ def test_the_baselines_ablation_enqueues_only_the_first_k(replay):
         seen.clear()
         run(table, "prior", 0, 12, bounds, baselines=k)
         assert seen[:k] == baseline_keys[:k] and seen[k] not in baseline_keys, (k, seen[:k + 1])
+
+
+@pytest.mark.parametrize("stopping", ["none", "all", "by-size"])
+def test_the_replay_stops_trials_early_by_the_rule_it_is_given(replay, stopping):
+    """Every proposal's epochs are charged until the rule (`search.asha.Rungs`, fed the trial's
+    per-epoch scores and trainable params in proposal order) stops it; "none" trains them all."""
+    from search.asha import Rungs
+
+    table, _, _ = replay
+    _search_meta(table)
+    looked_up = []
+    lookup = table.lookup
+    table.lookup = lambda p: (looked_up.append(lookup(p)), looked_up[-1])[1]
+    out = _load("replay").replay(table, "random", 3, 12, ((1.0, 0.0, 0.0), (0.0, 1e6, 1.0)), stopping=stopping)
+    rungs = Rungs(EPOCHS, 1, 2, by_size=stopping == "by-size")
+    expected = 0
+    for i, (epochs, params, _) in enumerate(looked_up):
+        for t, value in enumerate(epochs, start=1):
+            expected += 1
+            if stopping != "none" and rungs.on_result(str(i), t, value, params):
+                break
+    assert len(looked_up) == 12 and out["epochs"] == expected
+    assert (expected == 12 * EPOCHS) == (stopping == "none")

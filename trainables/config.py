@@ -144,6 +144,9 @@ class SearchConfig:
     max_concurrent_trials: int = 0  # 0 = as many as resources allow
     asha_grace_epochs: int = 1
     asha_reduction_factor: int = 2
+    # Early stopping compares a trial at a rung only with the earlier trials there that have no more
+    # trainable parameters than it (search.asha); false = with all of them (plain ASHA).
+    asha_by_size: bool = True
     experiment: str = "lora-placement"
     max_failures: int = 1
     # Cluster: a Ray address to join ("" = start a local runtime; "auto", "ray://host:10001",
