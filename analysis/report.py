@@ -15,8 +15,11 @@ def _fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def format_table(records: list[TrialRecord], metric_name: str, cost_unit: str, key_width: int = 48) -> str:
-    """Trials sorted by score (completed first), Pareto-optimal ones marked with `*`."""
+def format_table(records: list[TrialRecord], metric_name: str, cost_unit: str, key_width: int = 48,
+                 confirmed: bool = False) -> str:
+    """Trials sorted by score (completed first), Pareto-optimal ones marked with `*`: among the
+    completed trials' single runs, or (`confirmed`) among the confirmed placements' seed means,
+    which is the frontier `search.frontier` publishes when placements were confirmed."""
     order = {"completed": 0, "pruned": 1, "running": 2, "failed": 3}
     records = sorted(records, key=lambda r: (order.get(r.status, 4), -(r.score or 0)))
     head = (f"{'':1} {'placement':<{key_width}} {'lr':>8} {metric_name:>17} {'trainable':>10} "
@@ -33,7 +36,8 @@ def format_table(records: list[TrialRecord], metric_name: str, cost_unit: str, k
         )
     lines.append("[name] = a hand-crafted baseline, fitted to the budget"
                  + ("; (warm) = copied from an earlier search, not trained here" if any(r.warm_start for r in records) else ""))
-    lines.append(f"* = Pareto-optimal among completed trials ({metric_name} up, trainable params down, "
+    among = "the confirmed placements, over seed means (table below)" if confirmed else "completed trials"
+    lines.append(f"* = Pareto-optimal among {among} ({metric_name} up, trainable params down, "
                  f"{cost_unit} down); scores of stopped trials are their last epoch's")
     return "\n".join(lines)
 

@@ -424,7 +424,7 @@ def _finish(search: PreparedSearch, client, run: SearchRun, status: str, t_start
     client.set_terminated(pid, status)
 
     print()
-    print(format_table(searched, search.metric_name, search.cost_unit))
+    print(format_table(searched, search.metric_name, search.cost_unit, confirmed=bool(result.confirmed)))
     print()
     print(f"{len(completed)} completed, {sum(r.status == R.PRUNED for r in searched)} stopped early by ASHA, "
           f"{sum(r.status == R.FAILED for r in searched)} failed; search took "

@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(searched)} trials, " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
           + f"; {len(result.records) - len(searched)} confirmation runs")
     print()
-    print(format_table(searched, metric_name, parent["cost_unit"]))
+    print(format_table(searched, metric_name, parent["cost_unit"], confirmed=bool(result.confirmed)))
     if result.confirmed:
         print()
         print(format_confirmed(result.confirmed, metric_name, parent["cost_unit"]))

@@ -211,3 +211,15 @@ def test_the_deploy_command_exports_the_confirmed_pick_not_the_top_single_run():
         assert f"--run-id {'bbbb' * 4} " in note and f"--run-id {'dddd' * 4} " not in note
     # Without a confirmed pick, the single-run best is deployed.
     assert f"--run-id {'dddd' * 4} " in search_note(_facts(), RECORDS, brief=True)
+
+
+def test_the_trial_table_says_which_frontier_its_stars_mark():
+    from analysis.report import format_table
+
+    rows = [_rec("a", "r2 q[0]", score=0.7, params=3000, pareto=True), _rec("b", "r2 v[5]", score=0.6, params=2000)]
+    single = format_table(rows, "accuracy", "CPU-core-hours")
+    confirmed = format_table(rows, "accuracy", "CPU-core-hours", confirmed=True)
+    assert "* = Pareto-optimal among completed trials (accuracy up" in single
+    assert "* = Pareto-optimal among the confirmed placements, over seed means" in confirmed
+    assert "among completed trials" not in confirmed
+    assert [line[0] for line in single.splitlines()[2:4]] == ["*", " "]  # marks as given, best score first
