@@ -156,14 +156,13 @@ def replay(table: Table, sampler: str, seed: int, trials: int, bounds, prior_set
     study = optuna.create_study(directions=DIRECTIONS, sampler=setup.sampler)
     for params, attrs in setup.enqueue[:baselines]:
         study.enqueue_trial(params, user_attrs=attrs)
-    rungs = None  # ASHA's rungs (`search.asha`), grace 1 epoch, factor 2, as the search runs them
+    # ASHA's rungs (`search.asha`), grace 1 epoch, factor 2, as the search runs them
+    rungs = None if stopping == "none" else Rungs(meta["epochs"], 1, 2, by_size=stopping == "by-size")
     done, hv, best, epochs_trained = [], [], [], 0
     for _ in range(trials):
         trial = study.ask()
         placement = Placement.from_json(setup.space(trial)["placement"])
         epochs, params, cost = table.lookup(placement)
-        if rungs is None and stopping != "none":
-            rungs = Rungs(len(epochs), 1, 2, by_size=stopping == "by-size")
         stopped = False
         for t, value in enumerate(epochs, start=1):
             epochs_trained += 1
