@@ -116,7 +116,6 @@ def _search_meta(table):
 
 def test_the_baselines_ablation_enqueues_only_the_first_k(replay):
     from search.samplers import SamplerInputs, make_sampler
-    from spaces.scores import PriorScores
 
     table, _, _ = replay
     space = table.space
