@@ -1,34 +1,61 @@
 """The confirmed frontier: placements retrained over seeds, compared in pairs, and one recommendation.
 
-Where it sits: frontier, after the search. Which trials to confirm (`pick_candidates`: the best
-placements of the single-run frontier and the best baselines), the seed statistics of each once
-its confirmation runs are in (`group_confirmed`), the frontier over seed means, and the plain
-recommendation a user deploys from (`recommend`; docs/methods.md, "Confirmation"). Reads
+Where it sits: frontier, after the search. Which trials to confirm (`pick_candidates`: placements
+across the single-run frontier's sizes, always its best, and the best baselines), the seed
+statistics of each once its confirmation runs are in (`group_confirmed`), the frontier over seed
+means, and the plain recommendation a user deploys from (`recommend`: the smallest placement shown
+as good as the best within `search.margin`; docs/methods.md, "Confirmation" and "Decisions"). Reads
 `TrialRecord`s only, so a live search and `search/report.py` on a store give the same answer.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import math
+from dataclasses import dataclass, field, replace
 
-from analysis.stats import Paired, SeedStats, paired, seed_stats
+from analysis.pareto import frontier, pareto_mask
+from analysis.stats import AS_GOOD, BETTER, UNDECIDED, WORSE, Decision, SeedStats, decide, seed_stats
 from trainables.record import COMPLETED, TrialRecord
+
+DEFAULT_MARGIN = 0.01  # search.margin's default: 1 point of a metric in [0, 1]
 
 
 def pick_candidates(records: list[TrialRecord], top: int, baselines: int) -> list[TrialRecord]:
-    """The search trials to confirm: the `top` best-scoring placements of the frontier (single runs)
-    and the `baselines` best-scoring baselines, each once, best first."""
-    from analysis.pareto import frontier
-
+    """The search trials to confirm: `top` placements of the single-run frontier spread across its
+    sizes (always its best-scoring one; the others log-spaced in trainable parameters from the
+    cheapest up, so that the cheap end a user deploys to save parameters is confirmed too) and the
+    `baselines` best-scoring baselines, each once: the best first, then by size, then baselines."""
     # A warm-start trial (copied from an earlier search) is never retrained, so never confirmed.
     completed = [r for r in records if r.status == COMPLETED and r.confirms is None and r.warm_start is None]
-    if not completed:
+    if not completed or top < 1 and baselines < 1:
         return []
     front_ids = {row["run_id"] for row in frontier([r.as_dict() for r in completed]) if row["pareto"]}
-    front = sorted((r for r in completed if r.run_id in front_ids), key=lambda r: -r.score)[:top]
-    chosen = {r.trial_id for r in front}
-    base = sorted((r for r in completed if r.baseline and r.trial_id not in chosen), key=lambda r: -r.score)
-    return front + base[:baselines]
+    front = [r for r in completed if r.run_id in front_ids]
+    chosen = []
+    if top >= 1:
+        best = max(front, key=lambda r: (r.score, -(r.trainable_params or 0)))
+        rest = sorted((r for r in front if r is not best), key=lambda r: (r.trainable_params or 0, -r.score))
+        chosen = [best, *sorted(spread_by_size(rest, top - 1), key=lambda r: r.trainable_params or 0)]
+    ids = {r.trial_id for r in chosen}
+    base = sorted((r for r in completed if r.baseline and r.trial_id not in ids), key=lambda r: -r.score)
+    return chosen + base[:baselines]
+
+
+def spread_by_size(records: list[TrialRecord], k: int) -> list[TrialRecord]:
+    """`k` of `records` spread evenly in log trainable parameters from the smallest to the largest
+    (the smallest first when k = 1); all of them when there are no more than k."""
+    if k <= 0:
+        return []
+    if len(records) <= k:
+        return list(records)
+    logs = [math.log(max(1, r.trainable_params or 1)) for r in records]
+    lo, hi = min(logs), max(logs)
+    targets = [lo] if k == 1 else [lo + (hi - lo) * i / (k - 1) for i in range(k)]
+    picked: list[int] = []
+    for target in targets:
+        free = [i for i in range(len(records)) if i not in picked]
+        picked.append(min(free, key=lambda i: (abs(logs[i] - target), i)))
+    return [records[i] for i in sorted(picked)]
 
 
 @dataclass(frozen=True)
@@ -90,8 +117,6 @@ def group_confirmed(records: list[TrialRecord]) -> list[Confirmed]:
 
 def mark_frontier(confirmed: list[Confirmed]) -> list[Confirmed]:
     """The frontier over seed means: mean score up, trainable params down, mean compute hours down."""
-    from analysis.pareto import pareto_mask
-
     if not confirmed:
         return []
     mask = pareto_mask([(c.stats.mean, c.trainable_params, c.compute_hours) for c in confirmed], ("max", "min", "min"))
@@ -100,62 +125,80 @@ def mark_frontier(confirmed: list[Confirmed]) -> list[Confirmed]:
 
 @dataclass(frozen=True)
 class Recommendation:
-    """What to deploy: the placement with the highest confirmed mean, how it compares with the best
-    confirmed baseline, and the cheapest placement that is not worse than it beyond noise."""
+    """What to deploy: the smallest confirmed placement shown as good as the best confirmed one
+    within the margin (the best itself when none is), with the evidence (docs/methods.md,
+    "Decisions")."""
 
     pick: Confirmed
+    best: Confirmed  # the highest confirmed mean
+    pick_vs_best: Decision | None  # None when the pick is the best
     best_baseline: Confirmed | None
-    pick_vs_baseline: Paired | None  # None without a confirmed baseline, or when the pick is one
-    cheaper: Confirmed | None  # fewer trainable params and not worse than the pick beyond noise
-    cheaper_vs_pick: Paired | None
+    pick_vs_baseline: Decision | None  # None without a confirmed baseline, or when the pick is one
     budget_share: float | None  # the pick's adapter params / the budget's maximum
+    margin: float = DEFAULT_MARGIN
+    decisions: dict[str, Decision] = field(default_factory=dict)  # trial id -> against the best
+
+    def verdict(self, c: Confirmed) -> str:
+        """The word for a confirmed placement against the best: "best", or a `decide` verdict."""
+        return "best" if c is self.best or c.trial_id == self.best.trial_id else self.decisions[c.trial_id].verdict
 
     def lines(self, metric_name: str) -> list[str]:
-        p = self.pick
+        p, b = self.pick, self.best
         name = f"[{p.baseline}] {p.key}" if p.baseline else p.key
         share = f", {self.budget_share:.0%} of the budget" if self.budget_share is not None else ""
         lr = f" at lr {p.lr:.3g}" if p.lr else ""
         out = [f"recommendation: deploy {name}{lr} (run {p.run_id})",
                f"  {metric_name} {p.stats.describe()}; {p.trainable_params:,} trainable params "
                f"({p.adapter_params or 0:,} in adapters{share})"]
+        if self.pick_vs_best is not None:
+            out.append(f"  the smallest placement shown as good as the best, {b.key} ({metric_name} {b.stats.mean:.3f}, "
+                       f"{b.trainable_params:,} params), within a margin of {self.margin:g}: "
+                       f"{self.pick_vs_best.describe()}")
+        else:
+            others = [self.decisions[c] for c in self.decisions]
+            counts = {w: sum(d.verdict == w for d in others) for w in (AS_GOOD, UNDECIDED, WORSE)}
+            smaller = "no smaller confirmed placement is" if others else "no other placement was confirmed, so none is"
+            out.append(f"  it has the highest confirmed mean; {smaller} shown as good within a margin of "
+                       f"{self.margin:g} ({counts[UNDECIDED]} undecided, {counts[WORSE]} worse"
+                       + (f", {counts[AS_GOOD]} as good but not smaller" if counts[AS_GOOD] else "") + ")")
         if self.best_baseline is None:
             out.append("  no baseline was confirmed: nothing to compare with")
         elif self.pick_vs_baseline is None:
-            out.append(f"  it is the baseline '{p.baseline}': no searched placement had a higher confirmed mean")
+            out.append(f"  it is the baseline '{p.baseline}'")
         else:
-            b = self.best_baseline
-            out.append(f"  against the best baseline [{b.baseline}] {b.key} ({metric_name} {b.stats.mean:.3f}, "
-                       f"{b.trainable_params:,} params): {self.pick_vs_baseline.describe()}")
-        if self.cheaper is not None:
-            c = self.cheaper
-            out.append(f"  cheaper and not worse beyond noise: {c.key} ({c.trainable_params:,} params, "
-                       f"{metric_name} {c.stats.mean:.3f}): {self.cheaper_vs_pick.describe()}")
+            bb = self.best_baseline
+            out.append(f"  against the best baseline [{bb.baseline}] {bb.key} ({metric_name} {bb.stats.mean:.3f}, "
+                       f"{bb.trainable_params:,} params): {self.pick_vs_baseline.describe()}")
         return out
 
 
-def recommend(confirmed: list[Confirmed], max_adapter_params: float | None = None) -> Recommendation | None:
-    """The highest confirmed mean (ties: fewer trainable params), compared in pairs with the best
-    confirmed baseline and with the cheapest placement that is not significantly worse than it."""
+def recommend(confirmed: list[Confirmed], max_adapter_params: float | None = None,
+              margin: float = DEFAULT_MARGIN) -> Recommendation | None:
+    """The smallest confirmed placement shown as good as the best (highest mean; ties: fewer
+    trainable params) within `margin`, or the best itself; compared with the best baseline too."""
     if not confirmed:
         return None
-    pick = max(confirmed, key=lambda c: (c.stats.mean, -c.trainable_params))
+    best = max(confirmed, key=lambda c: (c.stats.mean, -c.trainable_params))
+    decisions = {c.trial_id: decide(c.scores, best.scores, margin) for c in confirmed if c is not best}
+    smaller = [c for c in confirmed if c is not best and c.trainable_params < best.trainable_params
+               and decisions[c.trial_id].verdict in (AS_GOOD, BETTER)]
+    pick = min(smaller, key=lambda c: (c.trainable_params, -c.stats.mean)) if smaller else best
     baselines = [c for c in confirmed if c.baseline]
     best_baseline = max(baselines, key=lambda c: c.stats.mean) if baselines else None
     vs_baseline = None
     if best_baseline is not None and best_baseline is not pick:
-        vs_baseline = paired(pick.scores, best_baseline.scores)
-    cheaper = [c for c in confirmed if c.trainable_params < pick.trainable_params
-               and paired(c.scores, pick.scores).verdict != "worse"]
-    cheapest = min(cheaper, key=lambda c: (c.trainable_params, -c.stats.mean)) if cheaper else None
+        vs_baseline = decide(pick.scores, best_baseline.scores, margin)
     share = pick.adapter_params / max_adapter_params if max_adapter_params and pick.adapter_params else None
-    return Recommendation(pick, best_baseline, vs_baseline, cheapest,
-                          None if cheapest is None else paired(cheapest.scores, pick.scores), share)
+    return Recommendation(pick, best, None if pick is best else decisions[pick.trial_id], best_baseline,
+                          vs_baseline, share, margin, decisions)
 
 
-def format_confirmed(confirmed: list[Confirmed], metric_name: str, cost_unit: str, key_width: int = 44) -> str:
-    """The confirmed placements, best mean first; `*` marks the frontier over seed means."""
+def format_confirmed(confirmed: list[Confirmed], metric_name: str, cost_unit: str, key_width: int = 44,
+                     rec: Recommendation | None = None) -> str:
+    """The confirmed placements, best mean first; `*` marks the frontier over seed means; with the
+    recommendation, each placement's decision against the best (docs/methods.md, "Decisions")."""
     head = (f"{'':1} {'placement':<{key_width}} {'lr':>8} {metric_name + ' (mean ± sd)':>24} {'95% CI':>15} "
-            f"{'seeds':>5} {'trainable':>10} {cost_unit:>14}")
+            f"{'seeds':>5} {'trainable':>10} {cost_unit:>14}" + (f"  {'vs best':<10}" if rec else ""))
     lines = [head, "-" * len(head)]
     for c in sorted(confirmed, key=lambda c: -c.stats.mean):
         key = f"[{c.baseline}] {c.key}" if c.baseline else c.key
@@ -165,8 +208,11 @@ def format_confirmed(confirmed: list[Confirmed], metric_name: str, cost_unit: st
         ci = f"{s.low:.3f}-{s.high:.3f}" if s.low is not None else "-"
         lr = f"{c.lr:.2e}" if c.lr else "-"
         lines.append(f"{'*' if c.pareto else ' ':1} {key:<{key_width}} {lr:>8} {spread:>24} {ci:>15} {s.n:>5} "
-                     f"{c.trainable_params:>10,} {c.compute_hours:>14.5f}")
+                     f"{c.trainable_params:>10,} {c.compute_hours:>14.5f}" + (f"  {rec.verdict(c):<10}" if rec else ""))
     lines.append(f"* = Pareto-optimal over seed means ({metric_name} up, trainable params down, {cost_unit} down)")
+    if rec:
+        lines.append(f"vs best: against the highest mean, paired over seeds, margin {rec.margin:g} (better, as good, "
+                     "worse, undecided: docs/methods.md, \"Decisions\")")
     return "\n".join(lines)
 
 
@@ -176,10 +222,13 @@ def recommendation_markdown(rec: Recommendation, metric_name: str) -> str:
     return f"**{first[0].upper()}{first[1:]}**" + "".join(f"\n- {line.strip()}" for line in rest)
 
 
-def confirmed_markdown(confirmed: list[Confirmed], metric_name: str, cost_unit: str) -> str:
-    """The confirmed placements as a Markdown table, best mean first; frontier rows marked."""
-    head = f"| | placement | lr | {metric_name} mean ± sd | 95% CI | seeds | trainable params | {cost_unit} |"
-    lines = [head, "|---|---|---:|---:|---:|---:|---:|---:|"]
+def confirmed_markdown(confirmed: list[Confirmed], metric_name: str, cost_unit: str,
+                       rec: Recommendation | None = None) -> str:
+    """The confirmed placements as a Markdown table, best mean first; frontier rows marked; with the
+    recommendation, each placement's decision against the best."""
+    head = (f"| | placement | lr | {metric_name} mean ± sd | 95% CI | seeds | trainable params | {cost_unit} |"
+            + (" vs best |" if rec else ""))
+    lines = [head, "|---|---|---:|---:|---:|---:|---:|---:|" + ("---|" if rec else "")]
     for c in sorted(confirmed, key=lambda c: -c.stats.mean):
         s = c.stats
         name = f"[{c.baseline}] `{c.key}`" if c.baseline else f"`{c.key}`"
@@ -187,5 +236,5 @@ def confirmed_markdown(confirmed: list[Confirmed], metric_name: str, cost_unit: 
         ci = f"{s.low:.3f} to {s.high:.3f}" if s.low is not None else "-"
         lr = f"{c.lr:.2e}" if c.lr else "-"
         lines.append(f"| {'★' if c.pareto else ''} | {name} | {lr} | {spread} | {ci} | {s.n} | "
-                     f"{c.trainable_params:,} | {c.compute_hours:.5f} |")
+                     f"{c.trainable_params:,} | {c.compute_hours:.5f} |" + (f" {rec.verdict(c)} |" if rec else ""))
     return "\n".join(lines)

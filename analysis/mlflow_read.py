@@ -1,6 +1,6 @@
 """Read a finished (or interrupted) search back from an MLflow store alone: no Ray, no torch.
 
-Where it sits: track -> **frontier**. `search.tracking` writes one parent run per search (tag
+Where it sits: track -> **frontier**. `search.tuning.tracker` writes one parent run per search (tag
 role=search, params metric_name and cost_unit, artifacts config.json and space.json) and one
 nested child run per trial (names in `trainables.record`). This module turns the trial runs back
 into `TrialRecord`s with the same builder the tracker uses (`trainables.record.build_record`), so

@@ -6,6 +6,7 @@ Where it sits: track -> **frontier**: reads `TrialRecord`s (from the tracker or 
 from __future__ import annotations
 
 import csv
+import dataclasses
 from pathlib import Path
 
 from trainables.record import COMPLETED, CSV_COLUMNS, TrialRecord
@@ -19,7 +20,7 @@ def format_table(records: list[TrialRecord], metric_name: str, cost_unit: str, k
                  confirmed: bool = False) -> str:
     """Trials sorted by score (completed first), Pareto-optimal ones marked with `*`: among the
     completed trials' single runs, or (`confirmed`) among the confirmed placements' seed means,
-    which is the frontier `search.frontier` publishes when placements were confirmed."""
+    which is the frontier `search.phases.publish` publishes when placements were confirmed."""
     order = {"completed": 0, "pruned": 1, "running": 2, "failed": 3}
     records = sorted(records, key=lambda r: (order.get(r.status, 4), -(r.score or 0)))
     head = (f"{'':1} {'placement':<{key_width}} {'lr':>8} {metric_name:>17} {'trainable':>10} "
@@ -44,6 +45,25 @@ def format_table(records: list[TrialRecord], metric_name: str, cost_unit: str, k
 
 def write_rows(records: list[TrialRecord], path: Path) -> None:
     write_dicts([r.as_dict() for r in records], path, CSV_COLUMNS)
+
+
+def read_rows(path: Path) -> list[TrialRecord]:
+    """The records a trials CSV holds (`write_rows`'s columns), in file order: an empty cell is None
+    where the field may be None, numbers and flags are typed as `TrialRecord` declares them, and a
+    field the CSV lacks keeps its default."""
+    kinds = {f.name: str(f.type) for f in dataclasses.fields(TrialRecord)}
+    with open(path, newline="") as f:
+        return [TrialRecord(**{k: _cell(v, kinds[k]) for k, v in row.items() if k in kinds})
+                for row in csv.DictReader(f)]
+
+
+def _cell(text: str, kind: str):
+    """One CSV cell as a field of type `kind` ("int | None", "str", "bool", ...)."""
+    base, optional = kind.split(" | ")[0], kind.endswith("| None")
+    if optional and text == "":
+        return None
+    parse = {"int": lambda t: int(float(t)), "float": float, "bool": lambda t: t == "True"}.get(base, str)
+    return parse(text)
 
 
 def write_dicts(rows: list[dict], path: Path, columns: list[str]) -> None:

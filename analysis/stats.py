@@ -4,7 +4,9 @@ Where it sits: frontier. A confirmed placement has one score per training seed. 
 its mean, sample standard deviation and a 95% t-interval of the mean; `paired` compares two
 placements on the seeds both have (the same seed: same head init, same data order), and calls the
 difference real only when the 95% t-interval of the paired differences excludes zero
-(docs/methods.md, "Confirmation"). Pure Python, no numpy or scipy.
+(docs/methods.md, "Confirmation"); `decide` answers the question a user asks, "is this placement as
+good as the best, within a margin?", with one of four words (docs/methods.md, "Decisions"). Pure
+Python, no numpy or scipy.
 """
 
 from __future__ import annotations
@@ -19,7 +21,15 @@ _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 
          18: 2.101, 19: 2.093, 20: 2.086, 21: 2.080, 22: 2.074, 23: 2.069, 24: 2.064, 25: 2.060,
          26: 2.056, 27: 2.052, 28: 2.048, 29: 2.045, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980}
 
+# One-sided 95% quantiles of Student's t (0.95 quantile), by degrees of freedom; standard tables.
+_T95 = {1: 6.314, 2: 2.920, 3: 2.353, 4: 2.132, 5: 2.015, 6: 1.943, 7: 1.895, 8: 1.860, 9: 1.833,
+        10: 1.812, 11: 1.796, 12: 1.782, 13: 1.771, 14: 1.761, 15: 1.753, 16: 1.746, 17: 1.740,
+        18: 1.734, 19: 1.729, 20: 1.725, 21: 1.721, 22: 1.717, 23: 1.714, 24: 1.711, 25: 1.708,
+        26: 1.706, 27: 1.703, 28: 1.701, 29: 1.699, 30: 1.697, 40: 1.684, 60: 1.671, 120: 1.658}
+
 BETTER, WORSE, WITHIN_NOISE = "better", "worse", "within noise"
+AS_GOOD, UNDECIDED = "as good", "undecided"
+DECISIONS = (BETTER, AS_GOOD, WORSE, UNDECIDED)
 
 
 def t975(df: int) -> float:
@@ -30,6 +40,15 @@ def t975(df: int) -> float:
     if df > 120:
         return 1.960
     return _T975[max(k for k in _T975 if k <= df)]
+
+
+def t95(df: int) -> float:
+    """The 0.95 quantile of Student's t (one-sided 95%), as `t975` reads its table; 1.645 past 120."""
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
+    if df > 120:
+        return 1.645
+    return _T95[max(k for k in _T95 if k <= df)]
 
 
 @dataclass(frozen=True)
@@ -89,3 +108,65 @@ def paired(a: dict[int, float], b: dict[int, float]) -> Paired:
     low, high = mean - half, mean + half
     verdict = BETTER if low > 0 else WORSE if high < 0 else WITHIN_NOISE
     return Paired(seeds, mean, low, high, verdict)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A placement against the best one, on the seeds both have (docs/methods.md, "Decisions").
+
+    diff: mean of a - b; lower_one_sided: its one-sided 95% lower bound; low, high: the two-sided
+    95% interval; detectable: the smallest difference these seeds could tell from zero (the
+    interval's half-width), None with fewer than 2 common seeds."""
+
+    seeds: tuple[int, ...]
+    diff: float
+    lower_one_sided: float | None
+    low: float | None
+    high: float | None
+    margin: float
+    verdict: str  # better | as good | worse | undecided (a relative to b)
+
+    @property
+    def detectable(self) -> float | None:
+        return None if self.low is None else (self.high - self.low) / 2
+
+    def describe(self, digits: int = 3) -> str:
+        if self.low is None:
+            return (f"{self.verdict} (difference {self.diff:+.{digits}f}, {len(self.seeds)} common seed(s): too few "
+                    "for an interval)")
+        return (f"{self.verdict} (difference {self.diff:+.{digits}f}, 95% CI {self.low:+.{digits}f} to "
+                f"{self.high:+.{digits}f}, one-sided 95% lower bound {self.lower_one_sided:+.{digits}f} against a "
+                f"margin of -{self.margin:g}; {len(self.seeds)} paired seeds)")
+
+
+def decide(a: dict[int, float], b: dict[int, float], margin: float) -> Decision:
+    """Is `a` as good as `b` within `margin` (in the metric's units, higher is better)?
+
+    From the paired differences D = a - b on the common seeds (mean m, sd s, n seeds): **better**
+    when the two-sided 95% interval of D lies above zero; **as good** when the one-sided 95% lower
+    bound m - t95(n-1) s / sqrt(n) is above -margin (non-inferiority; it may still be a little
+    worse than `b`, by less than the margin); **worse** when the interval lies below zero and it is
+    not as good; otherwise **undecided** (more seeds could decide it). Fewer than 2 common seeds:
+    undecided."""
+    if margin < 0:
+        raise ValueError(f"the margin must be >= 0, got {margin}")
+    seeds = tuple(sorted(set(a) & set(b)))
+    if not seeds:
+        raise ValueError("the two placements share no seed: nothing to pair")
+    diffs = [a[s] - b[s] for s in seeds]
+    mean = statistics.fmean(diffs)
+    if len(diffs) < 2:
+        return Decision(seeds, mean, None, None, None, margin, UNDECIDED)
+    se = statistics.stdev(diffs) / math.sqrt(len(diffs))
+    lower = mean - t95(len(diffs) - 1) * se
+    half = t975(len(diffs) - 1) * se
+    low, high = mean - half, mean + half
+    if low > 0:
+        verdict = BETTER
+    elif lower > -margin:
+        verdict = AS_GOOD
+    elif high < 0:
+        verdict = WORSE
+    else:
+        verdict = UNDECIDED
+    return Decision(seeds, mean, lower, low, high, margin, verdict)

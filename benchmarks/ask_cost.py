@@ -1,20 +1,21 @@
 """Benchmark: the cost of one proposal on the driver, with many trials finished and many running.
 
-    python benchmarks/ask_cost.py                                  # 300 finished, 64 running, 30 asks
-    python benchmarks/ask_cost.py --finished 1000 --running 64 --asks 30
+    python -m benchmarks.ask_cost                                  # 300 finished, 64 running, 30 asks
+    python -m benchmarks.ask_cost --finished 1000 --running 64 --asks 30
 
-Where it sits: the searcher's `suggest` on Tune's loop (`search.searcher.PlacementSearcher`), the
+Where it sits: the searcher's `suggest` on Tune's loop (`search.tuning.searcher.PlacementSearcher`), the
 largest share of the driver's CPU in a sweep at cluster scale (docs/benchmarks.md, "Cluster
 scale"). Unlike `benchmarks/cluster_scale.py` it needs no Ray and no trial processes, so it
 measures the proposal alone, without the machine's contention: the product's prior sampler on the
 simulated MiniLM landscape (`configs/simulated.toml`), over the product's Optuna RDB storage (SQLite
-in WAL mode, `search.searcher.open_study_storage`), with --finished trials told (values from the
+in WAL mode, `search.sampling.study.open_study_storage`), with --finished trials told (values from the
 landscape) and --running trials asked and left RUNNING, as trials in flight are. Then --asks more
 proposals are timed (ask plus the define-by-run space, what `suggest` does), each told FAIL at
 once so that the running count stays fixed (with --reopen, on the study loaded afresh from its
 file, as a resumed search or a second process sees it). Printed: seconds per proposal (median, p95, max) and
 how many times a proposal read the study's trials from storage (an RDB study re-reads every
-unfinished trial on each read).
+unfinished trial on each read), counted as the storage's queries of the trials table (SQLAlchemy's
+public event hook on the storage's engine: one such query per read).
 """
 
 from __future__ import annotations
@@ -37,9 +38,10 @@ def main() -> None:
     args = p.parse_args()
 
     import optuna
+    import sqlalchemy
 
-    from search.samplers import SamplerInputs, make_sampler
-    from search.searcher import DIRECTIONS, open_study_storage
+    from search.sampling.samplers import SamplerInputs, make_sampler
+    from search.sampling.study import DIRECTIONS, open_study_storage
     from spaces.budget import make_budget
     from spaces.placement import Placement
     from trainables.config import load_config
@@ -61,20 +63,21 @@ def main() -> None:
             trial = study.ask()
             placement = Placement.from_json(setup.space(trial)["placement"])
             if i < args.finished:
-                study.tell(trial, [land.metric(placement), placement.adapter_params(prep.space), 0.01])
+                study.tell(trial, [land.metric(placement), placement.adapter_params(prep.space)])
         print(f"study: {args.finished} finished, {args.running} running ({time.perf_counter() - t0:.0f} s to build)",
               flush=True)
         if args.reopen:
-            study = optuna.load_study(study_name="ask-cost", sampler=setup.sampler,
-                                      storage=open_study_storage(f"sqlite:///{Path(tmp) / 'study.db'}"))
+            storage = open_study_storage(f"sqlite:///{Path(tmp) / 'study.db'}")
+            study = optuna.load_study(study_name="ask-cost", sampler=setup.sampler, storage=storage)
         reads = [0]
-        inner = study._storage.get_all_trials
 
-        def counted(*a, **k):
-            reads[0] += 1
-            return inner(*a, **k)
-
-        study._storage.get_all_trials = counted
+        @sqlalchemy.event.listens_for(storage.engine, "before_cursor_execute")
+        def counted(conn, cursor, statement, parameters, context, executemany):
+            # a read of the study's trials: the trials themselves, in order (their params, values
+            # and attributes follow in queries of their own tables)
+            sql = " ".join(statement.split())
+            if sql.startswith("SELECT") and "FROM trials" in sql and "ORDER BY trials.trial_id" in sql:
+                reads[0] += 1
         seconds, per_ask = [], []
         for _ in range(args.asks):
             reads[0] = 0

@@ -137,8 +137,8 @@ def extra_asks(out: Path, name: str, k: int) -> list[float]:
     sampler (rebuilt from the search's state file), after every trial has been told."""
     import optuna
 
-    from search.samplers import SamplerInputs, make_sampler
-    from search.searcher import open_study_storage
+    from search.sampling.samplers import SamplerInputs, make_sampler
+    from search.sampling.study import open_study_storage
     from spaces.budget import make_budget
     from trainables.config import Config
     from trainables.prepare import Preparation

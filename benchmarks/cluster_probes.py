@@ -1,6 +1,6 @@
 """The real search driver (`search/run.py`) with timing probes, for `benchmarks/cluster_scale.py`.
 
-    python benchmarks/cluster_probes.py PROBES.json -- <search/run.py arguments>
+    python -m benchmarks.cluster_probes PROBES.json -- <search/run.py arguments>
 
 Where it sits: around the driver, in its own process, for a benchmark only. Before the search
 starts it wraps, in this process, the calls whose cost grows with a search's size, and when the
@@ -52,8 +52,8 @@ def install() -> None:
     from mlflow.tracking import MlflowClient
     from ray.tune.execution.tune_controller import TuneController
 
-    from search.searcher import PlacementSearcher
-    from search.tracking import MlflowTracker
+    from search.tuning.searcher import PlacementSearcher
+    from search.tuning.tracker import MlflowTracker
 
     _probe(PlacementSearcher, "suggest", "ask", extra=lambda s: [len(s._told)])
     _probe(PlacementSearcher, "on_trial_complete", "tell", extra=lambda s: [len(s._told)])

@@ -1,8 +1,8 @@
 """Benchmark: the search driver at cluster scale, on a simulated many-GPU cluster on this machine.
 
-    python benchmarks/cluster_scale.py --trials 100 300 1000 --concurrent 64 --out docs/data/cluster-scale.json
-    python benchmarks/cluster_scale.py --plot docs/data/cluster-scale.json --img docs/img/cluster-scale.png
-    python benchmarks/cluster_scale.py --trials 60 --concurrent 16 --epoch-s 1 --backends sqlite   # small
+    python -m benchmarks.cluster_scale --trials 100 300 1000 --concurrent 64 --out docs/data/cluster-scale.json
+    python -m benchmarks.cluster_scale --plot docs/data/cluster-scale.json --img docs/img/cluster-scale.png
+    python -m benchmarks.cluster_scale --trials 60 --concurrent 16 --epoch-s 1 --backends sqlite   # small
 
 Where it sits: around the whole search. A loopback Ray cluster (`LoopbackCluster`: a head with no
 CPU or GPU and nodes that declare `--gpus-per-node` GPUs each, own temp dir and ports, stopped by
@@ -234,7 +234,7 @@ def run_driver(address: str, out: Path, trials: int, concurrent: int, epoch_s: f
            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", **RAY_ENV}
     loads, t0 = [os.getloadavg()[0]], time.time()
     with open(out / "driver.log", "w") as log:
-        proc = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "cluster_probes.py"), str(probes), "--", *args],
+        proc = subprocess.Popen([sys.executable, "-m", "benchmarks.cluster_probes", str(probes), "--", *args],
                                 stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env, start_new_session=True)
         low_memory = False
         while proc.poll() is None:
@@ -253,7 +253,7 @@ def run_driver(address: str, out: Path, trials: int, concurrent: int, epoch_s: f
 
 def one_point(cluster: LoopbackCluster, work: Path, trials: int, backend: str, args) -> dict:
     """One search of `trials` trials with MLflow on `backend`: run, measure, check."""
-    from cluster_measure import check_invariants, extra_asks, measure, summary
+    from benchmarks.cluster_measure import check_invariants, extra_asks, measure, summary
 
     out = work / f"scale-{trials}-{backend}"
     server = MlflowServer(work) if backend == "server" else None
@@ -345,7 +345,7 @@ def main() -> int:
     p.add_argument("--img", type=Path, default=ROOT / "docs" / "img" / "cluster-scale.png")
     args = p.parse_args()
     if args.plot:
-        from cluster_plot import plot
+        from benchmarks.cluster_plot import plot
 
         print(plot([json.loads(f.read_text()) for f in args.plot], args.img))
         return 0

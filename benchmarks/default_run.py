@@ -1,8 +1,8 @@
 """Where the time of the default run goes: preparing, the learning-rate probe, the search, the
 confirmation, the end.
 
-    python benchmarks/default_run.py                          # runs `search/run.py --budget 0.5`
-    python benchmarks/default_run.py --output-dir outputs/bench-default --set search.trials=12
+    python -m benchmarks.default_run                          # runs `search/run.py --budget 0.5`
+    python -m benchmarks.default_run --output-dir outputs/bench-default --set search.trials=12
 
 Runs the main command (its own process, the default config unless --config says otherwise),
 then reads the phase times the driver logs on the search's MLflow run (prepare_s, calibration_s,

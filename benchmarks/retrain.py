@@ -1,16 +1,18 @@
 """Retrain placements outside the search: learning rates x seeds x ranks, to check what a search says.
 
-    python benchmarks/retrain.py --placements all attention "r4 q[1-5] o[1-5]" --lrs 2.8e-3 8e-3 --seeds 0 1 2
-    python benchmarks/retrain.py --placements all --ranks 2 4 8 16 --lrs 1e-3 3e-3 1e-2 3e-2 --rslora both
+    python -m benchmarks.retrain --placements all attention "r4 q[1-5] o[1-5]" --lrs 2.8e-3 8e-3 --seeds 0 1 2
+    python -m benchmarks.retrain --placements all --ranks 2 4 8 16 --lrs 1e-3 3e-3 1e-2 3e-2 --rslora both
 
 Where it sits: beside the search, for the claims it makes. Each row trains one placement with
-`trainables.train.train_placement` (the same code a trial runs, no Ray), on the config's task, at
+`trainables.standalone.train_outside_search` (`trainables.train.train_placement`, the same code a
+trial runs, no Ray), on the config's task, at
 one learning rate, from one training seed (`train.seed`: head init, LoRA init, data order).
 A placement is a baseline's name (all, attention, mlp, plop, cka, activation, plop_x_cka; fitted
 to --budget with the config's ranks and the model's priors) or a placement key. `--ranks` retrains
 the same sites at other uniform ranks; `--rslora both` runs plain and rsLoRA scaling.
 
-Rows go to a JSON-lines file (--out); rows already there are not trained again, so an interrupted
+Rows go to a JSON-lines file (--out; `TrainedPlacement.to_row` with the label, the scaling, the metric's
+name and the config); rows already there are not trained again, so an interrupted
 run continues where it stopped. The summary prints mean +- sd over seeds per placement, rank,
 scaling and learning rate, and the best learning rate of each.
 """
@@ -20,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from pathlib import Path
 
 
@@ -55,10 +56,10 @@ def train_rows(args) -> None:
     import torch
 
     from trainables.config import load_config
-    from trainables.model import load_model
     from trainables.prepare import prepare
-    from trainables.train import Resources, TrialPlan, train_placement
-    from trainables.worker import cached_task, failure_reason
+    from trainables.standalone import train_outside_search
+    from trainables.train import Resources, TrialPlan
+    from trainables.worker import cached_task
 
     torch.set_num_threads(args.threads)
     done = {(r["label"], r["rank"], r["rslora"], r["lr"], r["seed"]) for r in _rows(args.out)}
@@ -79,27 +80,15 @@ def train_rows(args) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for i, (label, placement, rank, rs, lr, seed) in enumerate(jobs, 1):
         cfg = load_config(args.config, [*args.overrides, f"train.rslora={str(rs).lower()}", f"train.seed={seed}"])
-        model = load_model(cfg.model, data.num_labels, seed=seed, tokenizer=tok)
-        epochs = []
-        t0 = time.perf_counter()
-        try:
-            last = train_placement(cfg, TrialPlan(placement, prep.space, lr, seed), model, data, epochs.append,
+        run = train_outside_search(cfg, TrialPlan(placement, prep.space, lr, seed), data, tokenizer=tok,
                                    resources=Resources(n_cpus=args.threads))
-            failure = None
-        except Exception as e:  # a diverged run is a result too
-            failure = failure_reason(e)
-            if failure is None:
-                raise
-            last = {}
-        row = {"label": label, "key": placement.key, "rank": rank, "rslora": rs, "lr": lr, "seed": seed,
-               "metric_name": prep.metric_name, "score": last.get("score"),
-               "epoch_scores": [e["epoch_score"] for e in epochs], "train_loss": last.get("train_loss"),
-               "trainable_params": last.get("trainable_params"), "wall_s": time.perf_counter() - t0,
-               "failure": failure, "config": args.config, "overrides": args.overrides}
+        row = run.to_row(label=label, rslora=rs, metric_name=prep.metric_name, config=args.config,
+                         overrides=args.overrides)
         with open(args.out, "a") as f:
             f.write(json.dumps(row) + "\n")
         print(f"[{i}/{len(jobs)}] {label} r{rank} {'rs' if rs else 'plain'} lr {lr:g} seed {seed}: "
-              f"{row['score'] if row['score'] is not None else failure}  ({row['wall_s']:.0f}s)", flush=True)
+              f"{run.record.score if run.record.score is not None else run.record.error}  ({run.wall_s:.0f}s)",
+              flush=True)
 
 
 def summarise(path: Path) -> None:

@@ -1,13 +1,14 @@
 """Benchmark: how many trials each sampler needs on placement landscapes whose answer is known.
 
-    python benchmarks/search_efficiency.py                      # the default: about 1 minute
-    python benchmarks/search_efficiency.py --seeds 10 --trials 250 --shape llama
-    python benchmarks/search_efficiency.py --fills 0.8 --option w0=0   # ablations of the prior
+    python -m benchmarks.search_efficiency                      # the default: about 1 minute
+    python -m benchmarks.search_efficiency --seeds 10 --trials 250 --shape llama
+    python -m benchmarks.search_efficiency --fills 0.8 --option w0=0   # ablations of the prior
 
 Where it sits: score -> **sample** -> (train replaced by a formula) -> frontier. Every trial goes
 through the real define-by-run space (`PlacementSpace`: flags, rank, lr, budget repair) and the
-real samplers from `search.samplers.make_sampler` (prior | tpe | random), on a plain Optuna study
-(ask / tell, no Ray). Training is replaced by a synthetic landscape (`trainables.landscape`):
+real samplers from `search.sampling.samplers.make_sampler` (prior | tpe | random), through the
+product's offline search (`search.sampling.offline`: a plain Optuna study, ask / tell, no Ray).
+Training is replaced by a synthetic landscape (`trainables.landscape`):
 
     site value     v[k][l] = a_k * b_l * exp(N(0, 0.25^2))       a_k ~ logN(0, 1), b_l ~ logN(0, 0.8^2)
     signal         S = sum over chosen sites of v[k][l] * (r / r_ref) ** 0.5
@@ -41,8 +42,8 @@ import numpy as np
 import optuna
 
 from analysis.pareto import hypervolume, pareto_mask
-from search.samplers import SamplerInputs, make_sampler
-from search.searcher import DIRECTIONS
+from search.sampling.offline import Outcome, run_offline
+from search.sampling.samplers import SamplerInputs
 from spaces.budget import make_budget
 from spaces.placement import Placement
 from spaces.scores import PriorScores
@@ -57,20 +58,19 @@ def run(method: str, land: Landscape, scores: PriorScores | None, budget, trials
         prior_options: dict | None = None) -> tuple[list[float], list[float]]:
     """Hypervolume and best true metric after each trial of one search."""
     inputs = SamplerInputs(land.space, budget, tuple(RANKS), (LR_MIN, LR_MAX), trials, seed, scores)
-    setup = make_sampler(method, inputs, prior_options)
-    study = optuna.create_study(directions=DIRECTIONS, sampler=setup.sampler)
-    for params, attrs in setup.enqueue:
-        study.enqueue_trial(params, user_attrs=attrs)
-    bounds = ((METRIC_HI, 0.0, 0.0), (METRIC_LO, budget.max_params, budget.fraction))
     noise = np.random.default_rng([land.seed, 1])  # the same noise by trial index for every run
+    truth = []  # the noise-free metric of each proposal, in proposal order
+
+    def train(placement: Placement, lr: float) -> Outcome:
+        m, params = land.metric(placement), placement.adapter_params(land.space)
+        truth.append(m)
+        return Outcome([m + noise.normal(0, 0.005)], params, params / budget.full_params)
+
+    records = run_offline(method, inputs, train, prior_options=prior_options)
+    bounds = ((METRIC_HI, 0.0, 0.0), (METRIC_LO, budget.max_params, budget.fraction))
     front, hv, best = [], [], []
-    for _ in range(trials):
-        trial = study.ask()
-        p = Placement.from_json(setup.space(trial)["placement"])
-        m, params = land.metric(p), p.adapter_params(land.space)
-        cost = params / budget.full_params
-        study.tell(trial, [m + noise.normal(0, 0.005), params, cost])
-        points = front + [(m, params, cost)]
+    for m, r in zip(truth, records):
+        points = front + [(m, r.trainable_params, r.compute_hours)]
         front = [q for q, on in zip(points, pareto_mask(points, SENSES)) if on]
         hv.append(hypervolume(front, SENSES, bounds=bounds))
         best.append(max(m, best[-1]) if best else m)
@@ -105,7 +105,7 @@ def main() -> None:
     p.add_argument("--shape", choices=["minilm", "llama"], default="minilm")
     p.add_argument("--fills", type=float, nargs="+", default=None, help="ablation: prior fill levels")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                   help="ablation: a prior sampler option (search.prior_sampler.PriorOptions: strength, floor, "
+                   help="ablation: a prior sampler option (search.sampling.prior_sampler.PriorOptions: strength, floor, "
                    "n_prior, w0, tau, adaptive, learned, eta, epsilon, min_evidence, handover)")
     args = p.parse_args()
     optuna.logging.set_verbosity(optuna.logging.ERROR)

@@ -1,10 +1,11 @@
 """How much of a placement's seed spread the validation split itself causes.
 
-    python benchmarks/split_noise.py --placements all attention --lr 7.02e-3 --seeds 0 1 2
+    python -m benchmarks.split_noise --placements all attention --lr 7.02e-3 --seeds 0 1 2
 
 Where it sits: beside the search, for the default task's claim that its validation split is
-large enough. Each (placement, training seed) is trained once with `trainables.train.train_placement`
-(the code a trial runs, no Ray); its predictions on the validation split are then resampled with
+large enough. Each (placement, training seed) is trained once with
+`trainables.standalone.train_outside_search` (`trainables.train.train_placement`, the code a trial
+runs, no Ray); its predictions on the validation split are then resampled with
 replacement (--resamples times, stratified by label so every class keeps its size) and the metric
 recomputed. The sd over resamples is the noise a split of this size adds to one trained model;
 the sd over training seeds is what a user sees between runs. Both are printed per placement, in
@@ -68,11 +69,12 @@ def binomial_sd(preds, labels, name: str, num_labels: int) -> float:
 def main() -> None:
     import torch
 
-    from retrain import resolve_placements  # beside this script
+    from benchmarks.retrain import resolve_placements
     from trainables.config import load_config
     from trainables.model import load_model
     from trainables.prepare import prepare
-    from trainables.train import Resources, TrialPlan, evaluate, train_placement
+    from trainables.standalone import train_outside_search
+    from trainables.train import Resources, TrialPlan, evaluate
     from trainables.worker import cached_task
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -96,14 +98,16 @@ def main() -> None:
     for label, placement in resolve_placements(args.placements, prep, cfg).items():
         for seed in args.seeds:
             model = load_model(cfg.model, data.num_labels, seed=seed, tokenizer=tok)
-            last = train_placement(cfg, TrialPlan(placement, prep.space, args.lr, seed), model, data, lambda r: None,
-                                   resources=Resources(n_cpus=args.threads))
+            run = train_outside_search(cfg, TrialPlan(placement, prep.space, args.lr, seed), data, model=model,
+                                       resources=Resources(n_cpus=args.threads))
+            if run.record.error:
+                raise SystemExit(f"{label} seed {seed}: the training failed: {run.record.error}")
             # PEFT injected the adapters into `model` in place: it predicts as the trained trial did.
             preds = np.asarray(evaluate(model, data.val, cfg.train.eval_batch_size, _CPU()))
             score = metric(preds, labels, name, data.num_labels)
-            if not math.isclose(score, last["score"], abs_tol=1e-9):
-                raise SystemExit(f"{label} seed {seed}: re-evaluated {score} != the trial's {last['score']}")
-            rows.append({"placement": label, "key": placement.key, "seed": seed, "score": score,
+            if not math.isclose(score, run.record.score, abs_tol=1e-9):
+                raise SystemExit(f"{label} seed {seed}: re-evaluated {score} != the trial's {run.record.score}")
+            rows.append({**run.to_row(placement=label),
                          "bootstrap_sd": bootstrap_sd(preds, labels, name, data.num_labels, args.resamples, seed),
                          "binomial_sd": binomial_sd(preds, labels, name, data.num_labels)})
             print(f"{label} seed {seed}: {name} {score:.4f}; split noise sd {100 * rows[-1]['bootstrap_sd']:.2f} "

@@ -1,7 +1,7 @@
 """Benchmark: what Ray Tune + Optuna + MLflow add to each trial over a bare training loop.
 
-    python benchmarks/trial_overhead.py --config smoke --trials 8
-    python benchmarks/trial_overhead.py --config default --trials 6
+    python -m benchmarks.trial_overhead --config smoke --trials 8
+    python -m benchmarks.trial_overhead --config default --trials 6
 
 First a real search (`search/run.py`, its own process, ASHA's grace set to every epoch so that no
 trial is stopped early); then, in this process, a bare loop that trains the very same placements

@@ -9,8 +9,9 @@ import argparse
 import os
 import sys
 
-from search.errors import UsageError
-from trainables.config import ConfigError, load_config
+from search.runtime.errors import UsageError
+from trainables.choices import describe, one_of
+from trainables.config import ConfigError, load_config, shipped_config_names
 
 
 def fail(message: str) -> int:
@@ -26,11 +27,18 @@ def mlflow_client_defaults() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
+def choices_help(choices: dict[str, str]) -> str:
+    """Every name of an enumeration of `trainables.choices` with its description, for a flag's help
+    (argparse reads `%` in help text as a format)."""
+    return describe(choices).replace("%", "%%")
+
+
 def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", type=float, default=None,
                    help="largest allowed ratio of a placement's LoRA parameters to those of adapting every site at search.r_ref, in (0, 1]; config: search.budget")
     p.add_argument("--config", action="append", default=None, metavar="NAME_OR_PATH",
-                   help="config file(s) layered left to right over the defaults: a .toml path or a shipped name (default, smoke, smollm2); repeatable")
+                   help="config file(s) layered left to right over the defaults: a .toml path or a shipped name "
+                   f"({one_of(shipped_config_names())}); repeatable")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="overrides",
                    help="override one config value, e.g. --set train.epochs=2; repeatable")
     p.add_argument("--output-dir", default="outputs", help="where results, the MLflow store and Ray's files go")

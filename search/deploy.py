@@ -3,7 +3,7 @@
     python search/deploy.py --run-id TRIAL_RUN_ID                     # store: sqlite:///outputs/mlflow.db
     python search/deploy.py --run-id TRIAL_RUN_ID --tracking-uri http://127.0.0.1:5000 --output my-adapter
 
-Where it sits: after the frontier; the work is `search.export` (the folder, the registry version
+Where it sits: after the frontier; the work is `search.tracking.export` (the folder, the registry version
 with alias `deploy`, the tags). Only a completed trial with an adapter can be deployed; anything
 else is refused with one line that names the fix (exit 2).
 """
@@ -15,10 +15,10 @@ import sys
 from pathlib import Path
 
 from analysis.mlflow_read import DEFAULT_TRACKING_URI
-from search.checks import check_output_dir
 from search.cli import fail, mlflow_client_defaults
-from search.errors import UsageError
-from search.export import DeployError, deploy
+from search.runtime.checks import check_output_dir
+from search.runtime.errors import UsageError
+from search.tracking.export import DeployError, deploy
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,8 +16,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from search.cli import add_common_args, config_from_args, fail
-from search.errors import UsageError
+from search.cli import add_common_args, choices_help, config_from_args, fail
+from search.runtime.errors import UsageError
+from trainables.choices import SAMPLERS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_common_args(p)
     p.add_argument("--trials", type=int, default=None, help="number of trials (placements to train); config: search.trials")
-    p.add_argument("--sampler", choices=["prior", "tpe", "random"], default=None, help="how Optuna proposes placements: prior (baselines, then prior draws, then TPE with the prior mixed in), tpe, random; config: search.sampler")
+    p.add_argument("--sampler", choices=list(SAMPLERS), default=None,
+                   help=f"how Optuna proposes placements: {choices_help(SAMPLERS)}; config: search.sampler")
     p.add_argument("--gpus-per-trial", type=float, default=None, help="GPUs reserved per trial, fractional allowed (0 = CPU); config: search.gpus_per_trial")
     p.add_argument("--cpus-per-trial", type=int, default=None, help="CPU cores per trial (also torch threads); config: search.cpus_per_trial")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite:///<output-dir>/mlflow.db); config: tracking.uri")
@@ -53,12 +55,17 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_from_args(args)
     except UsageError as e:
         return fail(str(e))
-    from search.driver import run_search
+    from search.phases.prepare import ray_environment, starts_local_runtime
 
-    try:
-        return run_search(cfg, output_dir=Path(args.output_dir), experiment=args.experiment, resume=args.resume)
-    except UsageError as e:
-        return fail(str(e))
+    output_dir = Path(args.output_dir)
+    # Ray reads its environment when first imported, and the driver imports it: import it inside.
+    with ray_environment(starts_local_runtime(cfg, output_dir, args.experiment, args.resume)):
+        from search.driver import run_search
+
+        try:
+            return run_search(cfg, output_dir=output_dir, experiment=args.experiment, resume=args.resume)
+        except UsageError as e:
+            return fail(str(e))
 
 
 if __name__ == "__main__":

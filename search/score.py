@@ -20,8 +20,9 @@ import time
 import warnings
 from pathlib import Path
 
+from analysis.heatmap import plot_heatmap
 from search.cli import add_common_args, config_from_args, fail
-from search.errors import UsageError, user_error_types
+from search.runtime.errors import UsageError, user_error_types
 
 
 def _f(value, spec=".3f") -> str:
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     add_common_args(p)
     args = p.parse_args(argv)
     try:
-        from search.checks import check_output_dir
+        from search.runtime.checks import check_output_dir
 
         check_output_dir(Path(args.output_dir))  # before the model loads
         cfg = config_from_args(args)
@@ -96,7 +97,6 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(str(e)) from None
     except UsageError as e:
         return fail(str(e))
-    from analysis.heatmap import plot_heatmap
 
     space, scores = prep.space, prep.scores
     baselines = make_baselines(space, budget, list(cfg.search.ranks), scores)

@@ -1,7 +1,7 @@
 """Hand-crafted baseline placements, each fitted to the budget: what a practitioner would try first.
 
 Where it sits: score -> **sample** -> train -> track -> frontier. The prior sampler
-(`search.prior_sampler`) enqueues these as the first trials of a search, so every report shows the
+(`search.sampling.prior_sampler`) enqueues these as the first trials of a search, so every report shows the
 hand-crafted strategies side by side with what the search found (docs/methods.md, "From scores to
 a search"); `search/score.py` prints them as "what each prior alone picks". Torch-free: it reads a
 `spaces.scores.PriorScores`. This is the one place that turns scores into whole placements.

@@ -31,10 +31,9 @@ import torch
 from torch import nn
 
 from spaces.errors import PriorsError, PriorsWarning
-from spaces.scores import ActScores, CkaScores, PriorScores, SiteScores
+from spaces.scores import POOLINGS, ActScores, CkaScores, PriorScores, SiteScores
 from spaces.space import ModelSpace
 
-POOLINGS = ("auto", "mean", "cls", "last")
 # is_causal: the first position's output may move by this fraction when a later token changes
 # (float32 round-off), and still count as unchanged.
 CAUSAL_RTOL = 1e-4
@@ -174,8 +173,9 @@ class _Recorder:
     def set_batch(self, mask: torch.Tensor) -> None:
         self.mask, self._masks = mask, {}
         self.batch_tokens = int(mask.sum())
-        # On a causal model a one-token example's only token is the first position (attention
-        # sink, activations ~100x the others'): it would dominate CKA's centred features.
+        # On a causal model a one-token example's only token is the first position (an attention
+        # sink, activations far larger than the others'; docs/methods.md, "CKA: representation
+        # change across a block (layers)"): it would dominate CKA's centred features.
         self.pooled_rows = mask.sum(1) > 1 if self.causal else torch.ones_like(mask[:, 0])
         self.cka_examples += int(self.pooled_rows.sum())
         self._last_x, self._last_xn = None, None

@@ -18,6 +18,14 @@ Grid = tuple[tuple[float | None, ...], ...]
 # the order among such layers is round-off and calibration noise, not a ranking.
 CKA_TIE_IMPORTANCE = 1e-3
 
+# How CKA pools one vector per example (priors.pooling; `spaces.priors.resolve_pooling`).
+POOLINGS = {
+    "auto": "last on causal decoders, mean on encoders (measured on the model)",
+    "mean": "the mean over non-pad tokens",
+    "cls": "the first token",
+    "last": "the last non-pad token",
+}
+
 
 def _grid(rows) -> Grid:
     return tuple(tuple(None if v is None else float(v) for v in row) for row in rows)
@@ -68,7 +76,7 @@ class PriorScores:
     """Every prior for one model and calibration set.
 
     kinds: the space's aliases; n_examples / n_tokens: the calibration set (non-pad tokens);
-    pooling: how CKA pooled one vector per example (resolved: `mean`, `cls` or `last`, never
+    pooling: how CKA pooled one vector per example (resolved: a name of `POOLINGS`, never
     `auto`); causal: whether the model is a causal decoder (None where unknown); cka_examples:
     the examples CKA pooled (a causal model's one-token examples are left out). grad is None
     unless gradients were asked for.

@@ -1,4 +1,4 @@
-"""Early stopping (`search.asha`): plain ASHA rule for rule as Ray's, and the by-size rule."""
+"""Early stopping (`search.tuning.asha`): plain ASHA rule for rule as Ray's, and the by-size rule."""
 
 import random
 from types import SimpleNamespace
@@ -7,7 +7,7 @@ import pytest
 from ray.tune.schedulers import TrialScheduler
 from ray.tune.schedulers.async_hyperband import _Bracket
 
-from search.asha import PlacementASHA, Rungs
+from search.tuning.asha import PlacementASHA, Rungs
 from trainables.config import Config
 from trainables.record import EPOCH_SCORE, TRAINABLE_PARAMS
 
@@ -98,7 +98,7 @@ def test_the_tune_scheduler_minimises_when_told():
 
 @pytest.mark.parametrize("by_size", [True, False])
 def test_the_search_builds_its_scheduler_from_the_config(by_size):
-    from search.driver import _scheduler
+    from search.phases.explore import scheduler as _scheduler
 
     cfg = Config()
     cfg.search.asha_by_size = by_size

@@ -6,7 +6,6 @@ Also the safe defaults: remote model code stays off unless configured."""
 import os
 import socket
 import subprocess
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -14,10 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from search.checks import check_tracking_uri
-from search.errors import UsageError
-
-ROOT = Path(__file__).resolve().parent.parent
+from search.runtime.checks import check_tracking_uri
+from search.runtime.errors import UsageError
+from tests.conftest import run_script
 
 
 def _closed_port() -> int:
@@ -121,10 +119,7 @@ def test_a_server_that_never_answers_is_bounded_by_the_timeout():
 
 
 def _run_cli(cwd: Path, *args) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    return subprocess.run([sys.executable, str(ROOT / "search" / "run.py"), "--config", "smoke",
-                           "--output-dir", str(cwd / "out"), *args],
-                          capture_output=True, text=True, timeout=240, cwd=cwd, env=env)
+    return run_script("run", "--config", "smoke", "--output-dir", cwd / "out", *args, cwd=cwd, timeout=240)
 
 
 @pytest.mark.slow
@@ -390,6 +385,63 @@ def test_a_model_folder_without_weights(tmp_path, monkeypatch, capsys):
     line = _main_in(tmp_path, monkeypatch, capsys, "--set", f"model.name={folder}")
     assert f"model folder {folder} has no weights (model.safetensors, pytorch_model.bin" in line
     assert "network" not in line
+
+
+def _tiny_bert_folder(path: Path, layers: int = 2, cls=None) -> Path:
+    """A tiny BERT, saved with its tokenizer (123 words and the special tokens)."""
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    cfg = BertConfig(vocab_size=128, hidden_size=16, num_hidden_layers=layers, num_attention_heads=2,
+                     intermediate_size=24, max_position_embeddings=64, num_labels=2)
+    (cls or BertForSequenceClassification)(cfg).save_pretrained(path)
+    vocab = path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(123)]))
+    BertTokenizerFast(str(vocab)).save_pretrained(path)
+    return path
+
+
+def _rename_weights(folder: Path, rename) -> None:
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(folder / "model.safetensors")
+    save_file({rename(k): v for k, v in weights.items()}, folder / "model.safetensors", metadata={"format": "pt"})
+
+
+def test_weights_saved_with_a_module_prefix_are_refused_before_ray(tmp_path, monkeypatch, capsys):
+    """Saved from a DataParallel / DDP wrapper, every key reads `module.bert...`: none would load and
+    the search would train from random weights, end at chance and exit 0."""
+    folder = _tiny_bert_folder(tmp_path / "wrapped")
+    _rename_weights(folder, lambda k: f"module.{k}")
+    capsys.readouterr()  # save_pretrained's progress bars
+    line = _main_in(tmp_path, monkeypatch, capsys, "--set", f"model.name={folder}", "--set", "data.source=chatterbot",
+                    "--set", "data.min_examples_per_label=100", "--set", "search.trials=1", "--set", "train.epochs=1", "--set", "search.calibrate_lr=false",
+                    "--set", "search.confirm_seeds=0")
+    assert f"model folder {folder}: every weight in model.safetensors is named 'module.<name>'" in line
+    assert "from random weights" in line and "model.module.save_pretrained" in line
+
+
+def test_weights_that_do_not_fit_the_model_are_refused_where_it_loads(tmp_path):
+    """The worker's check (`load_model`, transformers' own loading report): base-model weights missing
+    or unexpected are refused; the new head, and the pooler and pretraining head of a checkpoint
+    saved without or with them, are not."""
+    from transformers import BertForMaskedLM
+
+    from trainables.config import load_config
+    from trainables.model import ModelError, load_model
+
+    folder = _tiny_bert_folder(tmp_path / "short", layers=2)
+    _rename_weights(folder, lambda k: k.replace("encoder.layer.1.", "encoder.layer.7."))
+    cfg = load_config(["smoke"], [f"model.name={folder}"])
+    with pytest.raises(ModelError) as e:
+        load_model(cfg.model, 2)
+    text = str(e.value)
+    assert text.startswith(f"model folder {folder}: 16 weights of its BertForSequenceClassification are not in the "
+                           "checkpoint (bert.encoder.layer.1.")
+    assert "and 16 in the checkpoint fit none of its weights (bert.encoder.layer.7." in text
+    assert "the model would train from random weights" in text and "\n" not in text
+    masked_lm = _tiny_bert_folder(tmp_path / "mlm", cls=BertForMaskedLM)  # no pooler, a cls.* head
+    load_model(load_config(["smoke"], [f"model.name={masked_lm}"]).model, 3)
+    load_model(load_config(["default"]).model, 2)  # the packaged MiniLM
 
 
 def test_a_tokenizer_far_smaller_than_the_embedding_table_is_refused(tmp_path):

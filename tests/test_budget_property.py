@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 
 from spaces.baselines import make_baselines, priorities
 from spaces.scores import PriorScores
-from search.prior_sampler import PlacementPrior
-from search.proposal import propose
-from search.samplers import SamplerInputs, make_sampler
+from search.sampling.prior_sampler import PlacementPrior
+from search.sampling.proposal import propose
+from search.sampling.samplers import SamplerInputs, make_sampler
 from spaces import BudgetError, ModelSpace, Placement, make_budget
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -1,11 +1,11 @@
-"""The learning-rate probe (search.calibration): the grid, the choice of the peak, and a real probe
+"""The learning-rate probe (search.phases.calibrate): the grid, the choice of the peak, and a real probe
 on a task built so that too low a rate does not learn and too high a rate collapses."""
 
 import math
 
 import pytest
 
-from search.calibration import HIGH, LOW, LrCalibration, choose_lr, lr_grid
+from search.phases.calibrate import HIGH, LOW, LrCalibration, choose_lr, lr_grid
 
 
 def test_grid_is_log_spaced_with_both_ends():

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))  # the loopback cluster of benchmarks/cluster_scale.py
 
 
 def _free_port() -> int:
@@ -37,58 +36,77 @@ def _child_runs(out_dir: Path, experiment: str):
     return client, [r for r in runs if "trial_id" in r.data.tags], [r for r in runs if r.data.tags.get("role") == "search"]
 
 
-def _fake_ray_init(monkeypatch):
+def _fake_ray_init(monkeypatch, gcs_address="127.0.0.1:6379"):
+    """ray.init recorded with Ray's multi-node switch as the call saw it; a started runtime's GCS at
+    `gcs_address`."""
+    import types
+
     import ray
+
+    from search.phases.prepare import RAY_MULTI_NODE_ENV
 
     calls = []
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append({**kwargs, "switch": os.environ.get(RAY_MULTI_NODE_ENV)}))
+    monkeypatch.setattr(ray, "get_runtime_context", lambda: types.SimpleNamespace(gcs_address=gcs_address))
+    monkeypatch.setattr(ray, "shutdown", lambda: calls.append("shutdown"))
     return calls
 
 
 def test_the_driver_joins_the_address_it_is_given_else_a_runtime_of_its_own(monkeypatch):
-    from ray._private import ray_constants
-
-    from search.prepared import init_ray
+    from search.phases.prepare import RAY_MULTI_NODE_ENV, init_ray
     from trainables.config import load_config
 
-    monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", ray_constants.ENABLE_RAY_CLUSTER)  # restored after
-    monkeypatch.setenv(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR, "1")
+    monkeypatch.setenv(RAY_MULTI_NODE_ENV, "1")
     calls = _fake_ray_init(monkeypatch)
     for address in ("127.0.0.1:6379", "auto", "ray://head:10001"):
         init_ray(load_config(["smoke"], [f"search.address={address}"]))
         assert calls[-1]["address"] == address
-    assert ray_constants.ENABLE_RAY_CLUSTER is True  # joining changes nothing about this machine
+        assert calls[-1]["switch"] == "1"  # joining changes nothing about this machine
     init_ray(load_config(["smoke"]))
-    # "local": never a cluster `ray start` launched here or RAY_ADDRESS names; servers on 127.0.0.1
-    assert calls[-1]["address"] == "local"
-    assert ray_constants.ENABLE_RAY_CLUSTER is False and os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] == "0"
+    # "local": never a cluster `ray start` launched here or RAY_ADDRESS names; started with Ray's
+    # multi-node switch off (its servers on 127.0.0.1), which is as it was afterwards
+    assert calls[-1]["address"] == "local" and calls[-1]["switch"] == "0"
+    assert os.environ[RAY_MULTI_NODE_ENV] == "1"
 
 
-@pytest.mark.parametrize("nodes, addable, cpus, gpus, refusal", [
-    ([{"CPU": 2}], [], 2, 0, None),
-    ([{"CPU": 2}], [], 64, 0, "--cpus-per-trial 64 but the largest node of the Ray cluster has 2 CPUs (a trial runs "
-                              "on one node): pass --cpus-per-trial 2 or fewer"),
-    ([{"CPU": 0}, {"CPU": 4}, {"CPU": 4}], [], 8, 0, "has 4 CPUs"),  # 8 in all, but not on one node
-    ([{"CPU": 2}], [{"CPU": 64}], 64, 0, None),  # the autoscaler can add a node that fits
-    ([{"CPU": 2}], [], 1, 1.0, "--gpus-per-trial 1.0 but the Ray cluster has 0 GPUs: pass --gpus-per-trial 0"),
-    ([{"CPU": 1, "GPU": 1}, {"CPU": 8}], [], 4, 0.5, "with 0.5 GPUs has 1 CPUs"),
-    ([{"CPU": 8, "GPU": 1}], [], 4, 0.5, None),
+def test_a_local_runtime_that_would_listen_beyond_loopback_is_shut_down(monkeypatch):
+    from search.phases.prepare import init_ray
+    from trainables.config import load_config
+
+    calls = _fake_ray_init(monkeypatch, gcs_address="192.0.2.7:6379")  # Ray was imported before the switch
+    with pytest.raises(RuntimeError, match="started on 192.0.2.7, so its servers listened on every interface"):
+        init_ray(load_config(["smoke"]))
+    assert calls[-1] == "shutdown"
+
+
+@pytest.mark.parametrize("nodes, joined, cpus, gpus, refusal", [
+    ([{"CPU": 2}], False, 2, 0, None),
+    ([{"CPU": 2}], False, 64, 0, "--cpus-per-trial 64 but the largest node of the Ray cluster has 2 CPUs (a trial "
+                                 "runs on one node): pass --cpus-per-trial 2 or fewer"),
+    ([{"CPU": 0}, {"CPU": 4}, {"CPU": 4}], False, 8, 0, "has 4 CPUs"),  # 8 in all, but not on one node
+    ([{"CPU": 2}], True, 64, 0, None),  # a joined cluster's autoscaler may add a node that fits: a note
+    ([{"CPU": 2}], True, 1, 1.0, None),  # (KubeRay's GPU groups often start at 0 nodes)
+    ([{"CPU": 2}], False, 1, 1.0, "--gpus-per-trial 1.0 but the Ray cluster has 0 GPUs: pass --gpus-per-trial 0"),
+    ([{"CPU": 1, "GPU": 1}, {"CPU": 8}], False, 4, 0.5, "with 0.5 GPUs has 1 CPUs"),
+    ([{"CPU": 8, "GPU": 1}], False, 4, 0.5, None),
+    ([{"CPU": 8, "GPU": 1}], True, 4, 0.5, None),
 ])
-def test_trial_resources_must_fit_on_one_node(monkeypatch, capsys, nodes, addable, cpus, gpus, refusal):
+def test_trial_resources_must_fit_on_one_node(monkeypatch, capsys, nodes, joined, cpus, gpus, refusal):
     import ray
 
-    from search import prepared
-    from search.errors import UsageError
+    from search.phases import prepare as prepared
+    from search.runtime.errors import UsageError
     from trainables.config import load_config
 
     monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": r} for r in nodes] +
                         [{"Alive": False, "Resources": {"CPU": 999, "GPU": 99}}])  # a dead node counts for nothing
-    monkeypatch.setattr(prepared, "_autoscaler_node_types", lambda: addable)
-    cfg = load_config(["smoke"], [f"search.cpus_per_trial={cpus}", f"search.gpus_per_trial={gpus}"])
+    cfg = load_config(["smoke"], [f"search.cpus_per_trial={cpus}", f"search.gpus_per_trial={gpus}"]
+                      + (["search.address=127.0.0.1:6379"] if joined else []))
     if refusal is None:
         prepared.check_resources(cfg)
-        assert ("autoscaler can add one" in capsys.readouterr().out) == bool(addable)
+        fits = any(r.get("CPU", 0) >= cpus and r.get("GPU", 0) >= gpus for r in nodes)
+        assert ("the trials wait until its autoscaler adds one" in capsys.readouterr().out) == (not fits)
     else:
         with pytest.raises(UsageError, match=re.escape(refusal)):
             prepared.check_resources(cfg)
@@ -105,10 +123,11 @@ def test_more_cpus_per_trial_than_any_node_has_is_refused_not_a_hang(tmp_path):
 
 
 _LISTENERS = """
-import psutil, ray
-from search.prepared import init_ray
+import psutil
+from search.phases.prepare import init_ray
 from trainables.config import load_config
-init_ray(load_config(["smoke"]))
+init_ray(load_config(["smoke"]))  # the first import of Ray in this process, as in search/run.py
+import ray
 print("nodes", len(ray.nodes()), ray.get_runtime_context().gcs_address)
 procs = [psutil.Process()] + psutil.Process().children(recursive=True)
 for p in procs:
@@ -141,7 +160,7 @@ def test_a_local_runtime_listens_on_loopback_only():
 
 @pytest.mark.slow
 def test_search_runs_on_the_worker_nodes_of_an_existing_cluster(tmp_path):
-    from cluster_scale import LoopbackCluster
+    from benchmarks.cluster_scale import LoopbackCluster  # the loopback cluster of the benchmark
 
     # A head that runs no trials (0 CPUs, like a CPU-only head node) and two workers that declare
     # one GPU (and one CPU) each, so trials asking for GPUs must be placed on them (they train on

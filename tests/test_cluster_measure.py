@@ -1,11 +1,6 @@
 """The cluster benchmark's time accounting (benchmarks/cluster_measure.py) on hand-made traces."""
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-
-from cluster_measure import trial_timing, warm_up_end, zero_overhead_schedule  # noqa: E402
+from benchmarks.cluster_measure import trial_timing, warm_up_end, zero_overhead_schedule
 
 
 def _trace(pid, start, epoch_s, reports, end):

@@ -4,18 +4,13 @@ tracker and Optuna study. The numbers depend on the machine; the stores must agr
 """
 
 import argparse
-import sys
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 @pytest.mark.slow
 def test_a_small_simulated_sweep_leaves_every_store_in_step(tmp_path):
-    from cluster_scale import LoopbackCluster, one_point
+    from benchmarks.cluster_scale import LoopbackCluster, one_point
 
     args = argparse.Namespace(concurrent=16, epoch_s=1.0, seed=0, label="test", min_free_gb=1.0, extra_asks=2)
     cluster = LoopbackCluster(nodes=1, gpus_per_node=16, root=tmp_path)

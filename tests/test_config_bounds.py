@@ -16,7 +16,8 @@ import typing
 
 import pytest
 
-from trainables.config import Config
+from trainables.choices import CONFIG_CHOICES, LANDSCAPE_SHAPES
+from trainables.config import SEED_MAX, Config
 
 # The boundary values, as `--set` text (TOML: nan, inf and -inf are floats; "" the empty string).
 BOUNDARY = ("0", "-1", "nan", "inf", "-inf", '""')
@@ -45,7 +46,12 @@ def _text(*allowed):
     return lambda v: v in allowed
 
 
-SEED = _int(0, 2**32 - 1)
+def _choice(key):
+    """One of the names `trainables.choices` gives the key."""
+    return _text(*CONFIG_CHOICES[key])
+
+
+SEED = _int(0, SEED_MAX)
 # Per key: which parsed value passes every check before Ray (in the smoke config, the hub off).
 DOMAIN: dict[str, typing.Callable] = {
     "model.name": _never,  # "" is no model; "0", "nan", ... are hub ids, and the hub is off in tests
@@ -78,12 +84,12 @@ DOMAIN: dict[str, typing.Callable] = {
     "train.lora_scale": _float(0, lo_open=True),
     "train.rslora": _never,
     "train.lora_dropout": _float(0, 1, hi_open=True),
-    "train.precision": _never,  # one of auto, no, bf16, fp16
+    "train.precision": _choice("train.precision"),
     "train.seed": SEED,
-    "train.metric": _never,
+    "train.metric": _choice("train.metric"),
     "priors.calibration_examples": _int(2),
     "priors.seed": SEED,
-    "priors.pooling": _never,
+    "priors.pooling": _choice("priors.pooling"),
     "priors.gradients": _never,
     "priors.batch_size": _int(1),
     "search.budget": _float(0, 1, lo_open=True),
@@ -101,7 +107,8 @@ DOMAIN: dict[str, typing.Callable] = {
     "search.confirm_seeds": _int(0),
     "search.confirm_top": _int(0),
     "search.confirm_baselines": _int(0),
-    "search.sampler": _never,
+    "search.margin": _float(0),
+    "search.sampler": _choice("search.sampler"),
     "search.seed": SEED,
     "search.gpus_per_trial": _float(0),
     "search.cpus_per_trial": _int(1),
@@ -117,9 +124,9 @@ DOMAIN: dict[str, typing.Callable] = {
     "search.study_storage": _text(""),  # "" = the default; the others are not database URLs
     "search.max_compute_hours": _float(0),
     "tracking.uri": _text(""),  # "" = the default store; the others name no store
-    "simulation.landscape": _text(""),  # "" = real training; the others name no landscape
+    "simulation.landscape": _text("", *LANDSCAPE_SHAPES),  # "" = real training
     "simulation.seed": SEED,
-    "simulation.prior": _never,  # informative, misleading or none
+    "simulation.prior": _choice("simulation.prior"),
     "simulation.epoch_s": _float(0, lo_open=True),
     "simulation.noise": _float(0),
     "simulation.trace_dir": _text("", "0", "-1", "nan", "inf", "-inf"),  # "" = none; the others are folders
@@ -164,7 +171,7 @@ CASES = [(key, typ, value) for key, typ in _keys() for value in (*BOUNDARY, WRON
 
 @pytest.mark.parametrize("key, typ, value", CASES, ids=[f"{k}={v}" for k, _, v in CASES])
 def test_a_boundary_value_is_refused_in_one_line_or_passes_every_check(key, typ, value, tmp_path, monkeypatch, capsys):
-    from search import prepared
+    from search.phases import prepare as prepared
     from search.run import main
 
     def reached_ray(*args, **kwargs):

@@ -6,18 +6,12 @@ import csv
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _cli(*args):
-    return [sys.executable, str(ROOT / "search" / "run.py"), "--config", "smoke", *args]
+from tests.conftest import run_script, start_script
 
 
 def _runs(out: Path, experiment: str):
@@ -58,9 +52,8 @@ def _check_confirmation(client, parent, trials, extra_seeds: int):
 @pytest.mark.slow
 def test_baselines_train_at_the_calibrated_rate_and_the_frontier_is_confirmed(tmp_path):
     out = tmp_path / "out"
-    proc = subprocess.run(_cli("--trials", "3", "--output-dir", str(out), "--experiment", "conf",
-                               "--set", "search.confirm_seeds=2", "--set", "search.confirm_baselines=1"),
-                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    proc = run_script("run", "--config", "smoke", "--trials", "3", "--output-dir", out, "--experiment", "conf",
+                      "--set", "search.confirm_seeds=2", "--set", "search.confirm_baselines=1", cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     client, parent, trials = _runs(out, "conf")
     lr = float(parent.data.params["lr_calibrated"])
@@ -85,8 +78,7 @@ def test_a_driver_killed_during_confirmation_resumes_without_duplicates(tmp_path
     out = tmp_path / "out"
     args = ["--trials", "3", "--output-dir", str(out), "--experiment", "killed", "--set", "search.confirm_seeds=3",
             "--set", "search.confirm_baselines=1", "--set", "train.epochs=4", "--set", "search.asha_grace_epochs=4"]
-    driver = subprocess.Popen(_cli(*args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
-                              start_new_session=True)
+    driver = start_script("run", "--config", "smoke", *args, cwd=tmp_path)
     seen = []
     try:
         deadline = time.time() + 400
@@ -101,8 +93,8 @@ def test_a_driver_killed_during_confirmation_resumes_without_duplicates(tmp_path
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
-    proc = subprocess.run(_cli("--resume", "--output-dir", str(out), "--experiment", "killed"), capture_output=True,
-                          text=True, timeout=600, cwd=tmp_path)
+    proc = run_script("run", "--config", "smoke", "--resume", "--output-dir", out, "--experiment", "killed",
+                      cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "calibrating" not in proc.stdout  # the probe is not redone
     client, parent, trials = _runs(out, "killed")
@@ -111,20 +103,39 @@ def test_a_driver_killed_during_confirmation_resumes_without_duplicates(tmp_path
     assert len([r for r in trials if "confirms" in r.data.tags]) == 3 * len(confirmed)
 
 
-def test_a_confirmation_job_restarted_without_tune_state_logs_into_its_run(tmp_path):
+@pytest.mark.slow
+def test_a_driver_killed_as_confirmation_starts_resumes(tmp_path):
+    """Killed right after `confirming:` (the `-confirm` Tuner's tuner.pkl written, no experiment
+    state yet): Ray's restore would start over without the grid of jobs (KeyError 'placement')."""
+    from tests.test_interrupts import kill_when_tune_starts
+
+    out = tmp_path / "out"
+    driver = start_script("run", "--config", "smoke", "--output-dir", out, "--experiment", "early", cwd=tmp_path)
+    kill_when_tune_starts(driver, "confirming:", out / "ray_results" / "early-confirm", [])
+    proc = run_script("run", "--config", "smoke", "--resume", "--output-dir", out, "--experiment", "early",
+                      cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    client, parent, trials = _runs(out, "early")
+    assert parent.info.status == "FINISHED"
+    confirmed = _check_confirmation(client, parent, trials, extra_seeds=1)  # smoke: 1 more seed each
+    assert len([r for r in trials if "confirms" in r.data.tags]) == len(confirmed)
+    assert len([r for r in trials if "confirms" not in r.data.tags]) == 2  # smoke: search.trials = 2
+
+
+def test_a_confirmation_job_restarted_without_tune_state_logs_into_its_run(tmp_path, new_mlflow_store):
     """Tune's 2 s snapshot can miss a confirmation trial that had started: the job then runs again
     under a new trial id, and the tracker must log it into the run that job already has."""
     from types import SimpleNamespace
 
     from mlflow.tracking import MlflowClient
 
-    from search.tracking import MlflowTracker, SearchRun, TrialContext
+    from search.tuning.tracker import MlflowTracker, SearchRun, TrialContext
     from spaces import Placement
     from spaces.space import ModelSpace
 
     space = ModelSpace("model.layers", 2, ("a.q", "a.v"), ("q", "v"), (((4, 4), (4, 4)), ((4, 4), (4, 4))),
                        (False, False))
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient(new_mlflow_store(tmp_path / "mlflow.db"))
     exp = client.create_experiment("jobs", artifact_location=str(tmp_path / "artifacts"))
     parent = client.create_run(exp, tags={"role": "search"}).info.run_id
     run = SearchRun(client.tracking_uri, exp, parent)

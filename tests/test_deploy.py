@@ -8,13 +8,11 @@ The same search also checks `search/report.py` against the search's own trials C
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import run_script
 
 
 @pytest.fixture(autouse=True)
@@ -29,11 +27,11 @@ def _mlflow_env(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def fake_store(tmp_path_factory):
+def fake_store(tmp_path_factory, new_mlflow_store):
     from mlflow.tracking import MlflowClient
 
     tmp = tmp_path_factory.mktemp("fake")
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    uri = new_mlflow_store(tmp / "mlflow.db")
     client = MlflowClient(uri)
     exp = client.create_experiment("fake", artifact_location=(tmp / "artifacts").resolve().as_uri())
     parent = client.create_run(exp, tags={"role": "search"}).info.run_id
@@ -74,7 +72,7 @@ def test_refuses_what_cannot_be_deployed(fake_store, which, message, capsys, tmp
 
 
 def test_registry_check():
-    from search.export import registry_supported
+    from search.tracking.export import registry_supported
 
     assert registry_supported("sqlite:///outputs/mlflow.db")
     assert registry_supported("http://127.0.0.1:5000")
@@ -93,11 +91,8 @@ def smoke(tmp_path_factory):
     is not a constant guess that any model would reproduce."""
     tmp = tmp_path_factory.mktemp("smoke")
     out = tmp / "out"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "search" / "run.py"), "--config", "smoke", "--trials", "2",
-         "--output-dir", str(out), "--experiment", "deploy-test", "--sampler", "prior"],
-        capture_output=True, text=True, timeout=300, cwd=tmp,  # cwd: MLflow's ./mlruns lands in tmp
-    )
+    proc = run_script("run", "--config", "smoke", "--trials", "2", "--output-dir", out, "--experiment", "deploy-test",
+                      "--sampler", "prior", cwd=tmp, timeout=300)  # cwd: MLflow's ./mlruns lands in tmp
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return f"sqlite:///{out / 'mlflow.db'}", out, tmp
 
@@ -123,7 +118,7 @@ def test_deployed_adapter_reproduces_the_trial_metric(smoke, tmp_path):
 
     from analysis.mlflow_read import read_json_artifact, read_search
     from search.deploy import main
-    from search.export import load_deployed
+    from search.tracking.export import load_deployed
     from trainables.config import Config
     from trainables.data import load_task
     from trainables.model import load_model, load_tokenizer, vocab_size

@@ -9,18 +9,14 @@ fault into one trial (`trainables.faults`).
 """
 
 import csv
-import os
-import subprocess
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
+from tests.conftest import run_script
 from trainables import faults
 from trainables.config import load_config
 
-ROOT = Path(__file__).resolve().parent.parent
 FAKE_TOKEN = "hf_FAKEtokenDoNotLog0123456789abcdefXYZ"
 
 
@@ -72,16 +68,16 @@ def test_fault_fires_at_the_first_step_and_is_not_retryable(tmp_path, fault, err
     assert failure_reason(RuntimeError("connection reset by peer")) is None  # other errors: retried
 
 
-def _tracker(tmp_path):
+def _tracker(tmp_path, new_mlflow_store):
     from mlflow.tracking import MlflowClient
 
-    from search.tracking import MlflowTracker, SearchRun, TrialContext
+    from search.tuning.tracker import MlflowTracker, SearchRun, TrialContext
     from spaces import Placement
     from spaces.space import ModelSpace
 
     space = ModelSpace("model.layers", 2, ("a.q", "a.v"), ("q", "v"), (((4, 4), (4, 4)), ((4, 4), (4, 4))),
                        (False, False))
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient(new_mlflow_store(tmp_path / "mlflow.db"))
     exp = client.create_experiment("hooks", artifact_location=str(tmp_path / "artifacts"))
     parent = client.create_run(exp, tags={"role": "search"}).info.run_id
     tracker = MlflowTracker(client, SearchRun(client.tracking_uri, exp, parent),
@@ -90,8 +86,8 @@ def _tracker(tmp_path):
     return client, tracker, config
 
 
-def test_tracker_retries_a_died_worker_in_its_run_and_fails_a_non_retryable_error(tmp_path):
-    client, tracker, config = _tracker(tmp_path)
+def test_tracker_retries_a_died_worker_in_its_run_and_fails_a_non_retryable_error(tmp_path, new_mlflow_store):
+    client, tracker, config = _tracker(tmp_path, new_mlflow_store)
     died, broken = tmp_path / "died.txt", tmp_path / "broken.txt"
     died.write_text("Failure # 1\nray.exceptions.ActorDiedError: The actor died unexpectedly.\n")
     broken.write_text("Failure # 2\n...\nValueError: the data loader broke\n")
@@ -137,13 +133,10 @@ def _search(tmp_path, fault: str, env: dict | None = None):
 
     out = tmp_path / "out"
     marker = tmp_path / "fault.marker"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "search" / "run.py"), "--config", "smoke", "--trials", "3", "--seed", "1",
-         "--output-dir", str(out), "--experiment", "faults", "--set", "train.epochs=2",
-         "--set", "search.confirm_seeds=0"],
-        capture_output=True, text=True, timeout=400, cwd=tmp_path,  # cwd: MLflow's artifacts land here
-        env={**os.environ, "RAY_AUTH_MODE": "disabled", faults.ENV: f"{fault}:{marker}", **(env or {})},
-    )
+    proc = run_script("run", "--config", "smoke", "--trials", "3", "--seed", "1", "--output-dir", out,
+                      "--experiment", "faults", "--set", "train.epochs=2", "--set", "search.confirm_seeds=0",
+                      cwd=tmp_path, timeout=400,  # cwd: MLflow's artifacts land here
+                      env={faults.ENV: f"{fault}:{marker}", **(env or {})})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert marker.exists()  # the fault fired, in exactly one trial (the marker is claimed once)
     client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")

@@ -2,13 +2,10 @@
 
 import csv
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import run_script
 EPOCH_METRICS = {"accuracy", "balanced_accuracy", "epoch_score", "train_loss", "wall_s", "compute_hours"}
 
 
@@ -17,11 +14,8 @@ def test_smoke_search_logs_one_run_per_trial(tmp_path):
     from mlflow.tracking import MlflowClient
 
     out_dir = tmp_path / "out"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "search" / "run.py"), "--config", "smoke", "--trials", "3",
-         "--output-dir", str(out_dir), "--experiment", "smoke-test", "--seed", "1"],
-        capture_output=True, text=True, timeout=300, cwd=ROOT,
-    )
+    proc = run_script("run", "--config", "smoke", "--trials", "3", "--output-dir", out_dir, "--experiment", "smoke-test",
+                      "--seed", "1", timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Pareto-optimal" in proc.stdout
     assert f"mlflow ui --backend-store-uri sqlite:///{(out_dir / 'mlflow.db').resolve()}" in proc.stdout
@@ -65,3 +59,23 @@ def test_smoke_search_logs_one_run_per_trial(tmp_path):
             assert "adapter/adapter_config.json" in adapter
             assert run.data.metrics["trainable_params"] > run.data.metrics["adapter_params"]  # + head
     assert any(r.data.tags.get("pareto") == "true" for r in trials)
+
+    # One ending: search/report.py, on the store alone, prints what the driver printed at its end
+    # (the table, the counts, the confirmed table, which prior was right, the recommendation and the
+    # UI lines), apart from the folder the files go to and the driver's own timing line.
+    report_dir = tmp_path / "report"
+    rep = run_script("report", "--tracking-uri", f"sqlite:///{out_dir / 'mlflow.db'}", "--experiment", "smoke-test",
+                     "--output-dir", report_dir, timeout=300)
+    assert rep.returncode == 0, rep.stdout[-3000:] + rep.stderr[-3000:]
+    driver_end = _ending(proc.stdout, str(out_dir / "smoke-test-"))
+    report_end = _ending(rep.stdout, f"{report_dir}/")
+    assert "recommendation: deploy" in driver_end and "which prior was right" in driver_end
+    assert report_end == driver_end
+
+
+def _ending(stdout: str, files_prefix: str) -> str:
+    """The block a search's ending prints: from the trial table's header to the UI's address."""
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split()[:2] == ["placement", "lr"])
+    end = next(i for i, line in enumerate(lines) if line.startswith(("then browse to:", "open the trials in")))
+    return "\n".join(lines[start:end + 1]).replace(files_prefix, "<files>/")

@@ -9,24 +9,22 @@ terminal, Slurm or Kubernetes would.
 
 import json
 import os
+import re
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from search.errors import UsageError
+from search.runtime.errors import UsageError
+from tests.conftest import run_script, start_script
 from trainables import record as R
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 # ---- one driver per search ---------------------------------------------------------------------
 def test_a_second_driver_on_the_same_search_is_refused(tmp_path):
-    from search.workspace import SearchLock
+    from search.runtime.workspace import SearchLock
 
     with SearchLock(tmp_path / "out", "s1"):
         with pytest.raises(UsageError, match=r"search 's1' in .* is being run by another driver \(pid \d+ on .*\): "
@@ -40,7 +38,7 @@ def test_a_second_driver_on_the_same_search_is_refused(tmp_path):
 
 
 def test_a_search_another_driver_runs_is_refused_before_ray_starts(tmp_path):
-    from search.workspace import SearchLock, check_free
+    from search.runtime.workspace import SearchLock, check_free
 
     check_free(tmp_path / "out", "s1")  # nothing there: free, and nothing written
     assert not (tmp_path / "out").exists()
@@ -53,7 +51,7 @@ def test_a_search_another_driver_runs_is_refused_before_ray_starts(tmp_path):
 
 
 def test_a_new_search_claims_its_study_exclusively(tmp_path):
-    from search.workspace import claim_study
+    from search.runtime.workspace import claim_study
 
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     claim_study(url, "s1")
@@ -61,10 +59,10 @@ def test_a_new_search_claims_its_study_exclusively(tmp_path):
         claim_study(url, "s1")
 
 
-def test_a_new_search_stopped_before_its_first_trial_takes_back_what_it_wrote(tmp_path):
+def test_a_new_search_stopped_before_its_first_trial_takes_back_what_it_wrote(tmp_path, new_mlflow_store):
     from mlflow.tracking import MlflowClient
 
-    from search.workspace import SearchLock, Written, claim_study
+    from search.runtime.workspace import SearchLock, Written, claim_study
 
     out = tmp_path / "out"
     search = SimpleNamespace(output_dir=out, name="s1", tracking_uri=f"sqlite:///{out / 'mlflow.db'}",
@@ -75,6 +73,7 @@ def test_a_new_search_stopped_before_its_first_trial_takes_back_what_it_wrote(tm
         written.study_claimed = True
         (out / "s1.search.json").write_text("{}")
         (out / "s1-scores.png").write_bytes(b"png")
+        new_mlflow_store(out / "mlflow.db")  # what MLflow's first call makes, in a blink
         client = MlflowClient(search.tracking_uri)
         written.experiment_id = client.create_experiment("s1", artifact_location=(out / "mlartifacts").as_uri())
         parent = client.create_run(written.experiment_id).info.run_id
@@ -105,7 +104,7 @@ def _deliver(sig):
 
 
 def test_a_signal_inside_a_tune_phase_stops_tune_and_a_second_one_stops_at_once():
-    from search.interrupts import Interrupts
+    from search.runtime.interrupts import Interrupts
 
     asked = []
     before, env = signal.getsignal(signal.SIGINT), os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
@@ -122,7 +121,7 @@ def test_a_signal_inside_a_tune_phase_stops_tune_and_a_second_one_stops_at_once(
 
 
 def test_sigterm_outside_a_tune_phase_interrupts_and_exits_143():
-    from search.interrupts import Interrupts
+    from search.runtime.interrupts import Interrupts
 
     with Interrupts() as interrupts:
         signal.signal(signal.SIGTERM, lambda *_: None)  # ray.init installs a SIGTERM handler of its own
@@ -190,14 +189,14 @@ def _space():
                       (False, False))
 
 
-def _store(tmp_path):
+def _store(tmp_path, new_mlflow_store):
     from mlflow.tracking import MlflowClient
 
-    from search.tracking import MlflowTracker, SearchRun, TrialContext
+    from search.tuning.tracker import MlflowTracker, SearchRun, TrialContext
     from spaces import Placement
 
     space = _space()
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient(new_mlflow_store(tmp_path / "mlflow.db"))
     exp = client.create_experiment("s1", artifact_location=str(tmp_path / "artifacts"))
     parent = client.create_run(exp, tags={"role": "search"}).info.run_id
     run = SearchRun(client.tracking_uri, exp, parent)
@@ -206,17 +205,17 @@ def _store(tmp_path):
     return client, run, context, config, lambda: MlflowTracker(client, run, context)
 
 
-def test_a_restarted_driver_reports_known_outcomes_and_neither_store_changes_its_mind(tmp_path):
+def test_a_restarted_driver_reports_known_outcomes_and_neither_store_changes_its_mind(tmp_path, new_mlflow_store):
     """ASHA pruned t1 and the tracker closed its run, then the driver died before Tune's snapshot:
     Tune reruns t1. It reports its recorded outcome instead of training; MLflow keeps `pruned`,
     Optuna gets PRUNED. t2's outcome reached Optuna only: its run is closed with that outcome."""
     import optuna
     from optuna.trial import TrialState
 
-    from search.driver import _settled
-    from search.searcher import DIRECTIONS, TUNE_TRIAL_ATTR
+    from search.phases.explore import settled as _settled
+    from search.sampling.study import DIRECTIONS, TUNE_TRIAL_ATTR
 
-    client, run, context, config, tracker = _store(tmp_path)
+    client, run, context, config, tracker = _store(tmp_path, new_mlflow_store)
     first = tracker()
     t1 = SimpleNamespace(trial_id="t1", config={**config, "optuna_trial": 0}, last_result={}, checkpoint=None)
     t2 = SimpleNamespace(trial_id="t2", config={**config, "optuna_trial": 1}, last_result={}, checkpoint=None)
@@ -231,7 +230,7 @@ def test_a_restarted_driver_reports_known_outcomes_and_neither_store_changes_its
     for tid in ("t1", "t2"):
         trial = study.ask()
         trial.set_user_attr(TUNE_TRIAL_ATTR, tid)
-    study.tell(1, [0.9, 40, 0.002])  # t2 was told to Optuna, and the driver died before its run was closed
+    study.tell(1, [0.9, 40])  # t2 was told to Optuna, and the driver died before its run was closed
 
     search = SimpleNamespace(name="s1", study_url=url)
     settled = _settled(search, client, run)
@@ -248,7 +247,7 @@ def test_a_restarted_driver_reports_known_outcomes_and_neither_store_changes_its
         again.on_trial_result(0, [], t, t.last_result)
         again.on_trial_complete(0, [], t)
     again.flush()
-    from search.searcher import optuna_state
+    from search.sampling.study import optuna_state
 
     assert optuna_state(settled["t1"], False)[0] == TrialState.PRUNED
     runs = {r.data.tags["trial_id"]: r for r in client.search_runs([run.experiment_id]) if "trial_id" in r.data.tags}
@@ -259,10 +258,10 @@ def test_a_restarted_driver_reports_known_outcomes_and_neither_store_changes_its
     assert runs["t1"].info.end_time == closed["t1"]  # the settled rerun left its closed run alone
 
 
-def test_a_trial_asked_again_logs_into_the_run_it_had(tmp_path):
+def test_a_trial_asked_again_logs_into_the_run_it_had(tmp_path, new_mlflow_store):
     """A trial the dead driver had started after Tune's last snapshot runs again under a new Tune
     id, as the same Optuna trial: it logs into its run, never a second one."""
-    client, run, context, config, tracker = _store(tmp_path)
+    client, run, context, config, tracker = _store(tmp_path, new_mlflow_store)
     first = tracker()
     first.on_trial_start(0, [], SimpleNamespace(trial_id="old", config={**config, "optuna_trial": 3}))
     first.flush()  # the tracker's store calls run on its writer thread
@@ -277,8 +276,35 @@ def test_a_trial_asked_again_logs_into_the_run_it_had(tmp_path):
     assert runs[0].data.params["optuna_trial"] == "3"
 
 
+def test_a_tune_phase_restores_only_from_a_whole_saved_state(tmp_path):
+    """`Tuner.can_restore` only sees tuner.pkl, written before Tune saves any state; restored from
+    there, Ray starts over without num_samples or the param space. A phase restores only when
+    the newest save is whole, its search state included; else it starts a new Tune run."""
+    import pickle
+
+    from search.tuning.tune_state import GRID_STATE, SEARCHER_STATE, restorable
+
+    exp = tmp_path / "s1"
+    assert not restorable(str(exp), SEARCHER_STATE)  # no folder
+    exp.mkdir()
+    (exp / "tuner.pkl").write_bytes(pickle.dumps({"tune_config": list(range(100))}))
+    assert not restorable(str(exp), SEARCHER_STATE)  # killed as the phase started
+    (exp / "experiment_state-2026-01-01_00-00-02.json").write_text('{"trial_data": []}')
+    assert not restorable(str(exp), SEARCHER_STATE)  # killed between the two writes of a save
+    (exp / "search_gen_state-2026-01-01_00-00-01.json").write_text("{}")  # an older save's
+    assert not restorable(str(exp), SEARCHER_STATE)
+    (exp / "search_gen_state-2026-01-01_00-00-02.json").write_text("{}")
+    assert restorable(str(exp), SEARCHER_STATE) and not restorable(str(exp), GRID_STATE)
+    (exp / "tuner.pkl").write_bytes((exp / "tuner.pkl").read_bytes()[:40])  # cut short while written
+    assert not restorable(str(exp), SEARCHER_STATE)
+    (exp / "tuner.pkl").write_bytes(pickle.dumps({}))
+    (exp / "experiment_state-2026-01-01_00-00-03.json").write_text('{"trial_da')
+    (exp / "search_gen_state-2026-01-01_00-00-03.json").write_text("{}")
+    assert not restorable(str(exp), SEARCHER_STATE)  # the newest state cut short while written
+
+
 def test_why_no_trial_completed():
-    from search.driver import _why_none_completed
+    from search.phases.publish import why_none_completed as _why_none_completed
 
     failed = R.TrialRecord("a", "ra", "r2 q[0]", status=R.FAILED, error="non-finite training loss (nan) at step 0")
     pruned = R.TrialRecord("b", "rb", "r2 v[0]", status=R.PRUNED)
@@ -289,10 +315,6 @@ def test_why_no_trial_completed():
 
 
 # ---- slow: a real smoke search, stopped with a signal ---------------------------------------------
-def _cli(*args):
-    return [sys.executable, str(ROOT / "search" / "run.py"), "--config", "smoke", *args]
-
-
 def _runs(out: Path, experiment: str):
     from mlflow.tracking import MlflowClient
 
@@ -302,8 +324,7 @@ def _runs(out: Path, experiment: str):
 
 
 def _start(args, cwd: Path):
-    return subprocess.Popen(_cli(*args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd,
-                            start_new_session=True, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    return start_script("run", "--config", "smoke", *args, cwd=cwd)
 
 
 def _signal_after(driver, prefix: str, sig: int, seen: list, wait_s: float = 0.0, timeout_s: float = 400) -> None:
@@ -348,8 +369,8 @@ def test_a_signal_after_the_first_trial_ends_the_search_as_killed_and_resume_fin
     if sig == signal.SIGTERM:
         return  # the same state as after Ctrl-C; the resume below is checked once
     # A second driver on the search while none runs is fine: --resume finishes it.
-    proc = subprocess.run(_cli("--resume", "--output-dir", str(out), "--experiment", "stopped"), capture_output=True,
-                          text=True, timeout=600, cwd=tmp_path)
+    proc = run_script("run", "--config", "smoke", "--resume", "--output-dir", out, "--experiment", "stopped",
+                      cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "min in this run," in proc.stdout and "min since it started" in proc.stdout
     parents, trials = _runs(out, "stopped")
@@ -362,6 +383,50 @@ def test_a_signal_after_the_first_trial_ends_the_search_as_killed_and_resume_fin
     assert len(told) == 3 and {t.state.name for t in told} == {"COMPLETE"}  # nothing RUNNING or WAITING
 
 
+def kill_when_tune_starts(driver, prefix: str, tune_dir: Path, seen: list, timeout_s: float = 400) -> None:
+    """SIGKILL the driver (and its Ray processes) once it printed a line starting with `prefix`
+    and Ray Tune wrote `tune_dir/tuner.pkl`: the Tuner exists, Tune has saved no experiment state
+    yet (a driver killed just as a Tune phase starts)."""
+    deadline = time.time() + timeout_s
+    try:
+        for line in driver.stdout:
+            seen.append(line)
+            if line.startswith(prefix) or time.time() > deadline:
+                break
+        while not (tune_dir / "tuner.pkl").exists() and driver.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        assert driver.poll() is None, "the search ended before it could be killed:\n" + "".join(seen[-20:])
+        assert (tune_dir / "tuner.pkl").exists(), "".join(seen[-20:])
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_a_driver_killed_as_the_search_starts_resumes_every_trial(tmp_path):
+    """Killed 1 s after `searching:` (Tune's tuner.pkl written, no experiment state yet): Ray's
+    restore would start over with 1 trial (its restart drops num_samples); --resume runs them all."""
+    out = tmp_path / "out"
+    args = ["--trials", "3", "--output-dir", str(out), "--experiment", "early", "--set", "search.confirm_seeds=0",
+            "--set", "search.calibrate_lr=false"]
+    seen = []
+    kill_when_tune_starts(_start(args, tmp_path), "searching:", out / "ray_results" / "early", seen)
+    proc = run_script("run", "--config", "smoke", "--resume", "--output-dir", out, "--experiment", "early",
+                      cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    parents, trials = _runs(out, "early")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    ids = [r.data.tags["trial_id"] for r in trials]
+    assert len(ids) == len(set(ids)) == 3, proc.stdout[-3000:]  # every trial of search.trials, each once
+    assert all(r.info.status == "FINISHED" and r.data.tags["status"] in ("completed", "pruned") for r in trials)
+    import optuna
+
+    told = optuna.load_study(study_name="early", storage=f"sqlite:///{out / 'optuna.db'}").get_trials()
+    assert len(told) == 3 and {t.state.name for t in told} <= {"COMPLETE", "PRUNED"}  # nothing RUNNING or WAITING
+    counts = re.search(r"(\d+) completed, (\d+) stopped early by ASHA, (\d+) failed", proc.stdout)
+    assert counts and sum(map(int, counts.groups())) == 3  # the full result, not 1 of 3
+
+
 @pytest.mark.slow
 def test_resume_while_the_first_driver_runs_is_refused(tmp_path):
     out = tmp_path / "out"
@@ -371,8 +436,8 @@ def test_resume_while_the_first_driver_runs_is_refused(tmp_path):
             seen.append(line)
             if line.startswith(("calibrating", "searching")):
                 break
-        proc = subprocess.run(_cli("--resume", "--output-dir", str(out), "--experiment", "busy"),
-                              capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        proc = run_script("run", "--config", "smoke", "--resume", "--output-dir", out, "--experiment", "busy",
+                          cwd=tmp_path, timeout=300)
         assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and "search 'busy' in" in lines[0] and "is being run by another driver (pid" in lines[0]
@@ -399,10 +464,9 @@ def test_a_signal_before_the_first_trial_leaves_nothing_behind(tmp_path, when):
 @pytest.mark.slow
 def test_a_search_whose_every_trial_fails_exits_non_zero_and_says_why(tmp_path):
     out = tmp_path / "out"
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "LORA_SEARCH_TEST_FAULT": f"nan:{tmp_path / 'marker'}"}
-    proc = subprocess.run(_cli("--trials", "1", "--output-dir", str(out), "--experiment", "allfail",
-                               "--set", "search.calibrate_lr=false", "--set", "search.confirm_seeds=0"),
-                          capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    proc = run_script("run", "--config", "smoke", "--trials", "1", "--output-dir", out, "--experiment", "allfail",
+                      "--set", "search.calibrate_lr=false", "--set", "search.confirm_seeds=0", cwd=tmp_path,
+                      timeout=600, env={"LORA_SEARCH_TEST_FAULT": f"nan:{tmp_path / 'marker'}"})
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(lines) == 1 and "no trial completed (1 of 1 failed; 1 with: non-finite training loss" in lines[0]

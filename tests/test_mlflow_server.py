@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import run_script
 
 
 def _free_port() -> int:
@@ -76,11 +76,8 @@ def test_search_report_and_deploy_through_a_server(tmp_path, monkeypatch, capsys
     try:
         _wait_until_up(url, server, log)
         out = tmp_path / "out"
-        proc = subprocess.run(
-            [sys.executable, str(ROOT / "search" / "run.py"), "--config", "smoke", "--trials", "2", "--sampler", "prior",
-             "--output-dir", str(out), "--experiment", "served", "--tracking-uri", url],
-            capture_output=True, text=True, timeout=300, cwd=tmp_path,
-        )
+        proc = run_script("run", "--config", "smoke", "--trials", "2", "--sampler", "prior", "--output-dir", out,
+                          "--experiment", "served", "--tracking-uri", url, cwd=tmp_path, timeout=300)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         assert f"MLflow tracking server: {url}" in proc.stdout
 

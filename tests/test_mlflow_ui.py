@@ -19,13 +19,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
 from test_mlflow_server import _free_port, _stop, _wait_until_up
+from tests.conftest import ROOT, run_script
 
-ROOT = Path(__file__).resolve().parent.parent
 CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 GENAI_ONLY = ("Sessions", "Judges", "Playground")  # sidebar entries of the UI's GenAI mode
@@ -103,7 +102,8 @@ def served_search(tmp_path_factory):
     port = _free_port()
     url, log = f"http://127.0.0.1:{port}", tmp / "server.log"
     # No job runner: it serves GenAI features only, and its workers take 15 s to stop.
-    env = {**os.environ, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    extra = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env = {**os.environ, **extra}
     with open(log, "w") as log_file:
         server = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp / 'server.db'}",
@@ -112,11 +112,9 @@ def served_search(tmp_path_factory):
             stdout=log_file, stderr=subprocess.STDOUT, cwd=tmp, start_new_session=True, env=env)
     try:
         _wait_until_up(url, server, log)
-        proc = subprocess.run(
-            [sys.executable, str(ROOT / "search" / "run.py"), "--config", "smoke", "--trials", "2",
-             "--sampler", "prior", "--output-dir", str(tmp / "out dir"), "--experiment", "picked",
-             "--tracking-uri", url],
-            capture_output=True, text=True, timeout=300, cwd=tmp, env=env)
+        proc = run_script("run", "--config", "smoke", "--trials", "2", "--sampler", "prior", "--output-dir",
+                          tmp / "out dir", "--experiment", "picked", "--tracking-uri", url, cwd=tmp, timeout=300,
+                          env=extra)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         client = MlflowClient(url)
         exp = client.get_experiment_by_name("picked")

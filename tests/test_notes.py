@@ -1,4 +1,4 @@
-"""search/notes.py and search/ui.py: the Markdown a user reads in the MLflow UI, the runs views and
+"""search/tracking/notes.py and search/tracking/ui.py: the Markdown a user reads in the MLflow UI, the runs views and
 the links that open them (what the browser shows is `tests/test_mlflow_ui.py`)."""
 
 import shlex
@@ -10,7 +10,7 @@ PID, EID = "p" * 32, "7"
 
 
 def _facts(**kw):
-    from search.notes import SearchFacts
+    from search.tracking.notes import SearchFacts
 
     params = {"metric_name": "balanced_accuracy", "cost_unit": "CPU-core-hours", "budget": "0.5", "r_ref": "8",
               "trials": "6", "sampler": "prior", "model": "minilm", "data": "chatterbot",
@@ -38,7 +38,7 @@ RECORDS = [
 
 
 def test_headline_names_the_winner_its_margin_and_its_cost():
-    from search.notes import search_note
+    from search.tracking.notes import search_note
 
     note = search_note(_facts(), RECORDS)
     head = note.split("\n\n")[0]
@@ -51,7 +51,7 @@ def test_headline_names_the_winner_its_margin_and_its_cost():
 
 
 def test_ties_go_to_fewer_parameters():
-    from search.notes import recommended
+    from search.tracking.notes import recommended
 
     twins = [_rec("big", "r8 q[0-5]", score=0.7, params=5000), _rec("small", "r2 q[0]", score=0.7, params=900),
              _rec("worse", "r2 k[0]", score=0.6, params=100)]
@@ -60,7 +60,7 @@ def test_ties_go_to_fewer_parameters():
 
 
 def test_without_baselines_the_margin_is_over_the_runner_up():
-    from search.notes import default_recommendation
+    from search.tracking.notes import default_recommendation
 
     plain = [r.replace(baseline=None) for r in RECORDS]
     head = default_recommendation(_facts(), plain)
@@ -70,7 +70,7 @@ def test_without_baselines_the_margin_is_over_the_runner_up():
 
 
 def test_sections_links_and_deploy_command():
-    from search.notes import search_note
+    from search.tracking.notes import search_note
 
     note = search_note(_facts(), RECORDS)
     frontier = note.split("#### Pareto frontier")[1].split("####")[0]
@@ -93,7 +93,7 @@ def test_sections_links_and_deploy_command():
 
 
 def test_the_experiments_version_is_brief():
-    from search.notes import search_note
+    from search.tracking.notes import search_note
 
     full, brief = search_note(_facts(), RECORDS), search_note(_facts(), RECORDS, brief=True)
     assert brief.split("\n\n")[:2] == full.split("\n\n")[:2]  # the same recommendation and caveat
@@ -105,7 +105,7 @@ def test_the_experiments_version_is_brief():
 
 
 def test_priors_are_listed_in_the_order_they_rank_sites():
-    from search.notes import search_note
+    from search.tracking.notes import search_note
     from spaces.scores import PriorScores
 
     scores = PriorScores.from_summaries(("q", "k", "v"), [0.3, 0.1, 0.2], [0.1, 0.5, 0.3], [1.0, 2.0, 3.0])
@@ -117,7 +117,7 @@ def test_priors_are_listed_in_the_order_they_rank_sites():
 
 
 def test_a_later_recommendation_and_confirmed_table_slot_in():
-    from search.notes import search_note
+    from search.tracking.notes import search_note
 
     table = "| placement | mean | sd |\n|---|---:|---:|\n| `r4 q[1-5] o[1-5]` | 0.640 | 0.008 |"
     note = search_note(_facts(), RECORDS, recommendation="**Deploy `r4 q[1-5] o[1-5]`**: confirmed over 5 seeds.",
@@ -128,7 +128,7 @@ def test_a_later_recommendation_and_confirmed_table_slot_in():
 
 
 def test_unfinished_searches_and_the_size_limit():
-    from search.notes import search_note
+    from search.tracking.notes import search_note
 
     assert search_note(_facts(), RECORDS[2:3]).startswith("**No recommendation yet**")
     assert search_note(_facts(), RECORDS, status="KILLED").startswith("**Search killed**, so far: **Recommended")
@@ -140,7 +140,7 @@ def test_unfinished_searches_and_the_size_limit():
 
 
 def test_trial_notes():
-    from search.notes import trial_note
+    from search.tracking.notes import trial_note
 
     facts = _facts()
     best, pruned, failed = RECORDS[3], RECORDS[2], RECORDS[5]
@@ -153,7 +153,7 @@ def test_trial_notes():
 
 
 def test_registry_descriptions_say_what_and_how_to_load():
-    from search.notes import model_version_note, registered_model_note
+    from search.tracking.notes import model_version_note, registered_model_note
 
     info = {"run_id": "r" * 32, "trial_id": "dddd", "parent_run_id": PID, "experiment": "lora-x", "experiment_id": EID,
             "tracking_uri": "http://127.0.0.1:5000", "placement_key": "r4 q[1-5] o[1-5]", "metric_name": "accuracy",
@@ -168,9 +168,9 @@ def test_registry_descriptions_say_what_and_how_to_load():
     assert "models:/lora-x@deploy" in model
 
 
-# ---- search.ui ------------------------------------------------------------------------------------
+# ---- search.tracking.ui ------------------------------------------------------------------------------------
 def test_printed_command_and_address():
-    from search.ui import ui_command, ui_lines
+    from search.tracking.ui import ui_command, ui_lines
 
     uri = "sqlite:////tmp/my outputs/mlflow.db"
     assert shlex.split(ui_command(uri)) == ["mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
@@ -185,7 +185,7 @@ def test_printed_command_and_address():
 
 
 def test_views_hold_one_search_sorted_by_score():
-    from search.ui import CHARTS, FRONTIER, TRIALS, view_state
+    from search.tracking.ui import CHARTS, FRONTIER, TRIALS, view_state
 
     trials, front, charts = (view_state(v, PID) for v in (TRIALS, FRONTIER, CHARTS))
     # the searched trials only: the confirmation runs (tagged `confirms`) share the parent
@@ -202,7 +202,7 @@ def test_views_hold_one_search_sorted_by_score():
 
 
 def test_the_deploy_command_exports_the_confirmed_pick_not_the_top_single_run():
-    from search.notes import search_note
+    from search.tracking.notes import search_note
 
     # The single-run best is dddd; confirmation over seeds picked the attention baseline (bbbb).
     kw = dict(recommendation="**Recommendation: deploy [attention] r4 q[0-5] k[0-5] v[0-5] o[0-5]**",

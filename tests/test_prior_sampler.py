@@ -10,12 +10,12 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search.prior_sampler import PlacementPrior, PriorOptions, PriorSampler, prior_weight
-from search.proposal import propose
-from search.samplers import SamplerInputs, make_sampler
-from search.searcher import make_searcher
+from search.sampling.prior_sampler import PlacementPrior, PriorOptions, PriorSampler, prior_weight
+from search.sampling.proposal import propose
+from search.sampling.samplers import SamplerInputs, make_sampler
+from search.tuning.searcher import make_searcher
 from spaces import Placement, make_budget
-from search.samplers import baseline_cap
+from search.sampling.samplers import baseline_cap
 from spaces.baselines import kind_family, make_baselines, priorities, product_flags, rank_scores, select_baselines
 from spaces.scores import PriorScores
 from spaces.space import ModelSpace
@@ -161,7 +161,7 @@ def test_first_suggestions_are_the_baselines_in_order_then_outcomes_reach_optuna
     searcher.on_trial_complete("t2", None, error=True)
     states = [t.state for t in searcher.study.get_trials(deepcopy=False)[:3]]
     assert states == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL]
-    assert searcher.study.get_trials()[0].values == [0.8, 100.0, 0.01]
+    assert searcher.study.get_trials()[0].values == [0.8, 100.0]  # measured time is not told (search.sampling.study)
     assert searcher.study.get_trials()[0].user_attrs["baseline"] == "all"
 
 
@@ -305,8 +305,8 @@ def test_the_prior_keeps_its_weight_where_it_is_right_and_loses_it_where_it_is_n
 def test_a_proposal_reads_the_rdb_study_once(tmp_path):
     # With an RDB study every read of the trials re-reads each unfinished trial from the database;
     # with many trials running those reads were most of the driver's CPU. In the learned phase the
-    # prior sampler reads the study once per proposal (Optuna's per-ask cache), however many of its
-    # steps look at the trials. (Optuna's ask and its TPE with constant liar make reads of their own.)
+    # prior sampler reads the study once per proposal, however many of its steps look at the
+    # trials. (Optuna's ask and its TPE make reads of their own.)
     import traceback
 
     space = _space(n_layers=4)
@@ -327,7 +327,7 @@ def test_a_proposal_reads_the_rdb_study_once(tmp_path):
 
     def spy(*args, **kwargs):
         stack = traceback.extract_stack()
-        ours.append(any(Path(f.filename).parts[-2:] == ("search", "prior_sampler.py") for f in stack)
+        ours.append(any(Path(f.filename).parts[-3:] == ("search", "sampling", "prior_sampler.py") for f in stack)
                     and not any("_tpe" in Path(f.filename).parts for f in stack))
         return inner(*args, **kwargs)
 

@@ -3,27 +3,20 @@ means, others with a surrogate fitted to the table that never leaves the measure
 table builder's --shard split (`benchmarks/placement_table.py`)."""
 
 import argparse
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from benchmarks import placement_table
+from benchmarks import replay as replay_mod
 from spaces.budget import make_budget
+from trainables.config import load_config
 from trainables.landscape import model_space
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 EPOCHS = 3
 KIND_EFFECT = np.array([0.06, 0.0, 0.04, 0.0, -0.03, 0.01])  # q k v o up down
 LAYER_EFFECT = np.array([0.0, 0.01, 0.02, 0.03, 0.04, 0.05])
-
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _truth(placement) -> float:
@@ -36,10 +29,9 @@ def _truth(placement) -> float:
 
 @pytest.fixture()
 def replay(tmp_path, monkeypatch):
-    table_mod, replay_mod = _load("placement_table"), _load("replay")
     space = model_space("minilm")
     budget = make_budget(space, 0.5, 8, 2)
-    placements = table_mod.draw_placements(space, budget, [2, 4, 8], 80, seed=0)
+    placements = placement_table.draw_placements(space, budget, [2, 4, 8], 80, seed=0)
     held, unseen = placements[:60], placements[60:]
     with open(tmp_path / "table-t.jsonl", "w") as f:
         for p in held:
@@ -79,11 +71,10 @@ def test_the_surrogate_learns_the_table_and_stays_in_its_range(replay):
 
 
 def test_shards_split_the_missing_rows():
-    table_mod = _load("placement_table")
-    assert table_mod._shard("1/2") == (1, 2)
+    assert placement_table._shard("1/2") == (1, 2)
     for bad in ("2/2", "x", "1-2"):
         with pytest.raises(argparse.ArgumentTypeError, match="--shard"):
-            table_mod._shard(bad)
+            placement_table._shard(bad)
 
 
 def test_a_surrogate_that_overshoots_is_held_to_the_measured_range(replay):
@@ -96,7 +87,6 @@ def test_a_surrogate_that_overshoots_is_held_to_the_measured_range(replay):
 
 
 def test_trials_to_a_level_counts_the_first_trial_that_reaches_it():
-    replay_mod = _load("replay")
     runs = [{"hv": [0.1, 0.5, 0.9, 0.95]}, {"hv": [0.2, 0.2, 0.3, 0.4]}]
     assert replay_mod.trials_to(runs, 0.9) == [3, float("inf")]
     assert replay_mod.trials_to(runs, 0.2) == [2, 1]
@@ -115,7 +105,7 @@ def _search_meta(table):
 
 
 def test_the_baselines_ablation_enqueues_only_the_first_k(replay):
-    from search.samplers import SamplerInputs, make_sampler
+    from search.sampling.samplers import SamplerInputs, make_sampler
 
     table, _, _ = replay
     space = table.space
@@ -127,7 +117,7 @@ def test_the_baselines_ablation_enqueues_only_the_first_k(replay):
     lookup = table.lookup
     table.lookup = lambda p: (seen.append(p.key), lookup(p))[1]
     bounds = ((1.0, 0.0, 0.0), (0.0, 1e6, 1.0))
-    run = _load("replay").replay
+    run = replay_mod.replay
     run(table, "prior", 0, 12, bounds)
     assert len(baseline_keys) == 4 and seen[:4] == baseline_keys, (seen[:4], baseline_keys)
     for k in (0, 2):
@@ -138,16 +128,16 @@ def test_the_baselines_ablation_enqueues_only_the_first_k(replay):
 
 @pytest.mark.parametrize("stopping", ["none", "all", "by-size"])
 def test_the_replay_stops_trials_early_by_the_rule_it_is_given(replay, stopping):
-    """Every proposal's epochs are charged until the rule (`search.asha.Rungs`, fed the trial's
+    """Every proposal's epochs are charged until the rule (`search.tuning.asha.Rungs`, fed the trial's
     per-epoch scores and trainable params in proposal order) stops it; "none" trains them all."""
-    from search.asha import Rungs
+    from search.tuning.asha import Rungs
 
     table, _, _ = replay
     _search_meta(table)
     looked_up = []
     lookup = table.lookup
     table.lookup = lambda p: (looked_up.append(lookup(p)), looked_up[-1])[1]
-    out = _load("replay").replay(table, "random", 3, 12, ((1.0, 0.0, 0.0), (0.0, 1e6, 1.0)), stopping=stopping)
+    out = replay_mod.replay(table, "random", 3, 12, ((1.0, 0.0, 0.0), (0.0, 1e6, 1.0)), stopping=stopping)
     rungs = Rungs(EPOCHS, 1, 2, by_size=stopping == "by-size")
     expected = 0
     for i, (epochs, params, _) in enumerate(looked_up):
@@ -157,3 +147,22 @@ def test_the_replay_stops_trials_early_by_the_rule_it_is_given(replay, stopping)
                 break
     assert len(looked_up) == 12 and out["epochs"] == expected
     assert (expected == 12 * EPOCHS) == (stopping == "none")
+
+
+@pytest.mark.parametrize("config, band", [(None, 3.0), (["smoke"], 1.5)])
+def test_the_replay_takes_the_samplers_band_from_the_tables_config(replay, monkeypatch, config, band):
+    """The sampler's band around the table's calibrated rate is the config's `search.lr_band` (the
+    default config when the meta names none), as the search builds it (`SamplerInputs.from_config`)."""
+    from search.sampling import offline
+
+    table, _, _ = replay
+    _search_meta(table)
+    if config:
+        table.meta["config"] = config
+        table.config = load_config(config)
+    seen, run = [], offline.run_offline
+    monkeypatch.setattr(offline, "run_offline", lambda *a, **k: (seen.append(a[1]), run(*a, **k))[1])
+    replay_mod.replay(table, "random", 0, 12, ((1.0, 0.0, 0.0), (0.0, 1e6, 1.0)))
+    lr = table.meta["lr"]
+    assert seen[0].lr_range == pytest.approx((lr / band, lr * band)) and seen[0].calibrated_lr == lr
+    assert seen[0].ranks == (2, 4, 8) and seen[0].trials == 12  # the table's ranks, the replay's length

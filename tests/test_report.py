@@ -1,7 +1,7 @@
 """search/report.py and analysis/mlflow_read.py on a store written by the real tracker.
 
 The store is made the way a search makes it, without a cluster: the driver's parent run, then
-`search.tracking.MlflowTracker`'s Tune hooks driven with fake trials and results (completed,
+`search.tuning.tracker.MlflowTracker`'s Tune hooks driven with fake trials and results (completed,
 dominated, pruned, failed, still running), then the driver's own end-of-search CSV. The report
 must rebuild that CSV from MLflow alone, move the pareto tags and write the plots.
 """
@@ -53,8 +53,8 @@ def make_search(tmp_path, name="t", stale_tag_on=None):
     from mlflow.tracking import MlflowClient
 
     from analysis.report import write_rows
-    from search.frontier import mark_frontier
-    from search.tracking import MlflowTracker, SearchRun, TrialContext
+    from search.phases.publish import mark_frontier
+    from search.tuning.tracker import MlflowTracker, SearchRun, TrialContext
     from spaces.placement import Placement
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -235,7 +235,7 @@ def test_cli_one_line_error_and_no_torch(search, tmp_path):
 
 
 def test_report_writes_descriptions_and_views(search, tmp_path, capsys):
-    """The UI's side (search.notes, search.ui): descriptions on the experiment, the search run and
+    """The UI's side (search.tracking.notes, search.tracking.ui): descriptions on the experiment, the search run and
     every trial run, and runs views whose filters the store answers."""
     import json
 

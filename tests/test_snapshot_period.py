@@ -3,7 +3,7 @@ resume), in proportion to the trials for sweeps (the snapshot's share of the loo
 
 import pytest
 
-from search import prepared
+from search.phases import prepare as prepared
 
 
 @pytest.mark.parametrize("trials, seconds", [(1, 2.0), (12, 2.0), (100, 2.0), (300, 6.0), (1000, 20.0)])

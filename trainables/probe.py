@@ -1,6 +1,6 @@
 """One point of the learning-rate probe: the reference placement trained briefly at one learning rate.
 
-Where it sits: before the baselines (see `search.calibration`). The driver runs `probe_lr` as a Ray
+Where it sits: before the baselines (see `search.phases.calibrate`). The driver runs `probe_lr` as a Ray
 task on a trial's resources, once per learning rate of the probe's grid; it trains with the same
 code as a trial (`train_placement`) for the probe's epochs (the config it is given says how many)
 and returns plain numbers. Its score is on the fixed validation subset every trial's early epochs

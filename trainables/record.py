@@ -2,7 +2,7 @@
 
 Where it sits: train -> **track** -> frontier. A trial reports per-epoch results under the key
 names below (`trainables.train`); the tracker logs them to MLflow under the same names
-(`search.tracking`); the frontier, the tables and the plots read `TrialRecord`s built by one
+(`search.tuning.tracker`); the frontier, the tables and the plots read `TrialRecord`s built by one
 function, `build_record`, from what MLflow holds (`analysis.mlflow_read`) or from the tracker's
 mirror of what it wrote. Stdlib only, so `analysis/` and the driver use it without torch.
 
@@ -41,7 +41,6 @@ FAILURE = "failure"
 SETTLED = "settled"
 
 EPOCH_METRICS = (ACCURACY, BALANCED_ACCURACY, EPOCH_SCORE, TRAIN_LOSS, WALL_S, COMPUTE_HOURS)
-METRICS = (ACCURACY, BALANCED_ACCURACY)  # the task metrics a search can optimise
 
 # The objectives, with their senses, in the order the searcher and the frontier use.
 OBJECTIVES: tuple[tuple[str, str], ...] = ((SCORE, "max"), (TRAINABLE_PARAMS, "min"), (COMPUTE_HOURS, "min"))
@@ -70,6 +69,7 @@ PARETO_TAG = "pareto"
 ERROR_TAG = "error"
 RETRIES_TAG, RETRY_REASON_TAG = "retries", "retry_reason"
 JOB = "job"  # a confirmation trial's config is {"job": <the trial config>} (a grid over jobs)
+DECISION_TAG = "decision"  # on a confirmed trial's run: against the best, "best" or a decision word
 CONFIRMS_TAG = "confirms"  # on a confirmation run: the trial id of the search trial it retrains
 SEED = "seed"  # param of every trial run: its training seed
 WARM_START_TAG = "warm_start"  # on a run copied from an earlier search (--warm-start): its run id there

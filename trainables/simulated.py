@@ -6,7 +6,7 @@ MLflow tracker run a search of any size without compute (`benchmarks/cluster_sca
 no torch: a worker that runs it imports Ray, numpy and this project's plain-Python packages only.
 
 What a simulated trial does, epoch by epoch, through the same reporting path as a real trial
-(`trainables.tune_entry.make_reporter`, the key names of `trainables.record`):
+(`trainables.reporting.make_reporter`, the key names of `trainables.record`):
 - sleeps (0.5 + 0.5 x adapter params / the full placement's) x `simulation.epoch_s`;
 - reports epoch, accuracy (= balanced_accuracy = epoch_score), train_loss, trainable_params,
   adapter_params, wall_s and compute_hours so far. The metric rises over the epochs to the
@@ -38,6 +38,7 @@ from spaces.space import ModelSpace
 from trainables import record as R
 from trainables.config import Config, lora_scaling
 from trainables.landscape import METRIC_LO, Landscape, model_space
+from trainables.reporting import make_reporter
 
 SIMULATED_LABELS = ("negative", "positive")
 
@@ -170,8 +171,6 @@ def run_simulated_trial(trial_config: dict, *, cfg_dict: dict, space_dict: dict,
     if settled and tune.get_context().get_trial_id() in settled:
         tune.report(dict(settled[tune.get_context().get_trial_id()]))
         return
-
-    from trainables.tune_entry import make_reporter
 
     trial_config = R.trial_config(trial_config)
     cfg = Config.from_dict(cfg_dict)

@@ -23,6 +23,7 @@ import torch
 from spaces.placement import Placement
 from spaces.space import ModelSpace
 from trainables import record as R
+from trainables.choices import METRIC_IMBALANCE
 from trainables.config import Config, lora_scaling
 from trainables.data import Split, TaskData
 
@@ -157,7 +158,7 @@ class TokenizedTask:
 def resolve_metric(cfg: Config, task: TaskData) -> str:
     if cfg.train.metric != "auto":
         return cfg.train.metric
-    return R.BALANCED_ACCURACY if task.imbalance() > 1.5 else R.ACCURACY
+    return R.BALANCED_ACCURACY if task.imbalance() > METRIC_IMBALANCE else R.ACCURACY
 
 
 def _precision(requested: str) -> str:

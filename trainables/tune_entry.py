@@ -25,6 +25,8 @@ from spaces.placement import Placement
 from spaces.space import ModelSpace
 from trainables import record as R
 from trainables.config import Config
+from trainables.reporting import make_reporter
+from trainables.simulated import run_simulated_trial
 from trainables.worker import cached_task, failure_reason
 
 
@@ -32,29 +34,8 @@ def trial_entry(cfg: Config):
     """The Tune function for this config's trials: `run_trial`, or the simulated trial
     (`trainables.simulated`) when `simulation.landscape` names a landscape."""
     if cfg.simulation.landscape:
-        from trainables.simulated import run_simulated_trial
-
         return run_simulated_trial
     return run_trial
-
-
-def make_reporter(node_id: str, save_dir: str):
-    """(report, last): the callback a trial hands its per-epoch results to, and the latest results
-    it saw. Each result goes to Tune with the node that ran the trial; the last one (it has
-    `score`) carries the adapter folder as the trial's checkpoint, which the tracker logs."""
-    from ray import tune
-
-    last: dict = {}
-
-    def report(results: dict) -> None:
-        last.update(results)
-        results = {**results, R.NODE_ID: node_id}
-        if R.SCORE in results:
-            tune.report(results, checkpoint=tune.Checkpoint.from_directory(save_dir))
-        else:
-            tune.report(results)
-
-    return report, last
 
 
 def run_trial(trial_config: dict, *, cfg_dict: dict, space_dict: dict, metric_name: str,

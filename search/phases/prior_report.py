@@ -12,28 +12,28 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from analysis.importance import features, format_agreement, plot_agreement, prior_agreement
+from spaces.placement import Placement
+from trainables.record import COMPLETED
 
-def prior_report(search, records) -> dict | None:
-    """The report for a prepared search's records; None without priors."""
-    from analysis.importance import features, prior_agreement
-    from spaces.placement import Placement
-    from trainables.record import COMPLETED
 
-    if search.scores is None:
+def prior_report(space, scores, records) -> dict | None:
+    """The report for a search's records (`space`: its `ModelSpace`, `scores`: its `PriorScores`);
+    None without priors."""
+    if scores is None:
         return None
     done = [r for r in records if r.status == COMPLETED and r.score is not None]
-    rows = [features(Placement.from_key(r.key, search.space), r.lr) for r in done]
-    return prior_agreement(rows, [r.score for r in done], search.scores)
+    rows = [features(Placement.from_key(r.key, space), r.lr) for r in done]
+    return prior_agreement(rows, [r.score for r in done], scores)
 
 
-def publish_prior_report(client, parent_run_id: str, search, records, output_dir: Path, prefix: str) -> str | None:
+def publish_prior_report(client, parent_run_id: str, space, scores, records, output_dir: Path,
+                         prefix: str) -> str | None:
     """Print-ready text of the report, after logging it (JSON and a plot) on the search's run."""
-    from analysis.importance import format_agreement, plot_agreement
-
-    report = prior_report(search, records)
+    report = prior_report(space, scores, records)
     if report is None:
         return None
-    kinds = list(search.space.aliases)
+    kinds = list(space.aliases)
     path = Path(output_dir) / f"{prefix}prior_quality.json"
     path.write_text(json.dumps({**report, "kinds": kinds,
                                 "agreements": [a.__dict__ for a in report["agreements"]]}, indent=1))

@@ -2,10 +2,10 @@
 `mlflow.note.content` as the description of an experiment, a run or a registered model.
 
 Where it sits: frontier -> **notes**, the last step of a search (`search.driver`) and of
-`search/report.py`, and of a deploy (`search.export`). `search_note` renders the search's
+`search/report.py`, and of a deploy (`search.tracking.export`). `search_note` renders the search's
 description from its trial records and what its parent run holds (`SearchFacts`): first line the
 recommendation (the line the UI shows while the description is collapsed), then the links to the
-runs views (`search.ui`), the Pareto plot, the frontier and the baselines, the priors, what was
+runs views (`search.tracking.ui`), the Pareto plot, the frontier and the baselines, the priors, what was
 searched and the commands to export the chosen trial. A later step may pass its own
 `recommendation` and a `confirmed_table` (a frontier retrained over seeds) in Markdown.
 `publish_notes` writes it on the search run and its experiment, and a short note on each trial run.
@@ -19,7 +19,10 @@ import math
 import shlex
 from dataclasses import dataclass, field
 
-from search import ui
+from analysis.mlflow_read import read_json_artifact
+from search.tracking import ui
+from search.tracking.ui import DEPLOY_ALIAS as ALIAS
+from search.tracking.ui import default_model_name
 from spaces.scores import PriorScores
 from trainables import record as R
 from trainables.record import TrialRecord
@@ -34,7 +37,6 @@ MAX_ROWS = 12
 class SearchFacts:
     """What a search's parent run says about it: params (as logged, strings), the file names at
     the root of its artifacts, the priors' scores when it computed them."""
-
     experiment: str
     experiment_id: str
     parent_run_id: str
@@ -61,8 +63,6 @@ class SearchFacts:
 
 
 def read_facts(client, parent_run_id: str, tracking_uri: str) -> SearchFacts:
-    from analysis.mlflow_read import read_json_artifact
-
     run = client.get_run(parent_run_id)
     exp = client.get_experiment(run.info.experiment_id)
     artifacts = tuple(a.path for a in client.list_artifacts(parent_run_id) if not a.is_dir)
@@ -249,8 +249,6 @@ def _deploy_target(records: list[TrialRecord], run_id: str | None) -> TrialRecor
 
 
 def _deploy_section(facts: SearchFacts, records: list[TrialRecord], run_id: str | None = None) -> str:
-    from search.export import ALIAS, default_model_name
-
     best = _deploy_target(records, run_id)
     if best is None:
         return ""
@@ -349,7 +347,7 @@ def publish_notes(client, parent_run_id: str, records: list[TrialRecord], tracki
                   status: str = "FINISHED", artifact_prefix: str = "", recommendation: str | None = None,
                   confirmed_table: str | None = None, recommended_run_id: str | None = None) -> str:
     """Describe the search on its run (in full) and its experiment (`brief`), and each trial on its
-    run; return the search run's Markdown. `records` carry their `pareto` flags (`search.frontier.publish_frontier`)."""
+    run; return the search run's Markdown. `records` carry their `pareto` flags (`search.phases.publish.publish_frontier`)."""
     facts = read_facts(client, parent_run_id, tracking_uri)
     extra = dict(status=status, recommendation=recommendation, confirmed_table=confirmed_table,
                  recommended_run_id=recommended_run_id, artifact_prefix=artifact_prefix)
@@ -374,7 +372,7 @@ def _load_lines(info: dict, uri: str) -> str:
             "```python\nfrom peft import PeftModel\n"
             "model = PeftModel.from_pretrained(base_model, \"my-adapter\").eval()  # the search's base model\n```\n\n"
             f"From this project's folder, `{command}` writes the same files plus `deploy.json` and `README.txt`, "
-            "and `search.export.load_deployed(\"my-adapter\")` "
+            "and `search.tracking.export.load_deployed(\"my-adapter\")` "
             "rebuilds the base model and loads the adapter.")
 
 

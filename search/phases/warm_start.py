@@ -14,16 +14,20 @@ from __future__ import annotations
 
 import math
 
+import optuna
 from mlflow.entities import Metric, Param
 
-from search.errors import UsageError
+from analysis.mlflow_read import StoreError, read_json_artifact, read_search
+from search.runtime.errors import UsageError
+from search.sampling.proposal import flag_params
+from search.sampling.study import optuna_state
+from spaces.baselines import product_flags
+from spaces.placement import Placement
 from trainables import record as R
 
 
 def earlier_search(client, experiment: str):
     """The earlier search's parent run and records, or a UsageError naming the fix."""
-    from analysis.mlflow_read import StoreError, read_search
-
     try:
         return read_search(client, experiment=experiment)
     except StoreError as e:
@@ -32,13 +36,6 @@ def earlier_search(client, experiment: str):
 
 def warm_start(client, run, search, study, pspace) -> int:
     """Add the earlier search's completed trials to `study` and to MLflow; returns how many."""
-    import optuna
-
-    from analysis.mlflow_read import read_json_artifact
-    from spaces.baselines import product_flags
-    from spaces.placement import Placement
-    from search.proposal import flag_params
-
     name = search.cfg.search.warm_start
     earlier = earlier_search(client, name)
     space_there = read_json_artifact(client, earlier["parent"]["run_id"], "space.json")
@@ -57,7 +54,10 @@ def warm_start(client, run, search, study, pspace) -> int:
         lo, hi = pspace.lr_min, pspace.lr_max
         lr = min(hi, max(lo, r.lr or math.sqrt(lo * hi)))  # its own rate, clipped into this search's range
         params = flag_params(search.space, kinds, layers, rank, lr)
-        values = [float(r.score), float(r.trainable_params or 0), float(r.compute_hours or 0.0)]
+        # told as the searcher tells a trial (`optuna_state`): never the measured compute hours
+        _, values = optuna_state({R.SCORE: r.score, R.TRAINABLE_PARAMS: r.trainable_params or 0}, False)
+        if values is None:
+            continue  # a non-finite score: nothing the sampler can learn from
         within = search.budget.fits(placement, search.space)
         frozen.append(optuna.trial.create_trial(
             params=params, distributions=dists, values=values,

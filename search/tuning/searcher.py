@@ -2,14 +2,16 @@
 
 Where it sits: score -> **sample** -> train. `PlacementSearcher` is a small Ray Tune `Searcher`
 over an Optuna study's public ask / tell interface: `suggest` asks the study for a trial and runs
-the define-by-run space (`search.proposal.PlacementSpace`) on it; when Tune's trial ends, its
+the define-by-run space (`search.sampling.proposal.PlacementSpace`) on it; when Tune's trial ends, its
 outcome is told to the study:
-- the last result has every objective, all finite -> COMPLETE with those values;
+- the last result has `score` and `trainable_params`, both finite -> COMPLETE with those two
+  (`search.sampling.study.OBJECTIVES`), never the measured compute hours: the same seed and scores
+  give the same proposals on a busy machine;
 - the trial reported a `failure` (non-finite loss, out of memory) or errored -> FAIL;
 - otherwise (stopped early by ASHA, or by the cost cap) -> PRUNED.
-The objectives (`trainables.record.OBJECTIVES`) arrive only in a trial's last result, so Tune's
-strict per-result metric check must not ask for them: the searcher tells Tune no metric (Tune still
-checks ASHA's `epoch_score`, so a misspelt scheduler metric fails loudly).
+The score arrives only in a trial's last result, so Tune's strict per-result metric check must
+not ask for it: the searcher tells Tune no metric (Tune still checks ASHA's `epoch_score`, so a
+misspelt scheduler metric fails loudly).
 
 The study can live in an RDB storage (`open_study_storage`, SQLite by default): Tune's searcher
 snapshot then holds a handle to it, so a driver that restarts (`--resume`, on this machine or
@@ -25,118 +27,36 @@ left at the end (`close_running`), so nothing stays RUNNING or WAITING.
 
 from __future__ import annotations
 
-import functools
 import logging
-import math
 import pickle
 
-from optuna.storages import RDBStorage
+from optuna.trial import Trial, TrialState
 from ray.tune.search import Searcher
 
-from search.proposal import PlacementSpace
-from trainables import record as R
+from search.sampling.proposal import PlacementSpace
+from search.sampling.samplers import make_sampler
+from search.sampling.study import (
+    OPTUNA_TRIAL,
+    TUNE_TRIAL_ATTR,
+    create_study,
+    optuna_state,
+)
 
 log = logging.getLogger(__name__)
-
-OPTUNA_TRIAL = "optuna_trial"  # in a trial's config: its Optuna trial number
-TUNE_TRIAL_ATTR = "tune_trial_id"  # user attr of an Optuna trial: the Tune trial that ran it
-OBJECTIVE_NAMES = [name for name, _ in R.OBJECTIVES]
-DIRECTIONS = ["maximize" if sense == "max" else "minimize" for _, sense in R.OBJECTIVES]
-
-
-def optuna_state(result: dict | None, error: bool, objectives: list[str] = OBJECTIVE_NAMES):
-    """The Optuna trial state and values for a finished Tune trial (see module docstring)."""
-    from optuna.trial import TrialState
-
-    if error or (result and R.FAILURE in result):
-        return TrialState.FAIL, None
-    values = None
-    if result and all(m in result for m in objectives):
-        values = [float(result[m]) for m in objectives]
-        if not all(math.isfinite(v) for v in values):
-            values = None
-    if values is not None:
-        return TrialState.COMPLETE, values
-    return TrialState.PRUNED, None
-
-
-class MaskedRDBStorage(RDBStorage):
-    """An Optuna RDB storage whose pickles (Tune's snapshots of the searcher) hold its URL with the
-    password masked; unpickled by a driver that was given the password (`search.credentials`), it
-    connects with the full URL."""
-
-    def __getstate__(self) -> dict:
-        from search.credentials import shown
-
-        return {**super().__getstate__(), "url": shown(self.url)}
-
-    def __setstate__(self, state: dict) -> None:
-        from search.credentials import real
-
-        super().__setstate__({**state, "url": real(state["url"])})
-
-
-def open_study_storage(url: str):
-    """An Optuna RDB storage at a SQLAlchemy URL (sqlite:///path.db, postgresql://..., mysql://...);
-    a masked URL (`search.credentials`) connects with the password this process was given.
-
-    A SQLite file is opened by `sqlite_connect`: it waits up to 60 s for a lock instead of failing
-    at once (an `optuna-dashboard` or a notebook reading the same file holds it briefly), and
-    commits without waiting for the disk (docstring there)."""
-    from sqlalchemy.engine import make_url
-
-    from search.credentials import real
-
-    full = real(url)
-    kwargs = {}
-    if full.startswith("sqlite:"):
-        path = make_url(full).database
-        kwargs = {"connect_args": {"timeout": 60}}
-        if path and path != ":memory:":
-            kwargs["creator"] = functools.partial(sqlite_connect, path)  # picklable: kept on --resume
-    return MaskedRDBStorage(full, engine_kwargs=kwargs)
-
-
-def sqlite_connect(path: str):
-    """A connection to the study's SQLite file in write-ahead-log mode with synchronous=NORMAL.
-
-    Optuna commits every suggested value on its own (about 20 commits per proposal); in SQLite's
-    default mode each commit waits for the disk, which made a proposal take 0.3 s on this
-    project's machine and the driver's loop the bottleneck at 64 concurrent trials
-    (docs/benchmarks.md, "Cluster scale"). With a write-ahead log a commit waits for the disk only
-    at checkpoints: a driver that is killed loses nothing, a machine that loses power may lose the
-    last commits. Readers (optuna-dashboard) do not block the writer. The file must be on a local
-    disk (SQLite's WAL does not work over a network filesystem): on a cluster whose driver may move,
-    use a database server (README, "Run on a cluster")."""
-    import sqlite3
-
-    conn = sqlite3.connect(path, timeout=60, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    return conn
-
-
-def create_study(sampler, storage=None, study_name: str | None = None):
-    """A multi-objective study over `trainables.record.OBJECTIVES`, in `storage` (None: in memory);
-    an existing study of that name in the storage is loaded (a restarted driver)."""
-    import optuna
-
-    return optuna.create_study(study_name=study_name, storage=storage, sampler=sampler, directions=DIRECTIONS,
-                               load_if_exists=storage is not None)
-
 
 class PlacementSearcher(Searcher):
     """A Tune searcher over an Optuna study (module docstring).
 
-    study: from `create_study`; persistent: True when it lives in a database (restore then
-    reconciles it); space: the define-by-run function; enqueue: (params, user_attrs) pairs
-    enqueued before any trial, in order (the baselines), unless the study already has trials.
+    study: from `create_study`; storage: the RDB storage the study lives in (`open_study_storage`;
+    restore then reconciles the study), None for a study in memory; space: the define-by-run
+    function; enqueue: (params, user_attrs) pairs enqueued before any trial, in order (the
+    baselines), unless the study already has trials.
     """
 
-    def __init__(self, study, space: PlacementSpace, *, enqueue: list[tuple[dict, dict]] = (),
-                 persistent: bool = False):
+    def __init__(self, study, space: PlacementSpace, *, enqueue: list[tuple[dict, dict]] = (), storage=None):
         super().__init__(metric=None, mode=None)
-        self.study, self.space, self.persistent = study, space, persistent
+        self.study, self.space, self.storage = study, space, storage
+        self.persistent = storage is not None
         self._numbers: dict[str, int] = {}  # Tune trial id -> Optuna trial number
         self._told: set[str] = set()
         self._orphans: list[int] = []  # asked for by a driver that died after the last snapshot
@@ -149,8 +69,6 @@ class PlacementSearcher(Searcher):
         return True  # the space is the define-by-run function; Tune's metric stays None (docstring)
 
     def suggest(self, trial_id: str) -> dict:
-        from optuna.trial import TrialState
-
         trial = self._next_orphan() or self.study.ask()
         try:
             config = self.space(trial)  # an orphan answers with the values it was given
@@ -162,14 +80,15 @@ class PlacementSearcher(Searcher):
         return {**config, OPTUNA_TRIAL: trial.number}
 
     def _next_orphan(self):
-        """The oldest orphan still RUNNING (told by no rerun in the meantime), as a live trial."""
-        from optuna.trial import Trial, TrialState
+        """The oldest orphan still RUNNING (told by no rerun in the meantime), as a live trial: its
+        storage id comes from the storage's public lookups (study name, then trial number)."""
 
         while self._orphans:
             number = self._orphans.pop(0)
             frozen = self.study.get_trials(deepcopy=False)[number]
             if frozen.state == TrialState.RUNNING and number not in self._numbers.values():
-                return Trial(self.study, frozen._trial_id)
+                study_id = self.storage.get_study_id_from_name(self.study.study_name)
+                return Trial(self.study, self.storage.get_trial_id_from_study_id_trial_number(study_id, number))
         return None
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -195,11 +114,12 @@ class PlacementSearcher(Searcher):
 
     # ---- snapshots -------------------------------------------------------------------------------
     def get_state(self) -> dict:
-        return {"study": self.study, "space": self.space, "persistent": self.persistent,
+        return {"study": self.study, "space": self.space, "storage": self.storage, "persistent": self.persistent,
                 "numbers": dict(self._numbers), "told": set(self._told), "orphans": list(self._orphans)}
 
     def set_state(self, state: dict) -> None:
         self.study, self.space, self.persistent = state["study"], state["space"], state["persistent"]
+        self.storage = state["storage"]
         self._numbers, self._told = dict(state["numbers"]), set(state["told"])
         self._orphans = list(state.get("orphans", []))
 
@@ -217,7 +137,6 @@ class PlacementSearcher(Searcher):
         """Find the study's orphans: trials still RUNNING that no Tune trial of this searcher owns
         (asked for by a driver that died before Tune's next snapshot). They are asked again before
         any new trial, or told when Tune reruns them (module docstring). Returns their numbers."""
-        from optuna.trial import TrialState
 
         owned = set(self._numbers.values())  # Tune reruns these if unfinished
         self._orphans = [t.number for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
@@ -228,26 +147,12 @@ class PlacementSearcher(Searcher):
         return list(self._orphans)
 
 
-def close_running(study) -> list[int]:
-    """After a search phase has ended, fail the trials still RUNNING in its study: orphans nobody
-    asked for again or reran (the search ended first). Returns their numbers."""
-    from optuna.trial import TrialState
-
-    running = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
-    for number in running:
-        study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
-    if running:
-        log.warning("study %s: trials %s never ran to an end; marked FAIL", study.study_name, running)
-    return running
-
-
 def make_searcher(inputs, sampler_name: str, storage=None, study_name: str | None = None) -> PlacementSearcher:
-    """The searcher for `sampler_name` over `inputs` (`search.samplers.SamplerInputs`). With
+    """The searcher for `sampler_name` over `inputs` (`search.sampling.samplers.SamplerInputs`). With
     `prior`, the first trials Tune asks for are the baselines, in order. `storage`: an Optuna RDB
     storage (`open_study_storage`), None keeps the study in memory; `study_name` names the study
     in it (the search's name)."""
-    from search.samplers import make_sampler
 
     setup = make_sampler(sampler_name, inputs)
     study = create_study(setup.sampler, storage, study_name)
-    return PlacementSearcher(study, setup.space, enqueue=setup.enqueue, persistent=storage is not None)
+    return PlacementSearcher(study, setup.space, enqueue=setup.enqueue, storage=storage)

@@ -1,7 +1,7 @@
 """Early stopping for a placement search: asynchronous successive halving, optionally by size.
 
 Where it sits: train -> **stop early** -> track; a Tune scheduler on the driver
-(`search.driver._scheduler`), and the same rule replayed by `benchmarks/replay.py`.
+(`search.phases.explore.scheduler`), and the same rule replayed by `benchmarks/replay.py`.
 
 ASHA (Li et al. 2020, "A System for Massively Parallel Hyperparameter Tuning"): rungs at
 grace * factor^k epochs below the last; when a trial reaches a rung it is stopped if its epoch

@@ -15,12 +15,13 @@ JS bundle and headless Chromium, `tests/test_mlflow_ui.py`):
   sorted by `score`, the trial runs are rows of their own.
 
 `open_views` writes this search's views when it starts (so the links work while it runs);
-`ui_lines` is what the end of a search prints; `search.notes` links the same views.
+`ui_lines` is what the end of a search prints; `search.tracking.notes` links the same views.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from dataclasses import dataclass
 from urllib.parse import quote, urlparse
@@ -124,6 +125,14 @@ def artifact_file(run_id: str, path: str) -> str:
 
 def model_link(name: str) -> str:
     return f"#/models/{quote(name)}?{WORKFLOW}"
+
+
+DEPLOY_ALIAS = "deploy"  # the registered model's alias that `search/deploy.py` points at the exported trial
+
+
+def default_model_name(experiment: str) -> str:
+    """The registered model's name for a search's experiment (a name MLflow accepts anywhere)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", experiment).strip("._") or "lora-placement"
 
 
 def ui_command(tracking_uri: str, port: int = UI_PORT) -> str:

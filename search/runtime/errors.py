@@ -10,17 +10,17 @@ cross into the driver; anything else keeps its traceback.
 
 from __future__ import annotations
 
+from spaces.budget import BudgetError
+from spaces.errors import DiscoveryError, PriorsError
+from trainables.config import ConfigError
+from trainables.data import DataError
+from trainables.model import ModelError
+
 
 class UsageError(Exception):
     """Bad input from the user; the message names the value and the fix."""
 
 
 def user_error_types() -> tuple[type[Exception], ...]:
-    """The lower layers' error types that mean "the user's input is wrong" (imports are light)."""
-    from spaces.budget import BudgetError
-    from spaces.errors import DiscoveryError, PriorsError
-    from trainables.config import ConfigError
-    from trainables.data import DataError
-    from trainables.model import ModelError
-
+    """The lower layers' error types that mean "the user's input is wrong"."""
     return (ConfigError, DataError, ModelError, BudgetError, DiscoveryError, PriorsError)

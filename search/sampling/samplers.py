@@ -1,8 +1,9 @@
-"""Which Optuna sampler proposes the placements: `prior` (the default), `tpe` or `random`.
+"""Which Optuna sampler proposes the placements: one of `trainables.choices.SAMPLERS` (`prior`, the
+default, `tpe` or `random`).
 
 Where it sits: score -> **sample** -> train. `make_sampler` returns the sampler, the define-by-run
-space (`search.proposal.PlacementSpace`) and the trials to enqueue before any other (the
-baselines of `spaces.baselines`, for `prior`). The searcher (`search.searcher`) runs them under
+space (`search.sampling.proposal.PlacementSpace`) and the trials to enqueue before any other (the
+baselines of `spaces.baselines`, for `prior`). The searcher (`search.tuning.searcher`) runs them under
 Ray Tune; the benchmarks run them on a plain Optuna study.
 """
 
@@ -12,19 +13,20 @@ import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import optuna
+
+from search.sampling.prior_sampler import PlacementPrior, PriorOptions, PriorSampler
+from search.sampling.proposal import BASELINE_ATTR, BASELINE_PLACEMENT_ATTR, PlacementSpace, flag_params
 from spaces.baselines import Baseline, make_baselines, priorities, product_flags, select_baselines
 from spaces.budget import Budget
 from spaces.scores import PriorScores
 from spaces.space import ModelSpace
-from search.proposal import BASELINE_ATTR, BASELINE_PLACEMENT_ATTR, PlacementSpace, flag_params
-
-SAMPLERS = ("prior", "tpe", "random")
+from trainables.choices import SAMPLERS, one_of
 
 
 @dataclass(frozen=True)
 class SamplerInputs:
     """What every sampler needs to know about the search it proposes for."""
-
     space: ModelSpace
     budget: Budget
     ranks: tuple[int, ...]
@@ -32,7 +34,7 @@ class SamplerInputs:
     trials: int
     seed: int = 0
     scores: PriorScores | None = None
-    calibrated_lr: float | None = None  # the probe's choice (search.calibration), if one ran
+    calibrated_lr: float | None = None  # the probe's choice (search.phases.calibrate), if one ran
 
     @classmethod
     def from_config(cls, space: ModelSpace, budget: Budget, cfg, scores: PriorScores | None = None,
@@ -86,12 +88,11 @@ def make_sampler(name: str, inputs: SamplerInputs, prior_options: dict | None = 
     `prior` without scores uses uniform probabilities (still scaled to the budget) and the three
     structural baselines. `tpe` and `random` enqueue nothing and repair without priorities.
     prior_options (ablations): strength, fills, floor (`PlacementPrior`), n_prior, w0, tau
-    (`PriorSampler`); defaults in `search.prior_sampler`, n_prior from `prior_trials`.
+    (`PriorSampler`); defaults in `search.sampling.prior_sampler`, n_prior from `prior_trials`.
     """
-    import optuna
 
     if name not in SAMPLERS:
-        raise ValueError(f"sampler {name!r} is not one of {', '.join(SAMPLERS)}")
+        raise ValueError(f"sampler {name!r} is not one of {one_of(SAMPLERS)}")
     ranks = list(inputs.ranks)
     if name == "random":
         return SamplerSetup(optuna.samplers.RandomSampler(seed=inputs.seed),
@@ -99,7 +100,6 @@ def make_sampler(name: str, inputs: SamplerInputs, prior_options: dict | None = 
     if name == "tpe":
         sampler = optuna.samplers.TPESampler(seed=inputs.seed, n_startup_trials=max(2, min(5, inputs.trials // 3)))
         return SamplerSetup(sampler, PlacementSpace(inputs.space, inputs.budget, ranks, inputs.lr_range), [], [])
-    from search.prior_sampler import PlacementPrior, PriorOptions, PriorSampler
 
     prio = priorities(inputs.scores, inputs.space)
     pspace = PlacementSpace(inputs.space, inputs.budget, ranks, inputs.lr_range, prio)

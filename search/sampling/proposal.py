@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+
 from spaces.budget import Budget, repair
 from spaces.placement import Placement
 from spaces.space import ModelSpace
@@ -69,7 +71,6 @@ class PlacementSpace:
     A class rather than a closure so Tune can pickle the searcher into its experiment checkpoint.
     priorities go to `repair` (from the priors with the `prior` sampler).
     """
-
     def __init__(self, space: ModelSpace, budget: Budget, ranks: list[int], lr_range: tuple[float, float],
                  priorities=None):
         self.space, self.budget, self.ranks = space, budget, list(ranks)
@@ -78,8 +79,6 @@ class PlacementSpace:
 
     def distributions(self) -> dict:
         """The distributions `__call__` suggests, by name, in suggestion order."""
-        from optuna.distributions import CategoricalDistribution, FloatDistribution
-
         flags = [f"kind_{a}" for a in self.space.aliases] + [f"layer_{l}" for l in range(self.space.n_layers)]
         out = {name: CategoricalDistribution([True, False]) for name in flags}
         out["rank"] = CategoricalDistribution(self.ranks)

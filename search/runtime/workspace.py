@@ -27,7 +27,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from search.errors import UsageError
+import optuna
+
+from search.runtime.credentials import shown
+from search.runtime.errors import UsageError
+from search.sampling.study import DIRECTIONS, open_study_storage
 
 
 class SearchLock:
@@ -84,12 +88,7 @@ def _busy(path: Path, name: str) -> UsageError:
 
 def claim_study(url: str, name: str) -> None:
     """Create a new search's study, refusing one that exists (another driver made it since the
-    checks ran). Directions as the searcher's (`search.searcher.DIRECTIONS`)."""
-    import optuna
-
-    from search.credentials import shown
-    from search.searcher import DIRECTIONS, open_study_storage
-
+    checks ran). Directions as the searcher's (`search.sampling.study.DIRECTIONS`)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_study_storage(url)
     try:
@@ -108,7 +107,6 @@ def _sqlite_file(url: str) -> Path | None:
 @dataclass
 class Written:
     """What existed before a new search's driver began (see the module docstring)."""
-
     output_dir: Path
     name: str
     tracking_uri: str
@@ -160,10 +158,6 @@ class Written:
         client.delete_experiment(experiment_id)
 
     def _remove_study(self) -> None:
-        import optuna
-
-        from search.searcher import open_study_storage
-
         storage = open_study_storage(self.study_url)
         try:
             optuna.delete_study(study_name=self.name, storage=storage)

@@ -11,13 +11,20 @@ from __future__ import annotations
 
 import http.client
 import os
+import socket
 import ssl
 import urllib.error
 import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
-from search.errors import UsageError
+import sqlalchemy
+from sqlalchemy.engine import make_url
+
+from analysis.mlflow_read import StoreError, find_parent, open_store
+from search.runtime.credentials import shown, without_credentials
+from search.runtime.errors import UsageError
+from trainables.config import check_name
 
 SERVER_TIMEOUT_S = 3.0
 _SQLITE_FIX = "pass --tracking-uri sqlite:///<a writable folder>/mlflow.db"
@@ -34,7 +41,6 @@ ADDRESS_TIMEOUT_S = 3.0
 def check_search_name(name: str) -> None:
     """A search's name (--experiment) is safe as a file name prefix inside --output-dir and as an
     MLflow experiment, Ray Tune experiment and Optuna study name."""
-    from trainables.config import check_name
 
     problem = check_name(name, "--experiment")
     if problem:
@@ -47,7 +53,6 @@ def check_tracking_uri(uri: str, timeout_s: float = SERVER_TIMEOUT_S) -> None:
     deprecated file store, an unknown scheme) is refused; http(s): a server answers within
     `timeout_s`; sqlite: the database file can be created or written. Database and databricks
     stores are left to MLflow. Messages show the URI with any password masked."""
-    from search.credentials import shown
 
     if not uri:
         return
@@ -78,25 +83,18 @@ def check_storage(storage: str) -> None:
 
 
 def check_address(address: str, timeout_s: float = ADDRESS_TIMEOUT_S) -> None:
-    """A Ray cluster to join answers: "" (a local runtime) needs nothing; "auto" needs a cluster
-    this machine knows of (RAY_ADDRESS, or one `ray start` launched here); HOST:PORT and
-    ray://HOST:PORT accept a connection within `timeout_s`; ray:// also needs Ray Client (grpcio)."""
+    """A Ray cluster to join answers: "" (a local runtime) needs nothing; HOST:PORT and
+    ray://HOST:PORT accept a connection within `timeout_s` (ray:// also needs Ray Client, grpcio);
+    "auto": the HOST:PORT that RAY_ADDRESS names, if it names one, accepts a connection; else Ray
+    looks for the cluster running on this machine, and `init_ray` reports it if it finds none."""
     if not address:
         return
     fix = "start the cluster (ray start --head) or fix --address; leave --address out to start a local runtime"
     if address == "auto":
-        from ray._private.services import canonicalize_bootstrap_address
-
-        try:
-            found = canonicalize_bootstrap_address("auto")
-        except ConnectionError as e:
-            raise UsageError(f"search.address auto: no Ray cluster found on this machine "
-                             f"({str(e).splitlines()[0][:160]}): {fix}") from None
-        if found is None:
-            raise UsageError(f"search.address auto: no Ray cluster found on this machine: {fix}")
-        if "://" not in found:
-            host, _, port = found.rpartition(":")
-            _check_port(f"search.address auto ({found})", host, int(port), timeout_s, fix)
+        named = os.environ.get("RAY_ADDRESS", "")
+        host, sep, port = named.rpartition(":")
+        if "://" not in named and sep and port.isdigit():
+            _check_port(f"search.address auto (RAY_ADDRESS {named})", host.strip("[]"), int(port), timeout_s, fix)
         return
     client = address.startswith("ray://")
     if client:
@@ -113,8 +111,6 @@ def check_address(address: str, timeout_s: float = ADDRESS_TIMEOUT_S) -> None:
 
 
 def _check_port(what: str, host: str, port: int, timeout_s: float, fix: str) -> None:
-    import socket
-
     try:
         socket.create_connection((host, port), timeout=timeout_s).close()
     except OSError as e:
@@ -167,17 +163,15 @@ def check_study_storage(url: str, new_study: str | None = None) -> None:
     URL names a dialect whose driver is installed and a database that accepts a connection.
     `new_study`: the name a new search gives its study, which the database must not hold yet.
     Nothing is created or written."""
-    import sqlalchemy
-    from sqlalchemy.engine import make_url
 
     try:
         parsed = make_url(url)
     except sqlalchemy.exc.ArgumentError:
-        raise UsageError(f"search.study_storage {url!r} is not a database URL: {_STUDY_FIX}") from None
-    shown = parsed.render_as_string(hide_password=True)
+        raise UsageError(f"search.study_storage {shown(url)!r} is not a database URL: {_STUDY_FIX}") from None
+    named = shown(url)  # the password masked, in the user-info part and the query string
     if parsed.get_backend_name() == "sqlite":
         if parsed.username or parsed.password or parsed.host or parsed.port or not url.startswith("sqlite:///"):
-            raise UsageError(f"search.study_storage {shown}: a SQLite URL names a file and nothing else (no user, "
+            raise UsageError(f"search.study_storage {named}: a SQLite URL names a file and nothing else (no user, "
                              f"password or host): {_STUDY_FIX} (four slashes before an absolute path)")
         _check_sqlite(url, "search.study_storage", _STUDY_FIX)
         if not Path(parsed.database or "").is_file():
@@ -185,7 +179,7 @@ def check_study_storage(url: str, new_study: str | None = None) -> None:
     try:
         engine = sqlalchemy.create_engine(url)
     except (ImportError, sqlalchemy.exc.NoSuchModuleError) as e:
-        raise UsageError(f"search.study_storage {shown}: no database driver for it ({e}): install the "
+        raise UsageError(f"search.study_storage {named}: no database driver for it ({e}): install the "
                          f"driver (e.g. pip install psycopg2-binary for postgresql) or {_STUDY_FIX}") from None
     try:
         with engine.connect() as conn:
@@ -196,25 +190,23 @@ def check_study_storage(url: str, new_study: str | None = None) -> None:
     except sqlalchemy.exc.SQLAlchemyError as e:
         why = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
         if "file is not a database" in why:
-            raise UsageError(f"search.study_storage {shown} is not a SQLite database ({why}): {_STUDY_FIX} "
+            raise UsageError(f"search.study_storage {named} is not a SQLite database ({why}): {_STUDY_FIX} "
                              "(a new file, or the optuna.db of a search)") from None
-        raise UsageError(f"search.study_storage {shown} cannot be reached ({why}): start the database "
+        raise UsageError(f"search.study_storage {named} cannot be reached ({why}): start the database "
                          f"or {_STUDY_FIX}") from None
     finally:
         engine.dispose()
     if tables and not optuna_store:
         listed = ", ".join(sorted(tables)[:6]) + (", ..." if len(tables) > 6 else "")
-        raise UsageError(f"search.study_storage {shown} holds a database that is not an Optuna study store "
+        raise UsageError(f"search.study_storage {named} holds a database that is not an Optuna study store "
                          f"(its tables: {listed}): {_STUDY_FIX} (a new file, or the optuna.db of a search)")
     if taken:
-        raise UsageError(f"search.study_storage {shown} already holds a study named {new_study!r}: pass "
+        raise UsageError(f"search.study_storage {named} already holds a study named {new_study!r}: pass "
                          "--resume to continue that search, or another --experiment name")
 
 
 def check_warm_start(tracking_uri: str, experiment: str) -> None:
     """--warm-start names a search the tracking store holds (nothing is created)."""
-    from analysis.mlflow_read import StoreError, find_parent, open_store
-
     try:
         find_parent(open_store(tracking_uri), experiment=experiment)
     except StoreError as e:
@@ -228,8 +220,6 @@ def check_output_dir(path: Path, flag: str = "--output-dir") -> None:
 
 def _check_server(uri: str, timeout_s: float) -> None:
     """Any HTTP answer (even 404 or 401) means a server is there; no answer in time does not."""
-    from search.credentials import without_credentials
-
     url = without_credentials(uri).rstrip("/") + "/health"  # user:password@ is not part of the host
     try:
         urllib.request.urlopen(url, timeout=timeout_s).close()
@@ -242,7 +232,6 @@ def _check_server(uri: str, timeout_s: float) -> None:
         why = e.reason
     except (OSError, http.client.HTTPException, ValueError) as e:  # timeout, reset, not HTTP, bad URL
         why = e
-    from search.credentials import shown
 
     why = str(why) or type(why).__name__
     host = urlparse(uri)
@@ -257,7 +246,6 @@ def _check_sqlite(uri: str, key: str, fix: str) -> None:
     raw = uri.split("?", 1)[0][len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
     if raw in ("", ":memory:"):
         return
-    from search.credentials import shown
 
     uri = shown(uri)
     db = Path(raw)

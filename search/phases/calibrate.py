@@ -17,9 +17,13 @@ plot) and kept in the search's state file, so `--resume` never probes again.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
+
+from spaces.baselines import make_baselines
+from trainables.config import Config
 
 LOW, HIGH = "low", "high"
 
@@ -98,9 +102,8 @@ def choose_lr(lrs: list[float], scores: list[float | None]) -> tuple[float, str 
 
 def calibrate(search, reference) -> LrCalibration:
     """Run the probe on Ray (one task per learning rate, a trial's resources each) and choose."""
-    import ray
+    import ray  # here, not at the top: Ray is first imported by `search.phases.prepare.init_ray`
 
-    from trainables.config import Config
     from trainables.probe import probe_lr
 
     cfg = search.cfg
@@ -123,7 +126,7 @@ def calibrate(search, reference) -> LrCalibration:
             results[pending.pop(done[0])] = out
             what = f"{out['score']:.4f}" if out["score"] is not None else f"diverged ({out['failure'][:60]})"
             print(f"  lr {out['lr']:.3g}: {search.metric_name} {what}  ({len(results)}/{len(lrs)})", flush=True)
-    except KeyboardInterrupt:  # the search was stopped (search.interrupts): so are its probe runs
+    except KeyboardInterrupt:  # the search was stopped (search.runtime.interrupts): so are its probe runs
         for ref in pending:
             ray.cancel(ref, force=True)
         raise
@@ -156,3 +159,22 @@ def plot_calibration(cal: LrCalibration, path: str | Path, metric_name: str, ban
     ax.grid(True, alpha=0.3)
     fig.savefig(path, dpi=110)
     return path
+
+
+def calibrate_search(session):
+    """The calibration phase of a running search (`search.phases.session.Session`): the probe on
+    the `all` baseline, logged on the search's run and kept in its state file. Returns the search
+    with its calibration."""
+    search = session.search
+    reference = make_baselines(search.space, search.budget, list(search.cfg.search.ranks), search.scores)[0].placement
+    cal = calibrate(search, reference)
+    pid, client = session.parent_run_id, session.client
+    client.log_param(pid, "lr_calibrated", cal.chosen)
+    client.log_dict(pid, cal.to_dict(), "lr_calibration.json")
+    client.log_metric(pid, "calibration_compute_hours", cal.compute_hours)
+    plot = plot_calibration(cal, search.output_dir / f"{search.name}-lr.png", search.metric_name,
+                            cal.band(search.cfg.search.lr_band))
+    client.log_artifact(pid, str(plot), "")
+    search = dataclasses.replace(search, calibration=cal)
+    search.save_state()
+    return search
