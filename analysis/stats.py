@@ -1,12 +1,11 @@
 """Seed statistics and paired comparisons: when is one placement really better than another?
 
 Where it sits: frontier. A confirmed placement has one score per training seed. `seed_stats` gives
-its mean, sample standard deviation and a 95% t-interval of the mean; `paired` compares two
-placements on the seeds both have (the same seed: same head init, same data order), and calls the
-difference real only when the 95% t-interval of the paired differences excludes zero
-(docs/methods.md, "Confirmation"); `decide` answers the question a user asks, "is this placement as
-good as the best, within a margin?", with one of four words (docs/methods.md, "Decisions"). Pure
-Python, no numpy or scipy.
+its mean, sample standard deviation and a 95% t-interval of the mean; `decide` compares two
+placements on the seeds both have (the same seed: same head init, same data order) and answers the
+question a user asks, "is this placement as good as the best, within a margin?", with one of four
+words (docs/methods.md, "Decisions"): a difference is called real only when the 95% t-interval of
+the paired differences excludes zero. Pure Python, no numpy or scipy.
 """
 
 from __future__ import annotations
@@ -27,8 +26,7 @@ _T95 = {1: 6.314, 2: 2.920, 3: 2.353, 4: 2.132, 5: 2.015, 6: 1.943, 7: 1.895, 8:
         18: 1.734, 19: 1.729, 20: 1.725, 21: 1.721, 22: 1.717, 23: 1.714, 24: 1.711, 25: 1.708,
         26: 1.706, 27: 1.703, 28: 1.701, 29: 1.699, 30: 1.697, 40: 1.684, 60: 1.671, 120: 1.658}
 
-BETTER, WORSE, WITHIN_NOISE = "better", "worse", "within noise"
-AS_GOOD, UNDECIDED = "as good", "undecided"
+BETTER, AS_GOOD, WORSE, UNDECIDED = "better", "as good", "worse", "undecided"
 DECISIONS = (BETTER, AS_GOOD, WORSE, UNDECIDED)
 
 
@@ -76,38 +74,6 @@ def seed_stats(values: list[float]) -> SeedStats:
     sd = statistics.stdev(values)
     half = t975(n - 1) * sd / math.sqrt(n)
     return SeedStats(n, mean, sd, mean - half, mean + half)
-
-
-@dataclass(frozen=True)
-class Paired:
-    """a - b over the seeds both have: mean difference, its 95% t-interval and the verdict."""
-
-    seeds: tuple[int, ...]
-    diff: float
-    low: float | None
-    high: float | None
-    verdict: str  # better | worse | within noise (a relative to b)
-
-    def describe(self, digits: int = 3) -> str:
-        if self.low is None:
-            return f"{self.verdict} (difference {self.diff:+.{digits}f}, too few common seeds for an interval)"
-        return (f"{self.verdict} (difference {self.diff:+.{digits}f}, 95% CI {self.low:+.{digits}f} to "
-                f"{self.high:+.{digits}f}, {len(self.seeds)} paired seeds)")
-
-
-def paired(a: dict[int, float], b: dict[int, float]) -> Paired:
-    """Compare score-by-seed maps on their common seeds. Fewer than 2 common seeds: within noise."""
-    seeds = tuple(sorted(set(a) & set(b)))
-    if not seeds:
-        raise ValueError("the two placements share no seed: nothing to pair")
-    diffs = [a[s] - b[s] for s in seeds]
-    mean = statistics.fmean(diffs)
-    if len(diffs) < 2:
-        return Paired(seeds, mean, None, None, WITHIN_NOISE)
-    half = t975(len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
-    low, high = mean - half, mean + half
-    verdict = BETTER if low > 0 else WORSE if high < 0 else WITHIN_NOISE
-    return Paired(seeds, mean, low, high, verdict)
 
 
 @dataclass(frozen=True)

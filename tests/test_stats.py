@@ -3,7 +3,7 @@
 import pytest
 
 from analysis.confirmed import Confirmed, group_confirmed, mark_frontier, pick_candidates, recommend, spread_by_size
-from analysis.stats import AS_GOOD, BETTER, UNDECIDED, WITHIN_NOISE, WORSE, decide, paired, seed_stats, t95, t975
+from analysis.stats import AS_GOOD, BETTER, UNDECIDED, WORSE, decide, seed_stats, t95, t975
 from trainables.record import TrialRecord
 
 
@@ -24,22 +24,23 @@ def test_seed_stats_interval():
     assert one.sd is None and one.low is None and "1 seed" in one.describe()
 
 
-def test_paired_difference_is_better_worse_or_within_noise():
+def test_the_paired_interval_pairs_seeds():
     a = {0: 0.70, 1: 0.72, 2: 0.71}
     b = {0: 0.60, 1: 0.61, 2: 0.62}
-    up = paired(a, b)  # differences 0.10, 0.11, 0.09: mean 0.10, sd 0.01, half-width 0.0248
+    up = decide(a, b, 0.01)  # differences 0.10, 0.11, 0.09: mean 0.10, sd 0.01, half-width 0.0248
     assert up.verdict == BETTER and up.diff == pytest.approx(0.10)
     assert (up.low, up.high) == pytest.approx((0.10 - 0.02484, 0.10 + 0.02484), abs=1e-4)
-    assert paired(b, a).verdict == WORSE
-    noisy = paired({0: 0.70, 1: 0.60, 2: 0.72}, {0: 0.65, 1: 0.66, 2: 0.64})
-    assert noisy.verdict == WITHIN_NOISE and noisy.low < 0 < noisy.high  # mean +0.023, 95% CI about +-0.18
+    assert up.detectable == pytest.approx(0.02484, abs=1e-4)
+    assert decide(b, a, 0.01).verdict == WORSE
+    noisy = decide({0: 0.70, 1: 0.60, 2: 0.72}, {0: 0.65, 1: 0.66, 2: 0.64}, 0.01)
+    assert noisy.verdict == UNDECIDED and noisy.low < 0 < noisy.high  # mean +0.023, 95% CI about +-0.18
     # Pairing matters: a seed-to-seed swing shared by both cancels in the differences.
-    shared = paired({0: 0.60, 1: 0.70, 2: 0.80}, {0: 0.58, 1: 0.68, 2: 0.775})
+    shared = decide({0: 0.60, 1: 0.70, 2: 0.80}, {0: 0.58, 1: 0.68, 2: 0.775}, 0.01)
     assert seed_stats([0.60, 0.70, 0.80]).low < seed_stats([0.58, 0.68, 0.775]).high  # unpaired: overlapping
     assert shared.verdict == BETTER
-    assert paired({0: 0.9, 5: 0.1}, {0: 0.8}).verdict == WITHIN_NOISE  # one common seed: no interval
+    assert decide({0: 0.9, 5: 0.1}, {0: 0.8}, 0.01).verdict == UNDECIDED  # one common seed: no interval
     with pytest.raises(ValueError, match="share no seed"):
-        paired({0: 0.9}, {1: 0.8})
+        decide({0: 0.9}, {1: 0.8}, 0.01)
 
 
 def _record(trial_id, score, params, baseline=None, seed=0, confirms=None, hours=0.01, status="completed"):
