@@ -6,6 +6,8 @@ statistics of each once its confirmation runs are in (`group_confirmed`), the fr
 means, and the plain recommendation a user deploys from (`recommend`: the smallest placement shown
 as good as the best within `search.margin`; docs/methods.md, "Confirmation" and "Decisions"). Reads
 `TrialRecord`s only, so a live search and `search/report.py` on a store give the same answer.
+"Best" and "better" follow the metric's direction: `sense` is "max" (the default: every
+classification metric) or "min" for a lower-is-better metric such as `nll` (`analysis.direction`).
 """
 
 from __future__ import annotations
@@ -13,14 +15,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
+from analysis.direction import best_first, checked, gain, score_objectives, word
 from analysis.pareto import frontier, pareto_mask
 from analysis.stats import AS_GOOD, BETTER, UNDECIDED, WORSE, Decision, SeedStats, decide, seed_stats
+from trainables import record as R
 from trainables.record import COMPLETED, TrialRecord
 
 DEFAULT_MARGIN = 0.01  # search.margin's default: 1 point of a metric in [0, 1]
 
 
-def pick_candidates(records: list[TrialRecord], top: int, baselines: int) -> list[TrialRecord]:
+def pick_candidates(records: list[TrialRecord], top: int, baselines: int, sense: str = "max") -> list[TrialRecord]:
     """The search trials to confirm: `top` placements of the single-run frontier spread across its
     sizes (always its best-scoring one; the others log-spaced in trainable parameters from the
     cheapest up, so that the cheap end a user deploys to save parameters is confirmed too) and the
@@ -29,15 +33,18 @@ def pick_candidates(records: list[TrialRecord], top: int, baselines: int) -> lis
     completed = [r for r in records if r.status == COMPLETED and r.confirms is None and r.warm_start is None]
     if not completed or top < 1 and baselines < 1:
         return []
-    front_ids = {row["run_id"] for row in frontier([r.as_dict() for r in completed]) if row["pareto"]}
+    front_ids = {row["run_id"] for row in frontier([r.as_dict() for r in completed], score_objectives(sense))
+                 if row["pareto"]}
     front = [r for r in completed if r.run_id in front_ids]
     chosen = []
     if top >= 1:
-        best = max(front, key=lambda r: (r.score, -(r.trainable_params or 0)))
-        rest = sorted((r for r in front if r is not best), key=lambda r: (r.trainable_params or 0, -r.score))
+        best = max(front, key=lambda r: (gain(r.score, sense), -(r.trainable_params or 0)))
+        rest = sorted((r for r in front if r is not best),
+                      key=lambda r: (r.trainable_params or 0, best_first(r.score, sense)))
         chosen = [best, *sorted(spread_by_size(rest, top - 1), key=lambda r: r.trainable_params or 0)]
     ids = {r.trial_id for r in chosen}
-    base = sorted((r for r in completed if r.baseline and r.trial_id not in ids), key=lambda r: -r.score)
+    base = sorted((r for r in completed if r.baseline and r.trial_id not in ids),
+                  key=lambda r: best_first(r.score, sense))
     return chosen + base[:baselines]
 
 
@@ -89,9 +96,10 @@ CONFIRMED_COLUMNS = ["trial_id", "run_id", "pareto", "baseline", "key", "lr", "s
                      "score_high", "n_seeds", "seeds", "trainable_params", "adapter_params", "compute_hours"]
 
 
-def group_confirmed(records: list[TrialRecord]) -> list[Confirmed]:
+def group_confirmed(records: list[TrialRecord], sense: str = "max") -> list[Confirmed]:
     """Every completed search trial that has at least one completed confirmation run, with the
-    scores of all its completed runs by seed (a seed run twice keeps its first result)."""
+    scores of all its completed runs by seed (a seed run twice keeps its first result); the best
+    mean first."""
     by_trial = {r.trial_id: r for r in records if r.confirms is None}
     runs: dict[str, list[TrialRecord]] = {}
     for r in records:
@@ -112,14 +120,16 @@ def group_confirmed(records: list[TrialRecord]) -> list[Confirmed]:
         out.append(Confirmed(trial_id, origin.run_id, origin.key, origin.lr, origin.baseline,
                              int(origin.trainable_params or 0), origin.adapter_params, scores,
                              sum(hours) / len(hours), seed_stats(list(scores.values()))))
-    return sorted(out, key=lambda c: -c.stats.mean)
+    return sorted(out, key=lambda c: best_first(c.stats.mean, sense))
 
 
-def mark_frontier(confirmed: list[Confirmed]) -> list[Confirmed]:
-    """The frontier over seed means: mean score up, trainable params down, mean compute hours down."""
+def mark_frontier(confirmed: list[Confirmed], sense: str = "max") -> list[Confirmed]:
+    """The frontier over seed means: mean score in `sense`, trainable params down, mean compute
+    hours down."""
     if not confirmed:
         return []
-    mask = pareto_mask([(c.stats.mean, c.trainable_params, c.compute_hours) for c in confirmed], ("max", "min", "min"))
+    mask = pareto_mask([(c.stats.mean, c.trainable_params, c.compute_hours) for c in confirmed],
+                       (checked(sense), "min", "min"))
     return [replace(c, pareto=on) for c, on in zip(confirmed, mask)]
 
 
@@ -130,13 +140,14 @@ class Recommendation:
     "Decisions")."""
 
     pick: Confirmed
-    best: Confirmed  # the highest confirmed mean
+    best: Confirmed  # the best confirmed mean (the highest; the lowest for a "min" metric)
     pick_vs_best: Decision | None  # None when the pick is the best
     best_baseline: Confirmed | None
     pick_vs_baseline: Decision | None  # None without a confirmed baseline, or when the pick is one
     budget_share: float | None  # the pick's adapter params / the budget's maximum
     margin: float = DEFAULT_MARGIN
     decisions: dict[str, Decision] = field(default_factory=dict)  # trial id -> against the best
+    sense: str = "max"  # the metric's direction (`analysis.direction`)
 
     def verdict(self, c: Confirmed) -> str:
         """The word for a confirmed placement against the best: "best", or a `decide` verdict."""
@@ -158,7 +169,8 @@ class Recommendation:
             others = [self.decisions[c] for c in self.decisions]
             counts = {w: sum(d.verdict == w for d in others) for w in (AS_GOOD, UNDECIDED, WORSE)}
             smaller = "no smaller confirmed placement is" if others else "no other placement was confirmed, so none is"
-            out.append(f"  it has the highest confirmed mean; {smaller} shown as good within a margin of "
+            out.append(f"  it has the {word(self.sense, 'highest', 'lowest')} confirmed mean; {smaller} shown as "
+                       f"good within a margin of "
                        f"{self.margin:g} ({counts[UNDECIDED]} undecided, {counts[WORSE]} worse"
                        + (f", {counts[AS_GOOD]} as good but not smaller" if counts[AS_GOOD] else "") + ")")
         if self.best_baseline is None:
@@ -173,34 +185,35 @@ class Recommendation:
 
 
 def recommend(confirmed: list[Confirmed], max_adapter_params: float | None = None,
-              margin: float = DEFAULT_MARGIN) -> Recommendation | None:
-    """The smallest confirmed placement shown as good as the best (highest mean; ties: fewer
-    trainable params) within `margin`, or the best itself; compared with the best baseline too."""
+              margin: float = DEFAULT_MARGIN, sense: str = "max") -> Recommendation | None:
+    """The smallest confirmed placement shown as good as the best (the best mean in `sense`; ties:
+    fewer trainable params) within `margin`, or the best itself; compared with the best baseline too."""
     if not confirmed:
         return None
-    best = max(confirmed, key=lambda c: (c.stats.mean, -c.trainable_params))
-    decisions = {c.trial_id: decide(c.scores, best.scores, margin) for c in confirmed if c is not best}
+    best = max(confirmed, key=lambda c: (gain(c.stats.mean, sense), -c.trainable_params))
+    decisions = {c.trial_id: decide(c.scores, best.scores, margin, sense) for c in confirmed if c is not best}
     smaller = [c for c in confirmed if c is not best and c.trainable_params < best.trainable_params
                and decisions[c.trial_id].verdict in (AS_GOOD, BETTER)]
-    pick = min(smaller, key=lambda c: (c.trainable_params, -c.stats.mean)) if smaller else best
+    pick = min(smaller, key=lambda c: (c.trainable_params, best_first(c.stats.mean, sense))) if smaller else best
     baselines = [c for c in confirmed if c.baseline]
-    best_baseline = max(baselines, key=lambda c: c.stats.mean) if baselines else None
+    best_baseline = max(baselines, key=lambda c: gain(c.stats.mean, sense)) if baselines else None
     vs_baseline = None
     if best_baseline is not None and best_baseline is not pick:
-        vs_baseline = decide(pick.scores, best_baseline.scores, margin)
+        vs_baseline = decide(pick.scores, best_baseline.scores, margin, sense)
     share = pick.adapter_params / max_adapter_params if max_adapter_params and pick.adapter_params else None
     return Recommendation(pick, best, None if pick is best else decisions[pick.trial_id], best_baseline,
-                          vs_baseline, share, margin, decisions)
+                          vs_baseline, share, margin, decisions, sense)
 
 
 def format_confirmed(confirmed: list[Confirmed], metric_name: str, cost_unit: str, key_width: int = 44,
                      rec: Recommendation | None = None) -> str:
     """The confirmed placements, best mean first; `*` marks the frontier over seed means; with the
     recommendation, each placement's decision against the best (docs/methods.md, "Decisions")."""
+    sense = R.sense(metric_name)
     head = (f"{'':1} {'placement':<{key_width}} {'lr':>8} {metric_name + ' (mean ± sd)':>24} {'95% CI':>15} "
             f"{'seeds':>5} {'trainable':>10} {cost_unit:>14}" + (f"  {'vs best':<10}" if rec else ""))
     lines = [head, "-" * len(head)]
-    for c in sorted(confirmed, key=lambda c: -c.stats.mean):
+    for c in sorted(confirmed, key=lambda c: best_first(c.stats.mean, sense)):
         key = f"[{c.baseline}] {c.key}" if c.baseline else c.key
         key = key if len(key) <= key_width else key[: key_width - 3] + "..."
         s = c.stats
@@ -209,9 +222,11 @@ def format_confirmed(confirmed: list[Confirmed], metric_name: str, cost_unit: st
         lr = f"{c.lr:.2e}" if c.lr else "-"
         lines.append(f"{'*' if c.pareto else ' ':1} {key:<{key_width}} {lr:>8} {spread:>24} {ci:>15} {s.n:>5} "
                      f"{c.trainable_params:>10,} {c.compute_hours:>14.5f}" + (f"  {rec.verdict(c):<10}" if rec else ""))
-    lines.append(f"* = Pareto-optimal over seed means ({metric_name} up, trainable params down, {cost_unit} down)")
+    lines.append(f"* = Pareto-optimal over seed means ({metric_name} {word(sense, 'up', 'down')}, trainable params "
+                 f"down, {cost_unit} down)")
     if rec:
-        lines.append(f"vs best: against the highest mean, paired over seeds, margin {rec.margin:g} (better, as good, "
+        lines.append(f"vs best: against the {word(sense, 'highest', 'lowest')} mean, paired over seeds, margin "
+                     f"{rec.margin:g} (better, as good, "
                      "worse, undecided: docs/methods.md, \"Decisions\")")
     return "\n".join(lines)
 
@@ -226,10 +241,11 @@ def confirmed_markdown(confirmed: list[Confirmed], metric_name: str, cost_unit: 
                        rec: Recommendation | None = None) -> str:
     """The confirmed placements as a Markdown table, best mean first; frontier rows marked; with the
     recommendation, each placement's decision against the best."""
+    sense = R.sense(metric_name)
     head = (f"| | placement | lr | {metric_name} mean ± sd | 95% CI | seeds | trainable params | {cost_unit} |"
             + (" vs best |" if rec else ""))
     lines = [head, "|---|---|---:|---:|---:|---:|---:|---:|" + ("---|" if rec else "")]
-    for c in sorted(confirmed, key=lambda c: -c.stats.mean):
+    for c in sorted(confirmed, key=lambda c: best_first(c.stats.mean, sense)):
         s = c.stats
         name = f"[{c.baseline}] `{c.key}`" if c.baseline else f"`{c.key}`"
         spread = f"{s.mean:.4f} ± {s.sd:.4f}" if s.sd is not None else f"{s.mean:.4f}"

@@ -15,7 +15,8 @@ lowest condition number first, for kinds and for layers. The agreement of a prio
 rank correlation of its predicted order with the estimated effects; its 95% interval comes from
 refitting on bootstrap resamples of the trials. Verdict: "agreed" when the interval lies above
 zero, "disagreed" when below, otherwise "inconclusive" (wide intervals are the honest answer for a
-dozen trials).
+dozen trials). For a lower-is-better metric (`sense` "min", e.g. `nll`) the regression is on the
+negated score, so an effect is always a benefit: positive = the unit makes the metric better.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
+from analysis.direction import gain
 
 MIN_TRIALS = 6
 
@@ -106,15 +109,17 @@ def _verdict(low, high) -> str:
 
 
 def prior_agreement(trials: list[tuple], scores_of_trials: list[float], scores, *, bootstrap: int = 200,
-                    seed: int = 0, alpha: float = 1.0) -> dict:
+                    seed: int = 0, alpha: float = 1.0, sense: str = "max") -> dict:
     """The report: estimated effects and each prior's agreement with them.
 
     trials: `features` rows of completed trials; scores_of_trials: their scores; scores: the search's
-    `PriorScores`. Returns {"n_trials", "kind_effects", "layer_effects", "agreements": [Agreement]}.
+    `PriorScores`; sense: the metric's direction ("min": the scores are negated first, so that the
+    effects are benefits). Returns {"n_trials", "kind_effects", "layer_effects", "agreements": [Agreement]}.
     """
+    scores_of_trials = [gain(v, sense) for v in scores_of_trials]
     n = len(trials)
     if n < MIN_TRIALS:
-        return {"n_trials": n, "kind_effects": None, "layer_effects": None,
+        return {"n_trials": n, "kind_effects": None, "layer_effects": None, "sense": sense,
                 "agreements": [Agreement(p, None, None, None, f"no information (fewer than {MIN_TRIALS} completed "
                                                              "trials)") for p in predictions(scores)]}
     kinds, layers = ridge_effects(trials, scores_of_trials, alpha)
@@ -138,12 +143,14 @@ def prior_agreement(trials: list[tuple], scores_of_trials: list[float], scores, 
         rhos = [r for r in rhos if r is not None]
         low, high = (float(np.percentile(rhos, 2.5)), float(np.percentile(rhos, 97.5))) if len(rhos) >= 20 else (None, None)
         agreements.append(Agreement(name, rho, low, high, _verdict(low, high) if rho is not None else "no information"))
-    return {"n_trials": n, "kind_effects": kinds.tolist(), "layer_effects": layers.tolist(), "agreements": agreements}
+    return {"n_trials": n, "kind_effects": kinds.tolist(), "layer_effects": layers.tolist(), "sense": sense,
+            "agreements": agreements}
 
 
 def format_agreement(report: dict, kinds: list[str]) -> str:
+    score = "negated score (lower is better)" if report.get("sense") == "min" else "score"
     lines = [f"which prior was right ({report['n_trials']} completed trials; effects from a ridge regression of the "
-             "score on each kind's and each layer's share):"]
+             f"{score} on each kind's and each layer's share):"]
     if report["kind_effects"] is not None:
         lines.append("  kind effects:  " + "  ".join(f"{a} {v:+.3f}" for a, v in zip(kinds, report["kind_effects"])))
         lines.append("  layer effects: " + "  ".join(f"{l} {v:+.3f}" for l, v in enumerate(report["layer_effects"])))
@@ -169,7 +176,8 @@ def plot_agreement(report: dict, kinds: list[str], path) -> "Path":
         ax.bar(range(len(values)), values, color=["tab:green" if v > 0 else "tab:red" for v in values])
         ax.set_xticks(range(len(values)), labels=labels)
         ax.axhline(0, color="0.3", lw=0.8)
-        ax.set_title(f"estimated effect on the score: {title}", fontsize=9)
+        benefit = "benefit (lower score)" if report.get("sense") == "min" else "effect on the score"
+        ax.set_title(f"estimated {benefit}: {title}", fontsize=9)
     verdicts = "; ".join(f"{a.prior}: {a.verdict}" for a in report["agreements"])
     fig.suptitle(f"which prior was right ({report['n_trials']} trials) - {verdicts}", fontsize=8)
     fig.savefig(path, dpi=110)

@@ -2,7 +2,8 @@
 
 Pure functions over plain lists of objective tuples (no torch, no numpy needed), plus one thin
 wrapper, `frontier`, over trial rows (`TrialRecord.as_dict()`). See docs/methods.md, "Objectives and
-the frontier": maximize the task metric, minimize trainable parameters, minimize compute hours; the
+the frontier": the task metric in its own direction (maximized, or minimized for a lower-is-better
+metric such as `nll`: `trainables.record.sense`), minimize trainable parameters, minimize compute hours; the
 frontier is the set of completed, within-budget trials that no other such trial dominates; the
 hypervolume is measured on normalized objectives against a reference point written down with it.
 
@@ -13,17 +14,18 @@ Conventions
   explicit bounds are comparable; bounds taken from the points themselves are not.
 - A trial dict carries the objective keys (default `trainables.record.OBJECTIVES`: "score",
   "trainable_params", "compute_hours"), "status" (only "completed" trials count) and optionally
-  "within_budget" (False drops the trial).
+  "within_budget" (False drops the trial). The default scores "max"; a search whose metric is
+  lower-is-better passes `analysis.direction.score_objectives("min")`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Iterable, Literal, NamedTuple, Sequence
+from typing import Iterable, NamedTuple, Sequence
 
+from analysis.direction import Sense
 from trainables.record import OBJECTIVES
 
-Sense = Literal["max", "min"]
 Point = tuple[float, ...]
 
 DEFAULT_OBJECTIVES: tuple[tuple[str, Sense], ...] = OBJECTIVES

@@ -11,6 +11,8 @@ Axes: x = trainable parameters (log scale), y = the task metric, colour = cost (
 the unit the caller names: GPU-hours, or CPU-core-hours on CPU-only runs). The step line joins the front
 points that are also on the 2-objective (metric vs parameters) front, i.e. the best metric reachable
 at each parameter count; front points off that line are there because they are cheaper to train.
+"Best" follows the metric's direction (`trainables.record.sense(metric_name)`, or `sense` given):
+highest for accuracy, lowest for a lower-is-better metric such as `nll`.
 
 Trial fields used besides the objectives: "key" (placement key), "run_id", "baseline" (the name of a
 hand-crafted baseline, or None), "status".
@@ -30,18 +32,24 @@ import matplotlib.colors as mcolors  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import LogLocator, MaxNLocator  # noqa: E402
 
+from analysis.direction import checked, word
 from analysis.pareto import Sense, frontier, is_eligible, pareto_mask  # noqa: E402
 from trainables import record as R  # noqa: E402
 
 CMAP = "viridis"
 
 
-def _split(trials, metric_key, params_key, cost_key):
+def _sense(metric_name: str, sense: str | None) -> Sense:
+    """The metric's direction: `sense` when given, else the metric's own (`trainables.record.sense`)."""
+    return checked(R.sense(metric_name) if sense is None else sense)
+
+
+def _split(trials, metric_key, params_key, cost_key, sense: Sense = "max"):
     """Frontier rows plus the points of the 2D (metric vs params) step line, sorted by params."""
-    objectives: tuple[tuple[str, Sense], ...] = ((metric_key, "max"), (params_key, "min"), (cost_key, "min"))
+    objectives: tuple[tuple[str, Sense], ...] = ((metric_key, sense), (params_key, "min"), (cost_key, "min"))
     rows = frontier(trials, objectives)
     front = [r for r in rows if r["pareto"]]
-    on_2d = pareto_mask([(r[metric_key], r[params_key]) for r in front], ("max", "min"))
+    on_2d = pareto_mask([(r[metric_key], r[params_key]) for r in front], (sense, "min"))
     step = sorted(((r[params_key], r[metric_key]) for r, on in zip(front, on_2d) if on))
     return rows, step
 
@@ -61,14 +69,17 @@ def plot_pareto_png(
     cost_key: str = R.COMPUTE_HOURS,
     title: str | None = None,
     background: Sequence[dict] | None = None,
+    sense: Sense | None = None,
 ) -> Path:
     """Write a PNG scatter of metric vs trainable parameters, coloured by cost; return its path.
 
     Rows with `score_low` / `score_high` (confirmed placements: seed means) get 95% error bars.
     `background`: single-run trials drawn small and grey behind them (the search's own trials).
+    `sense`: the metric's direction, by default `trainables.record.sense(metric_name)`.
     """
     path = Path(path)
-    rows, step = _split(trials, metric_key, params_key, cost_key)
+    sense = _sense(metric_name, sense)
+    rows, step = _split(trials, metric_key, params_key, cost_key, sense)
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
     shown = [b for b in background or [] if is_eligible(b)]
     if shown:
@@ -100,7 +111,7 @@ def plot_pareto_png(
                 ax.annotate(str(r["baseline"]), (r[params_key], r[metric_key]), fontsize=8,
                             xytext=(4, 4), textcoords="offset points")
         ax.set_xscale("log" if _log_ok(xs) else "symlog")
-        ax.legend(loc="lower right", fontsize=8)
+        ax.legend(loc=word(sense, "lower right", "upper right"), fontsize=8)  # away from the best corner
     ax.set_xlabel("trainable parameters (log scale)")
     ax.set_ylabel(metric_name)
     ax.set_title(title or f"{metric_name} vs trainable parameters ({len(rows)} of {len(trials)} trials)")
@@ -173,7 +184,7 @@ def _ticks(lo: float, hi: float, log: bool) -> list[float]:
     return [t for t in MaxNLocator(6).tick_values(lo, hi) if lo <= t <= hi]
 
 
-def _svg(rows, step, metric_key, params_key, cost_key, metric_name, cost_unit) -> str:
+def _svg(rows, step, metric_key, params_key, cost_key, metric_name, cost_unit, sense: Sense = "max") -> str:
     if not rows:
         return "<p>No completed within-budget trials to plot.</p>"
     xs = [float(r[params_key]) for r in rows]
@@ -222,7 +233,7 @@ def _svg(rows, step, metric_key, params_key, cost_key, metric_name, cost_unit) -
             out.append(f'<text x="{px(x) + 8:.1f}" y="{py(y) - 6:.1f}">{_e(r["baseline"])}</text>')
     out.append("</svg>")
     legend = (f'<p>Colour: cost in {_e(cost_unit)}, from {_fmt(min(cs))} (dark) to {_fmt(max(cs))} '
-              f'(yellow). Red ring: on the Pareto front ({_e(metric_name)} max, parameters min, cost min). '
+              f'(yellow). Red ring: on the Pareto front ({_e(metric_name)} {sense}, parameters min, cost min). '
               f'Red line: best {_e(metric_name)} for its parameter count. Hover a point for details.</p>')
     return "\n".join(out) + legend
 
@@ -252,14 +263,17 @@ def plot_pareto_html(
     params_key: str = R.TRAINABLE_PARAMS,
     cost_key: str = R.COMPUTE_HOURS,
     title: str | None = None,
+    sense: Sense | None = None,
 ) -> Path:
     """Write a self-contained interactive HTML page (SVG scatter + sortable table); return its path.
 
     The table lists every trial passed in, including failed, pruned and over-budget ones (blank in
-    the "pareto" column); the scatter shows only the completed, within-budget trials.
+    the "pareto" column); the scatter shows only the completed, within-budget trials. `sense`: the
+    metric's direction, by default `trainables.record.sense(metric_name)`.
     """
     path = Path(path)
-    rows, step = _split(trials, metric_key, params_key, cost_key)
+    sense = _sense(metric_name, sense)
+    rows, step = _split(trials, metric_key, params_key, cost_key, sense)
     eligible = [t for t in trials if is_eligible(t)]  # same order as `rows`
     front_by_id = {id(t): r["pareto"] for t, r in zip(eligible, rows)}
     title = title or f"{metric_name} vs trainable parameters"
@@ -269,7 +283,7 @@ def plot_pareto_html(
 <body>
 <h1>{_e(title)}</h1>
 <p>{len(trials)} trials, {len(rows)} completed within budget, {n_front} on the Pareto front.</p>
-{_svg(rows, step, metric_key, params_key, cost_key, metric_name, cost_unit)}
+{_svg(rows, step, metric_key, params_key, cost_key, metric_name, cost_unit, sense)}
 <h2>Trials</h2>
 <p>Click a column header to sort.</p>
 {_table(trials, front_by_id, metric_key, params_key, cost_key, metric_name, cost_unit)}

@@ -9,6 +9,8 @@ import csv
 import dataclasses
 from pathlib import Path
 
+from analysis.direction import best_first, word
+from trainables import record as R
 from trainables.record import COMPLETED, CSV_COLUMNS, TrialRecord
 
 
@@ -18,11 +20,13 @@ def _fmt(value, spec: str) -> str:
 
 def format_table(records: list[TrialRecord], metric_name: str, cost_unit: str, key_width: int = 48,
                  confirmed: bool = False) -> str:
-    """Trials sorted by score (completed first), Pareto-optimal ones marked with `*`: among the
-    completed trials' single runs, or (`confirmed`) among the confirmed placements' seed means,
-    which is the frontier `search.phases.publish` publishes when placements were confirmed."""
+    """Trials sorted by score, best first in the metric's direction (`trainables.record.sense`;
+    completed first), Pareto-optimal ones marked with `*`: among the completed trials' single runs,
+    or (`confirmed`) among the confirmed placements' seed means, which is the frontier
+    `search.phases.publish` publishes when placements were confirmed."""
+    sense = R.sense(metric_name)
     order = {"completed": 0, "pruned": 1, "running": 2, "failed": 3}
-    records = sorted(records, key=lambda r: (order.get(r.status, 4), -(r.score or 0)))
+    records = sorted(records, key=lambda r: (order.get(r.status, 4), best_first(r.score, sense)))
     head = (f"{'':1} {'placement':<{key_width}} {'lr':>8} {metric_name:>17} {'trainable':>10} "
             f"{cost_unit:>14} {'status':<9}")
     lines = [head, "-" * len(head)]
@@ -38,7 +42,7 @@ def format_table(records: list[TrialRecord], metric_name: str, cost_unit: str, k
     lines.append("[name] = a hand-crafted baseline, fitted to the budget"
                  + ("; (warm) = copied from an earlier search, not trained here" if any(r.warm_start for r in records) else ""))
     among = "the confirmed placements, over seed means (table below)" if confirmed else "completed trials"
-    lines.append(f"* = Pareto-optimal among {among} ({metric_name} up, trainable params down, "
+    lines.append(f"* = Pareto-optimal among {among} ({metric_name} {word(sense, 'up', 'down')}, trainable params down, "
                  f"{cost_unit} down); scores of stopped trials are their last epoch's")
     return "\n".join(lines)
 

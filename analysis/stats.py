@@ -5,7 +5,9 @@ its mean, sample standard deviation and a 95% t-interval of the mean; `decide` c
 placements on the seeds both have (the same seed: same head init, same data order) and answers the
 question a user asks, "is this placement as good as the best, within a margin?", with one of four
 words (docs/methods.md, "Decisions"): a difference is called real only when the 95% t-interval of
-the paired differences excludes zero. Pure Python, no numpy or scipy.
+the paired differences excludes zero. "Better" follows the metric's direction (`sense`: "max", or
+"min" for a lower-is-better metric such as `nll`, where better means lower; `analysis.direction`).
+Pure Python, no numpy or scipy.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass
+
+from analysis.direction import checked
 
 # Two-sided 95% quantiles of Student's t (0.975 quantile), by degrees of freedom; standard tables.
 _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
@@ -80,9 +84,11 @@ def seed_stats(values: list[float]) -> SeedStats:
 class Decision:
     """A placement against the best one, on the seeds both have (docs/methods.md, "Decisions").
 
-    diff: mean of a - b; lower_one_sided: its one-sided 95% lower bound; low, high: the two-sided
-    95% interval; detectable: the smallest difference these seeds could tell from zero (the
-    interval's half-width), None with fewer than 2 common seeds."""
+    diff: mean of the paired gains of a over b in the metric's units, positive when a is better
+    (a - b for a "max" metric, b - a for a "min" one); lower_one_sided: its one-sided 95% lower
+    bound; low, high: the two-sided 95% interval; detectable: the smallest difference these seeds
+    could tell from zero (the interval's half-width), None with fewer than 2 common seeds. sense:
+    the metric's direction; `describe` prints a - b itself, in the metric's own units."""
 
     seeds: tuple[int, ...]
     diff: float
@@ -91,22 +97,32 @@ class Decision:
     high: float | None
     margin: float
     verdict: str  # better | as good | worse | undecided (a relative to b)
+    sense: str = "max"
 
     @property
     def detectable(self) -> float | None:
         return None if self.low is None else (self.high - self.low) / 2
 
     def describe(self, digits: int = 3) -> str:
-        if self.low is None:
-            return (f"{self.verdict} (difference {self.diff:+.{digits}f}, {len(self.seeds)} common seed(s): too few "
+        """The verdict with the difference a - b (its interval, and the one-sided bound against the
+        margin) in the metric's own units: for a "min" metric a negative difference is a gain."""
+        diff, low, high, bound = self.diff, self.low, self.high, self.lower_one_sided
+        side, margin = "lower", f"-{self.margin:g}"
+        if self.sense == "min" and low is not None:  # gains back to a - b: the interval flips, the bound is an upper one
+            diff, low, high, bound, side, margin = -diff, -high, -low, -bound, "upper", f"+{self.margin:g}"
+        elif self.sense == "min":
+            diff = -diff
+        if low is None:
+            return (f"{self.verdict} (difference {diff:+.{digits}f}, {len(self.seeds)} common seed(s): too few "
                     "for an interval)")
-        return (f"{self.verdict} (difference {self.diff:+.{digits}f}, 95% CI {self.low:+.{digits}f} to "
-                f"{self.high:+.{digits}f}, one-sided 95% lower bound {self.lower_one_sided:+.{digits}f} against a "
-                f"margin of -{self.margin:g}; {len(self.seeds)} paired seeds)")
+        return (f"{self.verdict} (difference {diff:+.{digits}f}, 95% CI {low:+.{digits}f} to "
+                f"{high:+.{digits}f}, one-sided 95% {side} bound {bound:+.{digits}f} against a "
+                f"margin of {margin}; {len(self.seeds)} paired seeds)")
 
 
-def decide(a: dict[int, float], b: dict[int, float], margin: float) -> Decision:
-    """Is `a` as good as `b` within `margin` (in the metric's units, higher is better)?
+def decide(a: dict[int, float], b: dict[int, float], margin: float, sense: str = "max") -> Decision:
+    """Is `a` as good as `b` within `margin` (in the metric's units)? `sense`: "max" when higher is
+    better (the default), "min" when lower is (then D below is b - a: a lower `a` is a gain).
 
     From the paired differences D = a - b on the common seeds (mean m, sd s, n seeds): **better**
     when the two-sided 95% interval of D lies above zero; **as good** when the one-sided 95% lower
@@ -116,13 +132,14 @@ def decide(a: dict[int, float], b: dict[int, float], margin: float) -> Decision:
     undecided."""
     if margin < 0:
         raise ValueError(f"the margin must be >= 0, got {margin}")
+    sign = 1.0 if checked(sense) == "max" else -1.0
     seeds = tuple(sorted(set(a) & set(b)))
     if not seeds:
         raise ValueError("the two placements share no seed: nothing to pair")
-    diffs = [a[s] - b[s] for s in seeds]
+    diffs = [sign * (a[s] - b[s]) for s in seeds]  # the gains of a over b: positive = a better
     mean = statistics.fmean(diffs)
     if len(diffs) < 2:
-        return Decision(seeds, mean, None, None, None, margin, UNDECIDED)
+        return Decision(seeds, mean, None, None, None, margin, UNDECIDED, sense)
     se = statistics.stdev(diffs) / math.sqrt(len(diffs))
     lower = mean - t95(len(diffs) - 1) * se
     half = t975(len(diffs) - 1) * se
@@ -135,4 +152,4 @@ def decide(a: dict[int, float], b: dict[int, float], margin: float) -> Decision:
         verdict = WORSE
     else:
         verdict = UNDECIDED
-    return Decision(seeds, mean, lower, low, high, margin, verdict)
+    return Decision(seeds, mean, lower, low, high, margin, verdict, sense)

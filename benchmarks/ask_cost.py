@@ -41,7 +41,7 @@ def main() -> None:
     import sqlalchemy
 
     from search.sampling.samplers import SamplerInputs, make_sampler
-    from search.sampling.study import DIRECTIONS, open_study_storage
+    from search.sampling.study import directions, open_study_storage
     from spaces.budget import make_budget
     from spaces.placement import Placement
     from trainables.config import load_config
@@ -55,7 +55,8 @@ def main() -> None:
     setup = make_sampler("prior", SamplerInputs.from_config(prep.space, budget, cfg, prep.scores))
     with tempfile.TemporaryDirectory() as tmp:
         storage = open_study_storage(f"sqlite:///{Path(tmp) / 'study.db'}")
-        study = optuna.create_study(study_name="ask-cost", directions=DIRECTIONS, sampler=setup.sampler, storage=storage)
+        study = optuna.create_study(study_name="ask-cost", directions=directions(prep.metric_name), sampler=setup.sampler,
+                                    storage=storage)
         for params, attrs in setup.enqueue:
             study.enqueue_trial(params, user_attrs=attrs)
         t0 = time.perf_counter()

@@ -87,6 +87,7 @@ def read_table(path: Path) -> list[TrainedPlacement]:
 def calibrated_lr(meta_path: Path, cfg, prep, reference, threads: int) -> dict:
     """The probe's learning rate for this task, computed once and kept in the meta file."""
     from search.phases.calibrate import choose_lr, lr_grid
+    from trainables import record as R
     from trainables.config import Config
     from trainables.probe import probe_lr
 
@@ -103,7 +104,7 @@ def calibrated_lr(meta_path: Path, cfg, prep, reference, threads: int) -> dict:
         out = probe_lr(probe_cfg.to_dict(), prep.space.to_dict(), reference.to_json(), lr, prep.metric_name)
         scores.append(out["score"])
         print(f"probe lr {lr:g}: {out['score']}", flush=True)
-    chosen, edge = choose_lr(lrs, scores)
+    chosen, edge = choose_lr(lrs, scores, R.sense(prep.metric_name))
     return {"lr": chosen, "probe": {"lrs": lrs, "scores": scores, "edge": edge, "placement": reference.key}}
 
 

@@ -93,6 +93,20 @@ class Table:
         self.cv_r2 = self._cross_validate(X, Y)
         self.lookups = self.misses = 0
 
+    @property
+    def metric_name(self) -> str:
+        """The metric the table's scores are (its meta's `metric_name`; tables built before it was
+        written hold accuracy-like, higher-is-better scores)."""
+        from trainables import record as R
+
+        return self.meta.get("metric_name") or R.ACCURACY
+
+    @property
+    def sense(self) -> str:
+        from trainables import record as R
+
+        return R.sense(self.metric_name)
+
     def _fit(self, X, Y, alpha: float = 1.0):
         Z = np.hstack([(X - self._mu) / self._sd, np.ones((len(X), 1))])
         reg = alpha * np.eye(Z.shape[1])
@@ -143,6 +157,7 @@ def replay(table: Table, sampler: str, seed: int, trials: int, bounds, prior_set
     hypervolume and best score per trial, and the epochs trained in all. `baselines`: enqueue at
     most this many of the sampler's baselines (an ablation; None: all). `stopping`: "by-size" or
     "all" (`search.tuning.asha.Rungs`' two rules), or "none"."""
+    from analysis.direction import gain
     from analysis.pareto import hypervolume
     from search.sampling.offline import Outcome, run_offline
     from search.sampling.samplers import SamplerInputs
@@ -164,15 +179,18 @@ def replay(table: Table, sampler: str, seed: int, trials: int, bounds, prior_set
     # ASHA's rungs (`search.tuning.asha`) as the search runs them
     rungs = None if stopping == "none" else Rungs(
         meta["epochs"], s.asha_grace_epochs, s.asha_reduction_factor, by_size=stopping == "by-size")
+    metric, sense = table.metric_name, table.sense
+    # the rungs compare scores as higher = better, as `search.tuning.asha.PlacementASHA` feeds them
+    stop = None if rungs is None else (lambda tid, epoch, score, size: rungs.on_result(tid, epoch, gain(score, sense), size))
     records = run_offline("prior" if sampler.startswith("prior") else sampler, inputs,
                           lambda placement, lr: Outcome(*table.lookup(placement)), prior_options=options,
-                          baselines=baselines, stop=None if rungs is None else rungs.on_result)
+                          baselines=baselines, stop=stop, metric_name=metric)
     done, hv, best = [], [], []
     for r in records:
         if r.status == R.COMPLETED:
             done.append((r.score, r.trainable_params, r.compute_hours))
-        hv.append(hypervolume(done, ("max", "min", "min"), bounds=bounds) if done else 0.0)
-        best.append(max((d[0] for d in done), default=float("nan")))
+        hv.append(hypervolume(done, (sense, "min", "min"), bounds=bounds) if done else 0.0)
+        best.append(max((d[0] for d in done), key=lambda v: gain(v, sense), default=float("nan")))
     return {"hv": hv, "best": best, "epochs": sum(r.epochs for r in records)}
 
 
@@ -185,7 +203,7 @@ def prior_quality(table: Table, task: str) -> dict:
     scores = PriorScores.from_dict(table.meta["scores"])
     keys = list(table.values)
     report = prior_agreement([features(table.placements[k], None) for k in keys],
-                             [table.values[k][0][-1] for k in keys], scores, bootstrap=500)
+                             [table.values[k][0][-1] for k in keys], scores, bootstrap=500, sense=table.sense)
     kinds = list(table.space.aliases)
     print("\n" + format_agreement(report, kinds))
     img = DATA.parent / "img" / f"prior-quality-{task}.png"
@@ -241,7 +259,8 @@ def main() -> None:
     table = Table(args.task)
     pts = [(v[0][-1], v[1], v[2]) for v in table.values.values()]
     cols = list(zip(*pts))
-    bounds = ((max(cols[0]), 0.0, 0.0), (min(cols[0]), max(cols[1]), max(cols[2])))
+    best_of, worst_of = (max, min) if table.sense == "max" else (min, max)  # the score's ideal and nadir
+    bounds = ((best_of(cols[0]), 0.0, 0.0), (worst_of(cols[0]), max(cols[1]), max(cols[2])))
     horizons = sorted(set(args.trials))
     # A search of 12 trials is not the first 12 trials of a search of 30: the sampler sizes its
     # baselines and prior draws to the trials it is given (`search.sampling.samplers.baseline_cap`,

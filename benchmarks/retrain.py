@@ -21,8 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 from pathlib import Path
+
+from analysis.direction import gain
+from trainables import record as R
 
 
 def _rows(path: Path) -> list[dict]:
@@ -96,16 +100,19 @@ def summarise(path: Path) -> None:
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["label"], r["rank"], r["rslora"], r["lr"]), []).append(r)
-    print(f"\n| placement | rank | scaling | lr | {rows[0]['metric_name'] if rows else 'score'} mean +- sd | seeds |")
+    metric_name = (rows[0].get("metric_name") or "score") if rows else "score"
+    sense = R.sense(metric_name)  # "best" learning rate in the metric's direction (lowest nll)
+    failed = 0.0 if sense == "max" else math.inf  # a training that failed scores the worst
+    print(f"\n| placement | rank | scaling | lr | {metric_name} mean +- sd | seeds |")
     print("| --- | --- | --- | --- | --- | --- |")
     best: dict[tuple, tuple] = {}
     for (label, rank, rs, lr), rs_rows in sorted(groups.items(), key=lambda kv: (str(kv[0][0]), kv[0][1], kv[0][2], kv[0][3])):
-        scores = [r["score"] if r["score"] is not None else 0.0 for r in rs_rows]
+        scores = [r["score"] if r["score"] is not None else failed for r in rs_rows]
         mean = statistics.mean(scores)
         sd = statistics.stdev(scores) if len(scores) > 1 else float("nan")
         print(f"| {label} | {rank} | {'rsLoRA' if rs else 'plain'} | {lr:g} | {mean:.4f} +- {sd:.4f} | {len(scores)} |")
         key = (label, rank, rs)
-        if key not in best or mean > best[key][1]:
+        if key not in best or gain(mean, sense) > gain(best[key][1], sense):
             best[key] = (lr, mean)
     print("\nbest learning rate per placement, rank and scaling:")
     for (label, rank, rs), (lr, mean) in sorted(best.items(), key=lambda kv: (str(kv[0][0]), kv[0][2], kv[0][1])):

@@ -95,8 +95,8 @@ def _claim(search: PreparedSearch, written: Written) -> None:
     if search.state_path.exists():
         raise UsageError(f"a search named {search.name!r} already exists in {search.output_dir}: "
                          "pass --resume to continue it, or another --experiment name")
-    explore.scheduler(search.cfg)
-    claim_study(search.study_url, search.name)
+    explore.scheduler(search.cfg, search.metric_name)
+    claim_study(search.study_url, search.name, search.metric_name)
     written.study_claimed = True
     search.save_state()
 
@@ -169,8 +169,16 @@ def _resume_hint(search: PreparedSearch) -> str:
 def _print_plan(search: PreparedSearch) -> None:
     task, budget, cfg = search.prep.task, search.budget, search.cfg
     print(f"model: {search.space.describe()}")
-    print(f"task: {task['n_train']} train / {task['n_val']} validation examples, {len(task['labels'])} labels; "
-          f"metric: {search.metric_name}")
+    if task.get("kind") == "sft":
+        early = task.get("early_metric", search.metric_name)
+        when = f" ({early} before the last epoch, which generation makes costly)" if early != search.metric_name else ""
+        print(f"task: sft, {task['n_train']} train / {task['n_val']} validation (prompt, response) pairs; "
+              f"metric: {search.metric_name}{when}")
+        for note in task.get("token_notes", []):
+            print(f"tokens: {note}")
+    else:
+        print(f"task: {task['n_train']} train / {task['n_val']} validation examples, {len(task['labels'])} labels; "
+              f"metric: {search.metric_name}")
     print(f"budget: {cfg.search.budget} x {budget.full_params:,} adapter params (every site at r={cfg.search.r_ref}) "
           f"= at most {int(budget.max_params):,}")
 

@@ -19,12 +19,14 @@ import re
 import sys
 from pathlib import Path
 
+from analysis.direction import best_first
 from analysis.mlflow_read import DEFAULT_TRACKING_URI, StoreError, open_store, read_search
 from search.cli import fail, mlflow_client_defaults
 from search.phases.publish import FILES, SearchView, publish
 from search.runtime.checks import check_output_dir
 from search.runtime.errors import UsageError
 from search.tracking.ui import open_views
+from trainables import record as R
 
 
 def _safe_name(name: str) -> str:
@@ -64,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         return fail(str(e))
     parent = search["parent"]
     view = SearchView.of_store(client, parent, args.tracking_uri)
-    open_views(client, parent["experiment_id"], parent["run_id"])
+    open_views(client, parent["experiment_id"], parent["run_id"], R.sense(view.metric_name))
     ending = publish(client, view, search["rows"], output_dir, status=parent["status"],
                      title=f"{view.metric_name} vs trainable parameters ({parent['experiment']})")
     counts = {s: sum(r.status == s for r in ending.searched) for s in ("completed", "pruned", "failed", "running")}
@@ -74,9 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     print(ending.text())
     front = [r for r in ending.result.records if r.pareto]
     by_run = {c.run_id: c.stats.mean for c in ending.result.confirmed}
+    sense = R.sense(view.metric_name)
     print(f"frontier: {len(front)} trial runs tagged pareto=true; deploy one with "
           f"python search/deploy.py --run-id RUN_ID --tracking-uri {args.tracking_uri}")
-    for r in sorted(front, key=lambda r: -by_run.get(r.run_id, r.score)):
+    for r in sorted(front, key=lambda r: best_first(by_run.get(r.run_id, r.score), sense)):
         what = f"mean {by_run[r.run_id]:.4f} over seeds" if r.run_id in by_run else f"{r.score:.4f}"
         print(f"  {r.run_id}  {view.metric_name} {what}  params {r.trainable_params:,}  {r.key}")
     print(f"written: {', '.join(str(output_dir / n) for n in FILES)}")

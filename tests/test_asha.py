@@ -103,6 +103,6 @@ def test_the_search_builds_its_scheduler_from_the_config(by_size):
     cfg = Config()
     cfg.search.asha_by_size = by_size
     cfg.train.epochs, cfg.search.asha_grace_epochs, cfg.search.asha_reduction_factor = 4, 9, 2
-    sched = _scheduler(cfg)
+    sched = _scheduler(cfg, "accuracy")
     assert sched.rungs.by_size is by_size and sched.rungs.milestones == [4]  # grace clipped to the epochs
     assert sched.metric == EPOCH_SCORE and sched.size_attr == TRAINABLE_PARAMS

@@ -76,6 +76,11 @@ DOMAIN: dict[str, typing.Callable] = {
     "data.synthetic_examples": _int(4),  # two per label at least (smoke: 2 labels)
     "data.synthetic_length": _int(3),
     "data.synthetic_labels": _int(2),
+    "task.kind": _choice("task.kind"),
+    "task.prompt_column": _text("0", "-1", "nan", "inf", "-inf"),  # any non-empty name
+    "task.response_column": _text("0", "-1", "nan", "inf", "-inf"),
+    "task.max_new_tokens": _int(1, 512),
+    "task.chat_template": _never,
     "train.epochs": _int(1),
     "train.batch_size": _int(1),
     "train.eval_batch_size": _int(1),

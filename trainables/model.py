@@ -125,12 +125,15 @@ def vocab_size(cfg: ModelConfig) -> int:
     return cfg.tiny_vocab if cfg.name in TINY else 0
 
 
-def load_model(cfg: ModelConfig, num_labels: int, seed: int = 0, tokenizer=None):
-    """A sequence classifier with a fresh head; seeded so every trial starts from the same head."""
+def load_model(cfg: ModelConfig, num_labels: int, seed: int = 0, tokenizer=None, causal_lm: bool = False):
+    """A sequence classifier with a fresh head, seeded so every trial starts from the same head; or,
+    with causal_lm (task.kind sft), the causal LM with its own pretrained head."""
     import torch
     from transformers import AutoModelForSequenceClassification
 
     torch.manual_seed(seed)
+    if causal_lm:
+        return load_causal_lm(cfg, seed, tokenizer)
     if cfg.name in TINY:
         return AutoModelForSequenceClassification.from_config(_tiny_config(cfg, num_labels))
     path = resolve_model_path(cfg)
@@ -159,6 +162,86 @@ def load_model(cfg: ModelConfig, num_labels: int, seed: int = 0, tokenizer=None)
         pad = getattr(tokenizer, "pad_token_id", None)
         model.config.pad_token_id = pad if pad is not None else 0
     return model
+
+
+def load_task_model(cfg, num_labels: int, seed: int = 0, tokenizer=None):
+    """The model a trial of `cfg` (a `trainables.config.Config`) fine-tunes: `load_model` for its
+    task kind."""
+    return load_model(cfg.model, num_labels, seed=seed, tokenizer=tokenizer, causal_lm=cfg.task.kind == "sft")
+
+
+TINY_LM_INIT = 0.3  # the weights' std of a tiny causal LM built from a config
+
+
+def load_causal_lm(cfg: ModelConfig, seed: int = 0, tokenizer=None):
+    """The model with its language-modelling head (`AutoModelForCausalLM`), for task.kind sft: a
+    tiny decoder from a config, a GGUF file, a folder or a hub id. A model without a causal LM head
+    (an encoder, a classifier-only architecture) is refused in one line."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    if cfg.name in TINY:
+        if cfg.name == "tiny-bert":
+            raise ModelError("model.name 'tiny-bert' has no causal LM head: use tiny-llama or tiny-gpt2 for task.kind sft")
+        config = _tiny_config(cfg, 2)
+        # The LM head stays frozen under LoRA: at transformers' default init (std 0.02) its logits
+        # hardly move whatever the hidden state, and a tiny random decoder could not learn an answer.
+        config.initializer_range = TINY_LM_INIT
+        return AutoModelForCausalLM.from_config(config)
+    path = resolve_model_path(cfg)
+    try:
+        if is_gguf(path):
+            config, weights = _gguf_weights(path, cfg.trust_remote_code, True)
+            model = AutoModelForCausalLM.from_config(copy.deepcopy(config), trust_remote_code=cfg.trust_remote_code)
+            model.load_state_dict(weights)  # copies: training never touches the cached weights
+        else:
+            model, loading = AutoModelForCausalLM.from_pretrained(
+                path, trust_remote_code=cfg.trust_remote_code, output_loading_info=True)
+            tied = {"lm_head.weight"} if getattr(model.config.get_text_config(), "tie_word_embeddings", False) else set()
+            missing = sorted(set(loading.get("missing_keys", ())) - tied)
+            if missing or loading.get("mismatched_keys"):
+                bad = missing or [k[0] if isinstance(k, tuple) else k for k in loading["mismatched_keys"]]
+                raise ModelError(f"model {cfg.name!r}: {len(bad)} weights of its causal LM are not in the checkpoint "
+                                 f"or have another shape ({', '.join(bad[:3])}), so it would train from random "
+                                 "weights: point model.name at a complete causal LM")
+    except ValueError as e:
+        if isinstance(e, ModelError) or "Unrecognized configuration class" not in str(e):
+            raise
+        raise ModelError(f"model {cfg.name!r} has no causal LM head (transformers: {str(e).splitlines()[0][:120]}): "
+                         "task.kind sft needs a decoder (e.g. smollm2, a Llama, Qwen or GPT-2 model); use "
+                         "task.kind classification for this model") from None
+    except OSError as e:
+        raise ModelError(f"model {cfg.name!r} could not be loaded ({str(e).splitlines()[0][:200]}): check "
+                         "model.name, or point it at a local folder or .gguf file") from None
+    except ImportError as e:
+        raise _needs_gguf(cfg, e) from None
+    if model.config.pad_token_id is None:
+        pad = getattr(tokenizer, "pad_token_id", None)
+        model.config.pad_token_id = pad if pad is not None else model.config.eos_token_id
+    return model
+
+
+# The class-name endings of transformers' models with a language-modelling head.
+LM_HEAD_ENDINGS = ("ForCausalLM", "LMHeadModel")
+
+
+def causal_lm_problem(path: str) -> str | None:
+    """Why a local model folder cannot be fine-tuned as a causal LM, or None: its config.json names
+    architectures and none has a language-modelling head (a saved classifier, an encoder, a vision
+    model). Read before Ray starts, without torch; hub ids and GGUF files are checked when the model
+    loads (`load_causal_lm`)."""
+    import json
+
+    folder = Path(path)
+    if not folder.is_dir():
+        return None
+    architectures = json.loads((folder / "config.json").read_text()).get("architectures") or []
+    if architectures and not any(a.endswith(LM_HEAD_ENDINGS) for a in architectures):
+        return (f"model folder {folder} holds a {', '.join(architectures)}, which has no causal LM head, so it "
+                "cannot be fine-tuned with task.kind sft: use a decoder saved with its LM head (e.g. smollm2, "
+                "a Llama, Qwen or GPT-2 model), or task.kind classification for this model")
+    return None
 
 
 def check_loaded_weights(model, loading: dict, where: str) -> None:
@@ -308,14 +391,16 @@ def _needs_gguf(cfg: ModelConfig, error: ImportError) -> Exception:
 
 
 @functools.lru_cache(maxsize=1)
-def _gguf_weights(path: str, trust_remote_code: bool):
-    """(config, state dict) of a GGUF file's base model, dequantised once per process (slow:
-    transformers parses the file twice; docs/decoders.md, "The model")."""
-    from transformers import AutoModel
+def _gguf_weights(path: str, trust_remote_code: bool, causal_lm: bool = False):
+    """(config, state dict) of a GGUF file's base model (with causal_lm: the whole causal LM, its
+    head included), dequantised once per process (slow: transformers parses the file twice;
+    docs/decoders.md, "The model")."""
+    from transformers import AutoModel, AutoModelForCausalLM
 
     folder, extra = pretrained_args(path)
-    base = AutoModel.from_pretrained(folder, trust_remote_code=trust_remote_code, **extra)
-    return base.config, base.state_dict()
+    cls = AutoModelForCausalLM if causal_lm else AutoModel
+    model = cls.from_pretrained(folder, trust_remote_code=trust_remote_code, **extra)
+    return model.config, model.state_dict()
 
 
 def _from_gguf(path: str, num_labels: int, seed: int, trust_remote_code: bool):

@@ -56,22 +56,32 @@ def prepare(cfg_dict: dict, with_priors: bool = True) -> Preparation:
     from spaces.kappa import kappa_scores
     from spaces.priors import compute_priors
     from trainables.data import load_task
-    from trainables.model import check_positions, load_model, load_tokenizer, vocab_size
+    from trainables.model import check_positions, load_task_model, load_tokenizer, vocab_size
+    from trainables.sft import load_pairs, tokenized_sft_task
     from trainables.train import resolve_metric, tokenize
 
     cfg = Config.from_dict(cfg_dict)
-    task = load_task(cfg.data, vocab_size(cfg.model))
     tok = load_tokenizer(cfg.model)
-    model = load_model(cfg.model, task.num_labels, seed=cfg.train.seed, tokenizer=tok)
+    if cfg.task.kind == "sft":  # priors on the pairs' prompts and responses, as trials see them
+        task = load_pairs(cfg, vocab_size(cfg.model))
+        sft = tokenized_sft_task(cfg, task, tok)
+        train, metric_name = sft.train, sft.metric_name
+        summary = {**task.summary(), "early_metric": sft.epoch_metric(False),
+                   "token_notes": [line for line in (sft.train.stats.line("train"), sft.val.stats.line("validation"))
+                                   if line]}
+    else:
+        task = load_task(cfg.data, vocab_size(cfg.model))
+        train, metric_name, summary = tokenize(task.train, tok, cfg.model.max_length), resolve_metric(cfg, task), None
+    model = load_task_model(cfg, task.num_labels, seed=cfg.train.seed, tokenizer=tok)
     check_positions(cfg.model, model)
     space = discover(model)
     scores, priors_s = None, None
     if with_priors:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         model.to(device)
-        batches = calibration_batches(cfg, tokenize(task.train, tok, cfg.model.max_length), device)
+        batches = calibration_batches(cfg, train, device)
         t0 = time.perf_counter()
         scores = compute_priors(model, space, batches, pooling=cfg.priors.pooling, gradients=cfg.priors.gradients)
         scores = dataclasses.replace(scores, kappa=kappa_scores(model, space))
         priors_s = time.perf_counter() - t0
-    return Preparation(space, task.summary(), resolve_metric(cfg, task), scores, priors_s)
+    return Preparation(space, summary or task.summary(), metric_name, scores, priors_s)

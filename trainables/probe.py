@@ -22,7 +22,7 @@ def probe_lr(cfg_dict: dict, space_dict: dict, placement_json: str, lr: float, m
     """{lr, score (None when the run diverged), epoch_scores, train_loss, wall_s, compute_hours, failure}."""
     import torch
 
-    from trainables.model import load_model
+    from trainables.model import load_task_model
     from trainables.train import Resources, TrialPlan, train_placement
 
     cfg = Config.from_dict(cfg_dict)
@@ -33,7 +33,7 @@ def probe_lr(cfg_dict: dict, space_dict: dict, placement_json: str, lr: float, m
     data, tok = cached_task(cfg, metric_name)
     if data.early_val is not None:  # a probe is a short run: scored on the early subset, cheaply
         data = dataclasses.replace(data, val=data.early_val, early_val=None)
-    model = load_model(cfg.model, data.num_labels, seed=cfg.train.seed, tokenizer=tok)
+    model = load_task_model(cfg, data.num_labels, seed=cfg.train.seed, tokenizer=tok)
     epochs: list[dict] = []
     gpus = float(cfg.search.gpus_per_trial) if torch.cuda.is_available() else 0.0
     out = {"lr": lr, "score": None, "epoch_scores": [], "train_loss": None, "wall_s": 0.0, "compute_hours": 0.0,

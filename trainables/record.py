@@ -26,6 +26,11 @@ EPOCH_SCORE = "epoch_score"
 SCORE = "score"
 ACCURACY = "accuracy"
 BALANCED_ACCURACY = "balanced_accuracy"
+# Generation (task.kind = "sft"): exact match of the greedy answer, teacher-forced token accuracy
+# on the response tokens, and their mean negative log-likelihood (nats per token; lower is better).
+EXACT_MATCH = "exact_match"
+TOKEN_ACCURACY = "token_accuracy"
+NLL = "nll"
 TRAIN_LOSS = "train_loss"
 TRAINABLE_PARAMS = "trainable_params"
 ADAPTER_PARAMS = "adapter_params"
@@ -40,7 +45,30 @@ FAILURE = "failure"
 # was older), and it reports that outcome instead of training again (`settled_result`).
 SETTLED = "settled"
 
-EPOCH_METRICS = (ACCURACY, BALANCED_ACCURACY, EPOCH_SCORE, TRAIN_LOSS, WALL_S, COMPUTE_HOURS)
+EPOCH_METRICS = (ACCURACY, BALANCED_ACCURACY, EPOCH_SCORE, TRAIN_LOSS, WALL_S, COMPUTE_HOURS)  # a classifier's epoch
+# What an sft epoch reports instead of the two accuracies (exact match only when it is scored by it).
+SFT_METRICS = (EXACT_MATCH, TOKEN_ACCURACY, NLL)
+LOGGED_EPOCH_METRICS = EPOCH_METRICS + SFT_METRICS  # what the tracker logs per epoch, when reported
+
+# ---- direction: the one definition of which way a metric improves ---------------------------
+# Every place that compares scores (ASHA, the study, the frontier, hypervolume, the decisions, the
+# recommendation, the plots and tables) asks `sense(metric_name)`; nothing else assumes "higher".
+LOWER_IS_BETTER = frozenset({NLL})
+
+
+def sense(metric_name: str) -> str:
+    """"max" when a higher value of `metric_name` is better, "min" when a lower one is."""
+    return "min" if metric_name in LOWER_IS_BETTER else "max"
+
+
+def higher_is_better(metric_name: str) -> bool:
+    return sense(metric_name) == "max"
+
+
+def oriented(value: float, metric_name: str) -> float:
+    """`value` turned so that higher is better (negated for a lower-is-better metric)."""
+    return value if higher_is_better(metric_name) else -value
+
 
 # The objectives, with their senses, in the order the searcher and the frontier use.
 OBJECTIVES: tuple[tuple[str, str], ...] = ((SCORE, "max"), (TRAINABLE_PARAMS, "min"), (COMPUTE_HOURS, "min"))

@@ -73,13 +73,13 @@ def train_outside_search(cfg, plan, data, *, tokenizer=None, model=None, resourc
     caller can evaluate it afterwards), else loaded from `cfg.model` at `plan.seed` with
     `tokenizer`. resources: what the run reserved (default: one CPU core), which its cost counts.
     baseline: the baseline's name, when the placement is one."""
-    from trainables.model import load_model
+    from trainables.model import load_task_model
     from trainables.train import Resources, train_placement
     from trainables.worker import failure_reason
 
     resources = resources or Resources()
     if model is None:
-        model = load_model(cfg.model, data.num_labels, seed=plan.seed, tokenizer=tokenizer)
+        model = load_task_model(cfg, data.num_labels, seed=plan.seed, tokenizer=tokenizer)
     reports: list[dict] = []
     failure = None
     t0 = time.perf_counter()

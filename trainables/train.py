@@ -154,6 +154,15 @@ class TokenizedTask:
     def scored_on(self, last_epoch: bool) -> Batches:
         return self.val if last_epoch or self.early_val is None else self.early_val
 
+    def epoch_metric(self, last_epoch: bool) -> str:
+        return self.metric_name
+
+    def evaluate(self, model, last_epoch: bool, batch_size: int, accelerator) -> dict:
+        """{accuracy, balanced_accuracy} on the split this epoch is scored on."""
+        scored_on = self.scored_on(last_epoch)
+        return classification_metrics(evaluate(model, scored_on, batch_size, accelerator), scored_on.labels,
+                                      self.num_labels)
+
 
 def resolve_metric(cfg: Config, task: TaskData) -> str:
     if cfg.train.metric != "auto":
@@ -170,12 +179,15 @@ def _precision(requested: str) -> str:
 
 
 def wrap_with_lora(model, placement: Placement, space: ModelSpace, cfg: Config):
+    """The PEFT model: LoRA on the placement's sites; a classifier's new head trains in full
+    (SEQ_CLS puts it in `modules_to_save`), a causal LM's head and embeddings stay frozen."""
     from peft import LoraConfig, TaskType, get_peft_model
 
     kwargs = placement.lora_config_kwargs(
         space, scaling=lora_scaling(cfg), dropout=cfg.train.lora_dropout
     )
-    return get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, **kwargs))
+    task_type = TaskType.CAUSAL_LM if cfg.task.kind == "sft" else TaskType.SEQ_CLS
+    return get_peft_model(model, LoraConfig(task_type=task_type, **kwargs))
 
 
 def evaluate(model, batches: Batches, batch_size: int, accelerator) -> list[int]:
@@ -251,14 +263,13 @@ def train_placement(
             loss_sum += loss.item()
             n_batches += 1
             step += 1
-        scored_on = data.scored_on(epoch == cfg.train.epochs)
-        preds = evaluate(peft_model, scored_on, cfg.train.eval_batch_size, accelerator)
-        scores = classification_metrics(preds, scored_on.labels, data.num_labels)
+        last_epoch = epoch == cfg.train.epochs
+        scores = data.evaluate(peft_model, last_epoch, cfg.train.eval_batch_size, accelerator)
         wall_s = time.perf_counter() - t0
         results = {
             R.EPOCH: epoch,
             **scores,
-            R.EPOCH_SCORE: scores[data.metric_name],
+            R.EPOCH_SCORE: scores[data.epoch_metric(last_epoch)],
             R.TRAIN_LOSS: loss_sum / max(1, n_batches),
             R.TRAINABLE_PARAMS: int(trainable),
             R.ADAPTER_PARAMS: int(adapter_params),

@@ -53,7 +53,7 @@ def run_trial(trial_config: dict, *, cfg_dict: dict, space_dict: dict, metric_na
         return
     import torch
 
-    from trainables.model import load_model
+    from trainables.model import load_task_model
 
     trial_config = R.trial_config(trial_config)
     cfg = Config.from_dict(cfg_dict)
@@ -64,7 +64,7 @@ def run_trial(trial_config: dict, *, cfg_dict: dict, space_dict: dict, metric_na
 
     data, tok = cached_task(cfg, metric_name)
     seed = int(trial_config.get("seed", cfg.train.seed))
-    model = load_model(cfg.model, data.num_labels, seed=seed, tokenizer=tok)
+    model = load_task_model(cfg, data.num_labels, seed=seed, tokenizer=tok)
     # The adapter goes into Tune's checkpoint when it is reported (a copy in the trial's storage);
     # the temporary folder goes with the trial.
     with tempfile.TemporaryDirectory(prefix="adapter-") as save_dir:

@@ -14,22 +14,23 @@ from trainables.config import Config
 
 
 def task_key(cfg: Config) -> str:
-    """What the tokenised task depends on: the model and data sections, as canonical JSON."""
+    """What the tokenised task depends on: the model, data and task sections, as canonical JSON."""
     d = cfg.to_dict()
-    return json.dumps({"model": d["model"], "data": d["data"]}, sort_keys=True)
+    return json.dumps({"model": d["model"], "data": d["data"], "task": d["task"]}, sort_keys=True)
 
 
 @functools.lru_cache(maxsize=2)
 def _tokenised(key: str, metric_name: str):
-    from trainables.data import load_task
+    from trainables.data import early_subset, load_task
     from trainables.model import load_tokenizer, vocab_size
+    from trainables.sft import load_pairs, tokenized_sft_task
     from trainables.train import TokenizedTask, tokenize
 
-    from trainables.data import early_subset
-
     cfg = Config.from_dict(json.loads(key))
-    task = load_task(cfg.data, vocab_size(cfg.model))
     tok = load_tokenizer(cfg.model)
+    if cfg.task.kind == "sft":
+        return tokenized_sft_task(cfg, load_pairs(cfg, vocab_size(cfg.model)), tok, metric_name), tok
+    task = load_task(cfg.data, vocab_size(cfg.model))
     val = tokenize(task.val, tok, cfg.model.max_length)
     early = early_subset(task.val.labels, cfg.data.early_eval_examples, cfg.data.split_seed)
     early_val = None if early is None else val.subset(early)
@@ -38,7 +39,8 @@ def _tokenised(key: str, metric_name: str):
 
 
 def cached_task(cfg: Config, metric_name: str):
-    """(`TokenizedTask`, tokenizer) for a config, built once per worker process."""
+    """(`TokenizedTask`, or `trainables.sft.SftTask` for task.kind sft; tokenizer) for a config,
+    built once per worker process."""
     return _tokenised(task_key(cfg), metric_name)
 
 

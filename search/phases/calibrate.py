@@ -6,7 +6,8 @@ placement (docs/methods.md, "Learning rate"). So the search first probes one ref
 (the `all` baseline: every site, fitted to the budget) for `search.calibration_epochs` epochs at
 `search.calibration_points` learning rates log-spaced over [`calibration_lr_min`,
 `calibration_lr_max`], each a Ray task on a trial's resources (`trainables.probe`). The chosen
-rate is where the probe's score peaks: the best grid point, refined by the vertex of a parabola
+rate is where the probe's score peaks (in the metric's direction: where `nll` is lowest): the best
+grid point, refined by the vertex of a parabola
 through it and its two neighbours (in log lr), never outside them. Every baseline then trains at it, and the sampler draws learning rates within a
 factor `search.lr_band` of it. A peak on the first or last grid point is flagged: the best rate
 may lie outside the grid.
@@ -22,7 +23,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from analysis.direction import gain
 from spaces.baselines import make_baselines
+from trainables import record as R
 from trainables.config import Config
 
 LOW, HIGH = "low", "high"
@@ -70,21 +73,23 @@ def lr_grid(lo: float, hi: float, n: int) -> list[float]:
     return [float(f"{math.exp(math.log(lo) + i * step):.4g}") for i in range(n)]
 
 
-def choose_lr(lrs: list[float], scores: list[float | None]) -> tuple[float, str | None]:
+def choose_lr(lrs: list[float], scores: list[float | None], sense: str = "max") -> tuple[float, str | None]:
     """The learning rate where the scores peak, and whether the peak is on an edge of the grid.
 
-    A diverged point (None) counts as the worst score seen. The best grid point (ties: the lower
-    rate) is refined by the vertex of the parabola through it and its two neighbours, in log lr,
-    when that parabola opens downwards (clipped to the neighbours: a peak between two grid points
-    is found, never one outside the probed range).
+    `sense`: the metric's direction ("min" for a lower-is-better metric such as `nll`: the peak is
+    then the lowest score; the scores are negated first). A diverged point (None) counts as the
+    worst score seen. The best grid point (ties: the lower rate) is refined by the vertex of the
+    parabola through it and its two neighbours, in log lr, when that parabola opens downwards
+    (clipped to the neighbours: a peak between two grid points is found, never one outside the
+    probed range).
     """
     if len(lrs) != len(scores) or len(lrs) < 2:
         raise ValueError("choose_lr needs one score per learning rate, at least two")
-    seen = [s for s in scores if s is not None]
+    seen = [gain(s, sense) for s in scores if s is not None]  # higher = better from here on
     if not seen:
         raise ValueError("every probe run diverged: lower search.calibration_lr_min and calibration_lr_max")
     floor = min(seen)
-    y = [floor if s is None else s for s in scores]
+    y = [floor if s is None else gain(s, sense) for s in scores]
     x = [math.log(lr) for lr in lrs]
     n = len(y)
     best = max(range(n), key=lambda i: (y[i], -i))
@@ -131,7 +136,7 @@ def calibrate(search, reference) -> LrCalibration:
             ray.cancel(ref, force=True)
         raise
     scores = [results[lr]["score"] for lr in lrs]
-    chosen, edge = choose_lr(lrs, scores)
+    chosen, edge = choose_lr(lrs, scores, R.sense(search.metric_name))
     return LrCalibration(reference.key, s.calibration_epochs, tuple(lrs), tuple(scores), chosen, edge,
                          sum(r["compute_hours"] for r in results.values()))
 

@@ -47,7 +47,7 @@ def confirm(session, trainable) -> int:
     s = cfg.search
     if s.confirm_seeds < 1:
         return 0
-    candidates = pick_candidates(records, s.confirm_top, s.confirm_baselines)
+    candidates = pick_candidates(records, s.confirm_top, s.confirm_baselines, R.sense(search.metric_name))
     if not candidates:
         print("confirmation: no completed trial to confirm", flush=True)
         return 0

@@ -29,10 +29,11 @@ from trainables.config import lora_scaling
 from trainables.tune_entry import trial_entry
 
 
-def scheduler(cfg) -> PlacementASHA:
-    """ASHA on the per-epoch score, by size unless `search.asha_by_size` is off (built before
-    anything is written: its settings are checked)."""
-    return PlacementASHA(R.EPOCH_SCORE, "max", max_t=cfg.train.epochs,
+def scheduler(cfg, metric_name: str) -> PlacementASHA:
+    """ASHA on the per-epoch score in its metric's direction (`trainables.record.sense`: "min" for
+    `nll`), by size unless `search.asha_by_size` is off (built before anything is written: its
+    settings are checked)."""
+    return PlacementASHA(R.EPOCH_SCORE, R.sense(metric_name), max_t=cfg.train.epochs,
                          grace=min(cfg.search.asha_grace_epochs, cfg.train.epochs),
                          factor=cfg.search.asha_reduction_factor, by_size=cfg.search.asha_by_size,
                          size_attr=R.TRAINABLE_PARAMS)
@@ -101,7 +102,8 @@ def _tuner(session: Session, trainable):
     context = TrialContext(search.space, search.metric_name, search.cost_unit, cfg.search.trials,
                            lora_scaling(cfg), cfg.train.lora_dropout, cfg.train.seed)
     inputs = SamplerInputs.from_config(search.space, search.budget, cfg, search.scores, search.calibrated_lr)
-    searcher = make_searcher(inputs, cfg.search.sampler, open_study_storage(search.study_url), search.name)
+    searcher = make_searcher(inputs, cfg.search.sampler, open_study_storage(search.study_url), search.name,
+                             metric_name=search.metric_name)
     n_trials = cfg.search.trials
     if search.resumed:
         # No whole Tune state to restore (`search.tuning.tune_state`): a new Tune run asks for the
@@ -128,7 +130,7 @@ def _tuner(session: Session, trainable):
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            search_alg=searcher, scheduler=scheduler(cfg), num_samples=n_trials,
+            search_alg=searcher, scheduler=scheduler(cfg, search.metric_name), num_samples=n_trials,
             max_concurrent_trials=cfg.search.max_concurrent_trials or None,
             trial_dirname_creator=_trial_dirname,
             # Keep worker processes across trials: imports, model files and tokenised data are

@@ -48,8 +48,9 @@ from trainables import record as R
 from trainables.choices import DATA_SOURCES
 from trainables.config import Config
 from trainables.data import DataError, load_task
-from trainables.model import TINY, ModelError, check_model_folder, resolve_model_path, vocab_size
+from trainables.model import TINY, ModelError, causal_lm_problem, check_model_folder, resolve_model_path, vocab_size
 from trainables.prepare import Preparation, prepare
+from trainables.sft import load_pairs
 
 STATE_SUFFIX = ".search.json"
 # Ray's switch for multi-node clusters (documented for Windows and macOS; on by default on Linux),
@@ -202,7 +203,13 @@ def check_inputs(cfg: Config) -> None:
         if cfg.model.name not in TINY:
             check_model_folder(path)
             check_model_source(cfg.model.name, path)
-        load_task(cfg.data, vocab_size(cfg.model) or 128)
+        if cfg.task.kind == "sft":
+            problem = causal_lm_problem(path)
+            if problem:
+                raise ModelError(problem)
+            load_pairs(cfg, vocab_size(cfg.model) or 128)
+        else:
+            load_task(cfg.data, vocab_size(cfg.model) or 128)
     except (ModelError, DataError) as e:
         raise UsageError(str(e)) from None
     check_address(cfg.search.address)

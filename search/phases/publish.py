@@ -5,8 +5,10 @@ Where it sits: confirm -> **publish**. `publish` is the one ending: the driver c
 of a search (`SearchView.of_search`) and `search/report.py` calls it to rebuild the same ending
 from a store alone (`SearchView.of_store`), so the two cannot drift. With confirmation runs
 (`search.phases.confirm`) the frontier is taken over seed means of the confirmed placements
-(`analysis.confirmed`); without, over the completed search trials' single runs (score up, trainable
-parameters down, compute hours down; `analysis.pareto.frontier`).
+(`analysis.confirmed`); without, over the completed search trials' single runs (score in its
+metric's direction, trainable parameters down, compute hours down; `analysis.pareto.frontier`).
+Every comparison of scores here follows `trainables.record.sense(metric_name)`: for a
+lower-is-better metric (`nll`) the best is the lowest.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from analysis.confirmed import (
     recommendation_markdown,
 )
 from analysis.confirmed import mark_frontier as mark_confirmed
+from analysis.direction import score_objectives
 from analysis.mlflow_read import read_json_artifact
 from analysis.pareto import frontier
 from analysis.plots import plot_pareto_html, plot_pareto_png
@@ -50,24 +53,25 @@ class FrontierResult:
     recommendation: Recommendation | None
 
 
-def mark_frontier(records: list[TrialRecord]) -> list[TrialRecord]:
+def mark_frontier(records: list[TrialRecord], sense: str = "max") -> list[TrialRecord]:
     """The records with `pareto` set: True exactly for the frontier's trials (single runs of the
-    search's own trials; confirmation runs never count on their own)."""
+    search's own trials; confirmation runs never count on their own); `sense`: the metric's direction."""
     searched = [t.as_dict() for t in records if t.confirms is None]
-    on_front = {r["run_id"] for r in frontier(searched) if r["pareto"]}
+    on_front = {r["run_id"] for r in frontier(searched, score_objectives(sense)) if r["pareto"]}
     return [t.replace(pareto=t.run_id in on_front) for t in records]
 
 
 def frontier_of(records: list[TrialRecord], max_adapter_params: float | None = None,
-                margin: float = DEFAULT_MARGIN) -> FrontierResult:
+                margin: float = DEFAULT_MARGIN, sense: str = "max") -> FrontierResult:
     """The frontier a user deploys from: over seed means when placements were confirmed; the
-    recommendation with its decisions within `margin` (`analysis.confirmed.recommend`)."""
-    confirmed = mark_confirmed(group_confirmed(records))
+    recommendation with its decisions within `margin` (`analysis.confirmed.recommend`); `sense`:
+    the metric's direction (`trainables.record.sense`)."""
+    confirmed = mark_confirmed(group_confirmed(records, sense), sense)
     if not confirmed:
-        return FrontierResult(mark_frontier(records), [], None)
+        return FrontierResult(mark_frontier(records, sense), [], None)
     on_front = {c.run_id for c in confirmed if c.pareto}
     marked = [t.replace(pareto=t.run_id in on_front) for t in records]
-    return FrontierResult(marked, confirmed, recommend(confirmed, max_adapter_params, margin))
+    return FrontierResult(marked, confirmed, recommend(confirmed, max_adapter_params, margin, sense))
 
 
 def publish_frontier(client, parent_run_id: str, records: list[TrialRecord], metric_name: str, cost_unit: str,
@@ -81,7 +85,8 @@ def publish_frontier(client, parent_run_id: str, records: list[TrialRecord], met
     root of the parent run's artifacts, sets tag pareto=true on every frontier trial run and deletes
     it from this search's runs that carry it but are no longer on the frontier.
     """
-    result = frontier_of(records, max_adapter_params, margin)
+    sense = R.sense(metric_name)
+    result = frontier_of(records, max_adapter_params, margin, sense)
     on_front = {r.run_id for r in result.records if r.pareto}
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -99,8 +104,8 @@ def publish_frontier(client, parent_run_id: str, records: list[TrialRecord], met
         rows, background = single, None
         write_rows([r for r in result.records if r.pareto], paths[1])
     title = title or f"{metric_name} vs trainable parameters" + (f" ({prefix.rstrip('-')})" if prefix else "")
-    plot_pareto_png(rows, paths[2], metric_name, cost_unit, title=title, background=background)
-    plot_pareto_html(rows, paths[3], metric_name, cost_unit, title=title)
+    plot_pareto_png(rows, paths[2], metric_name, cost_unit, title=title, background=background, sense=sense)
+    plot_pareto_html(rows, paths[3], metric_name, cost_unit, title=title, sense=sense)
     if result.recommendation is not None:
         rec_path = output_dir / f"{prefix}recommendation.json"
         rec = result.recommendation
@@ -202,8 +207,10 @@ class Ending:
 def publish(client, view: SearchView, records: list[TrialRecord], output_dir: str | Path, *,
             prefix: str = "", status: str = "FINISHED", title: str | None = None) -> Ending:
     """The end of a search: the frontier and its files (`publish_frontier`), the notes in MLflow,
-    the best score on the search's run, which prior was right, and the lines to print."""
+    the best score on the search's run (`best_score`: the recommendation's mean, or the best single
+    run in the metric's direction), which prior was right, and the lines to print."""
     metric, unit = view.metric_name, view.cost_unit
+    sense = R.sense(metric)
     result = publish_frontier(client, view.parent_run_id, records, metric, unit, output_dir, prefix=prefix,
                               title=title, max_adapter_params=view.max_adapter_params, margin=view.margin)
     searched = [r for r in result.records if r.confirms is None]
@@ -213,7 +220,7 @@ def publish(client, view: SearchView, records: list[TrialRecord], output_dir: st
                   recommendation=None if rec is None else recommendation_markdown(rec, metric),
                   confirmed_table=confirmed_markdown(result.confirmed, metric, unit, rec) if result.confirmed else None,
                   recommended_run_id=None if rec is None else rec.pick.run_id)
-    best = None if rec is not None else recommended(searched)  # the highest single-run score
+    best = None if rec is not None else recommended(searched, sense)  # the best single-run score
     if rec is not None or best is not None:
         client.log_metric(view.parent_run_id, "best_score", float(rec.pick.stats.mean if rec else best.score))
         client.set_tag(view.parent_run_id, "best_placement", (rec.pick.key if rec else best.key)[:5000])
@@ -226,7 +233,7 @@ def publish(client, view: SearchView, records: list[TrialRecord], output_dir: st
                   format_confirmed(result.confirmed, metric, unit, rec=rec)]
     if view.space is not None and view.scores is not None:
         quality = publish_prior_report(client, view.parent_run_id, view.space, view.scores, result.records,
-                                       Path(output_dir), prefix)
+                                       Path(output_dir), prefix, sense)
         if quality:
             lines += ["", quality]
     if rec is not None:

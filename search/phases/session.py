@@ -73,7 +73,7 @@ def open_session(search: PreparedSearch, written=None) -> Session:
     run = open_search_run(client, search.name, artifact_location=local, resume=search.resumed, tracking_uri=uri)
     if written is not None and not existed:
         written.experiment_id = run.experiment_id
-    open_views(client, run.experiment_id, run.parent_run_id)
+    open_views(client, run.experiment_id, run.parent_run_id, R.sense(search.metric_name))
     publish_running(client, run.experiment_id, run.parent_run_id)
     if not search.resumed:
         _log_search(client, run, search)

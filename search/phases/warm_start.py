@@ -7,7 +7,8 @@ sampler learns from them) and copied into the new search's MLflow experiment as 
 its search run, tagged `warm_start=<run id>` and shown as "(warm)" in the table. They are never
 trained again and never confirmed; one whose placement exceeds the new budget is tagged
 `within_budget=false` and never enters the new frontier. The earlier search must be in the same
-tracking store and on the same model (its `space.json` equal to this one's).
+tracking store and on the same model (its `space.json` equal to this one's), and its metric must
+improve the same way (`trainables.record.sense`): its scores go into this search's study as they are.
 """
 
 from __future__ import annotations
@@ -42,6 +43,11 @@ def warm_start(client, run, search, study, pspace) -> int:
     if space_there != search.space.to_dict():
         raise UsageError(f"--warm-start {name}: that search ran on another model (its sites differ from this "
                          f"one's): warm-start only from a search on the same model ({search.cfg.model.name})")
+    there = earlier["parent"].get("metric_name", R.SCORE)
+    if R.sense(there) != R.sense(search.metric_name):
+        raise UsageError(f"--warm-start {name}: that search's metric {there!r} improves the other way from this "
+                         f"one's {search.metric_name!r} (higher against lower is better): its scores would teach the "
+                         "sampler backwards; warm-start only from a search with a metric of the same direction")
     dists = pspace.distributions()
     frozen, copied = [], 0
     for r in earlier["rows"]:

@@ -31,7 +31,8 @@ import optuna
 
 from search.runtime.credentials import shown
 from search.runtime.errors import UsageError
-from search.sampling.study import DIRECTIONS, open_study_storage
+from search.sampling.study import directions, open_study_storage
+from trainables import record as R
 
 
 class SearchLock:
@@ -86,13 +87,13 @@ def _busy(path: Path, name: str) -> UsageError:
                       "wait for it to end, or pass another --experiment name")
 
 
-def claim_study(url: str, name: str) -> None:
+def claim_study(url: str, name: str, metric_name: str = R.ACCURACY) -> None:
     """Create a new search's study, refusing one that exists (another driver made it since the
-    checks ran). Directions as the searcher's (`search.sampling.study.DIRECTIONS`)."""
+    checks ran). Directions as the searcher's (`search.sampling.study.directions(metric_name)`)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_study_storage(url)
     try:
-        optuna.create_study(study_name=name, storage=storage, directions=DIRECTIONS)
+        optuna.create_study(study_name=name, storage=storage, directions=directions(metric_name))
     except optuna.exceptions.DuplicatedStudyError:
         raise UsageError(f"search.study_storage {shown(url)} already holds a study named {name!r} (another driver "
                          "started it just now): pass --resume to continue that search, or another --experiment name") from None

@@ -58,15 +58,20 @@ def epochs_trained(trial_id: str, outcome: Outcome, stop: Stop | None) -> int:
 
 
 def run_offline(sampler: str, inputs: SamplerInputs, train: Train, *, prior_options: dict | None = None,
-                baselines: int | None = None, stop: Stop | None = None) -> list[R.TrialRecord]:
+                baselines: int | None = None, stop: Stop | None = None,
+                metric_name: str = R.ACCURACY) -> list[R.TrialRecord]:
     """One search of `inputs.trials` trials with sampler `sampler` (prior | tpe | random), seeded
     by `inputs.seed`; the records of its trials in proposal order (module docstring).
+
+    metric_name: what the outcomes' scores measure; the study optimizes it in its direction
+    (`search.sampling.study.directions`: minimized for a lower-is-better metric such as `nll`), and
+    `stop` must judge it in that direction too (`Rungs` takes scores turned so that higher is better).
 
     baselines: enqueue at most this many of the sampler's baselines (an ablation; None: all).
     A stopped trial's record has status pruned, no score, the epochs it trained and, as its cost,
     its share of the outcome's (epochs trained / epochs)."""
     setup = make_sampler(sampler, inputs, prior_options)
-    study = create_study(setup.sampler)  # in memory
+    study = create_study(setup.sampler, metric_name=metric_name)  # in memory
     for params, attrs in setup.enqueue[:baselines]:
         study.enqueue_trial(params, user_attrs=attrs)
     records = []

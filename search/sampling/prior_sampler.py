@@ -42,6 +42,9 @@ Phases, by trial (docs/methods.md, "From scores to a search"):
     With `adaptive = False` the earlier rule: multivariate TPE proposes every param and each is
     replaced by a prior draw's with probability w_t = w0 / (1 + t / tau), t = finished trials
     (after piBO, Hvarfner et al. 2022). The floor keeps every unit reachable however wrong the prior.
+"Better score" follows the study's first direction (maximize, or minimize for a lower-is-better
+metric such as `nll`: `search.sampling.study.directions`): the evidence and the incumbent read the
+score turned so that higher is better (`score_gain`).
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ from typing import Any
 import numpy as np
 from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler, RandomSampler, TPESampler
+from optuna.study import StudyDirection
 
 from analysis.importance import spearman
 from search.sampling.proposal import flag_params, is_baseline
@@ -179,6 +183,12 @@ class PlacementPrior:
         return flag_params(self.space, kinds_on, layers_on, rank, lr)
 
 
+def score_gain(study) -> float:
+    """+1 when the study maximizes its first objective (the score), -1 when it minimizes it: a
+    completed trial's `values[0] * score_gain(study)` is higher the better the trial."""
+    return -1.0 if study.directions[0] == StudyDirection.MINIMIZE else 1.0
+
+
 def prior_weight(t: int, w0: float, tau: float) -> float:
     """w_t = w0 / (1 + t / tau): the chance each param is taken from the prior after t finished trials."""
     return w0 / (1.0 + t / tau)
@@ -261,7 +271,7 @@ class PriorSampler(BaseSampler):
         p_random = 1.0 / (1.0 + o.eta ** r)
         if len(done) < o.min_evidence:
             return {"random": p_random, "prior": 1.0 - p_random, "incumbent": 0.0}
-        share = self.prior_share(done)
+        share = self.prior_share(done, score_gain(study))
         if o.handover > 0:
             share *= o.handover / (o.handover + len(done))
         return {"random": p_random, "prior": (1.0 - p_random) * share, "incumbent": (1.0 - p_random) * (1.0 - share)}
@@ -279,14 +289,15 @@ class PriorSampler(BaseSampler):
         prio = self.prior.prio
         return sum(prio.kind[k] for k in kinds) / len(kinds) + sum(prio.layer[l] for l in layers) / len(layers)
 
-    def prior_share(self, completed) -> float:
+    def prior_share(self, completed, sign: float = 1.0) -> float:
         """The prior's share of the non-random draws, from the evidence: the rank correlation rho
         between the completed trials' alignment with the prior and their scores once size is
         accounted for (the residuals of a least-squares line of score on log trainable params:
         larger placements score higher whatever their units), mapped through
-        1 / (1 + exp(-4 rho)) (rho +0.5 -> 0.88, 0 -> 0.5, -0.5 -> 0.12)."""
+        1 / (1 + exp(-4 rho)) (rho +0.5 -> 0.88, 0 -> 0.5, -0.5 -> 0.12). `sign`: -1 when the score is
+        lower-is-better (`score_gain`), so that the scores read higher = better."""
 
-        rows = [(a, t.values[0], math.log(max(t.values[1], 1.0))) for t in completed
+        rows = [(a, sign * t.values[0], math.log(max(t.values[1], 1.0))) for t in completed
                 if (a := self.alignment(t)) is not None]
         if len(rows) < 3:
             return 0.5
@@ -307,7 +318,7 @@ class PriorSampler(BaseSampler):
         elif source == "incumbent" and self.options.learned == "tpe":
             out = self._learned.sample_relative(study, trial, search_space) or self._uniform()
         elif source == "incumbent":
-            out = self._around_incumbent(trials)
+            out = self._around_incumbent(trials, score_gain(study))
         else:
             out = self._uniform()
         return {k: v for k, v in out.items() if k in search_space}
@@ -320,10 +331,10 @@ class PriorSampler(BaseSampler):
                            int(prior.ranks[self._rng.randint(len(prior.ranks))]),
                            min(prior.lr_max, max(prior.lr_min, lr)))
 
-    def _around_incumbent(self, trials) -> dict[str, Any]:
+    def _around_incumbent(self, trials, sign: float = 1.0) -> dict[str, Any]:
         prior, eps = self.prior, self.options.epsilon
         done = [t for t in trials if t.state.name == "COMPLETE" and t.values]
-        best = max(done, key=lambda t: t.values[0]).params
+        best = max(done, key=lambda t: sign * t.values[0]).params
         kinds, layers = self._flags(best)
         kinds = [k != (self._rng.random_sample() < eps) for k in kinds]
         layers = [l != (self._rng.random_sample() < eps) for l in layers]

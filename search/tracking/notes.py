@@ -10,7 +10,7 @@ searched and the commands to export the chosen trial. A later step may pass its 
 `recommendation` and a `confirmed_table` (a frontier retrained over seeds) in Markdown.
 `publish_notes` writes it on the search run and its experiment, and a short note on each trial run.
 The renderers are pure functions of their inputs; only `read_facts` and the `publish_*` functions
-talk to MLflow.
+talk to MLflow. "Best" follows the search's metric (`SearchFacts.sense`: lower is better for `nll`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import math
 import shlex
 from dataclasses import dataclass, field
 
+from analysis.direction import best_first, gain, word
 from analysis.mlflow_read import read_json_artifact
 from search.tracking import ui
 from search.tracking.ui import DEPLOY_ALIAS as ALIAS
@@ -48,6 +49,11 @@ class SearchFacts:
     @property
     def metric_name(self) -> str:
         return self.params.get(R.METRIC_NAME, R.SCORE)
+
+    @property
+    def sense(self) -> str:
+        """"max" or "min": which way the search's metric improves (`trainables.record.sense`)."""
+        return R.sense(self.metric_name)
 
     @property
     def cost_unit(self) -> str:
@@ -98,33 +104,34 @@ def _table(head: list[str], rows: list[list[str]], right: set[int] = frozenset()
 
 
 # ---- the recommendation --------------------------------------------------------------------------
-def recommended(records: list[TrialRecord]) -> TrialRecord | None:
-    """The completed trial with the highest score; ties go to fewer trainable params, then less
-    compute. Always on the Pareto frontier."""
+def recommended(records: list[TrialRecord], sense: str = "max") -> TrialRecord | None:
+    """The completed trial with the best score (the highest; the lowest for a `sense` "min"
+    metric); ties go to fewer trainable params, then less compute. Always on the Pareto frontier."""
     done = [r for r in records if r.status == R.COMPLETED and r.score is not None]
     inf = float("inf")
-    return min(done, key=lambda r: (-r.score, r.trainable_params or inf, r.compute_hours or inf), default=None)
+    return min(done, key=lambda r: (best_first(r.score, sense), r.trainable_params or inf, r.compute_hours or inf),
+               default=None)
 
 
 def default_recommendation(facts: SearchFacts, records: list[TrialRecord]) -> str:
     """The single-seed recommendation in one line (the line the UI shows while the description is
     collapsed): which placement won, by how much over the best baseline (else the runner-up), at
     what size and cost. `_caveat` follows it."""
-    best, metric = recommended(records), facts.metric_name
+    best, metric, sense = recommended(records, facts.sense), facts.metric_name, facts.sense
     if best is None:
         return (f"**No recommendation yet**: none of the {len(records)} trials has completed "
                 "([all trials](" + ui.view_link(facts.experiment_id, facts.parent_run_id) + ")).")
     others = [r for r in records if r.status == R.COMPLETED and r.score is not None and r.run_id != best.run_id]
-    rival = max((r for r in others if r.baseline), key=lambda r: r.score, default=None)
+    rival = max((r for r in others if r.baseline), key=lambda r: gain(r.score, sense), default=None)
     if rival is not None:
         label = f"the best baseline (`{rival.baseline}`: {_score(rival.score)})"
     else:
-        rival = max(others, key=lambda r: r.score, default=None)
+        rival = max(others, key=lambda r: gain(r.score, sense), default=None)
         label = f"the runner-up ({_score(rival.score)})" if rival else ""
     trial = f"[trial {best.trial_id}]({ui.run_link(facts.experiment_id, best.run_id)})"
     line = f"**Recommended: {_key(best.key)}** ({trial}): {metric} **{_score(best.score)}**"
     if rival is not None:
-        line += f", **{best.score - rival.score:+.4f}** over {label}"
+        line += f", **{best.score - rival.score:+.4f}** {word(sense, 'over', 'against')} {label}"
     line += f"; **{_int(best.trainable_params)}** trainable parameters"
     if rival is not None and rival.trainable_params is not None and best.trainable_params is not None:
         fewer = rival.trainable_params - best.trainable_params
@@ -132,8 +139,8 @@ def default_recommendation(facts: SearchFacts, records: list[TrialRecord]) -> st
     return line + f", {_cost(best.compute_hours)} {facts.cost_unit}."
 
 
-def _caveat(records: list[TrialRecord]) -> str:
-    best = recommended(records)
+def _caveat(records: list[TrialRecord], sense: str = "max") -> str:
+    best = recommended(records, sense)
     done = sum(r.status == R.COMPLETED and r.score is not None for r in records)
     which = f" (it is the `{best.baseline}` baseline)" if best.baseline else ""
     return (f"Best of {done} completed trials{which}. *Each placement was trained once, on one seed, and scored "
@@ -171,7 +178,7 @@ def _trial_rows(facts: SearchFacts, records: list[TrialRecord]) -> list[list[str
 
 
 def _frontier_section(facts: SearchFacts, records: list[TrialRecord], max_rows: int = MAX_ROWS) -> str:
-    front = sorted((r for r in records if r.pareto), key=lambda r: -(r.score or 0))
+    front = sorted((r for r in records if r.pareto), key=lambda r: best_first(r.score, facts.sense))
     if not front:
         return "#### Pareto frontier\n\nNo completed trial yet."
     head = ["placement", facts.metric_name, "trainable params", facts.cost_unit, "lr", "baseline", "status", "run"]
@@ -179,7 +186,8 @@ def _frontier_section(facts: SearchFacts, records: list[TrialRecord], max_rows: 
             f"({ui.view_link(facts.experiment_id, facts.parent_run_id, ui.FRONTIER)}) and pareto.csv."
             if len(front) > max_rows else "")
     return (f"#### Pareto frontier ({len(front)} of {len(records)} trials; one run each)\n\n"
-            "No other completed trial has a higher metric with fewer trainable parameters and less compute.\n\n"
+            f"No other completed trial has a {word(facts.sense)} metric with fewer trainable parameters and less "
+            "compute.\n\n"
             + _table(head, _trial_rows(facts, front[:max_rows]), {1, 2, 3}) + more)
 
 
@@ -242,14 +250,14 @@ def deploy_command(tracking_uri: str, run_id: str, output: str | None = None) ->
     return shlex.join(args + (["--output", output] if output else []))
 
 
-def _deploy_target(records: list[TrialRecord], run_id: str | None) -> TrialRecord | None:
+def _deploy_target(records: list[TrialRecord], run_id: str | None, sense: str = "max") -> TrialRecord | None:
     """The trial to deploy: the confirmed recommendation's run where there is one, else the
-    highest single-run score."""
-    return next((r for r in records if r.run_id == run_id), None) or recommended(records)
+    best single-run score."""
+    return next((r for r in records if r.run_id == run_id), None) or recommended(records, sense)
 
 
 def _deploy_section(facts: SearchFacts, records: list[TrialRecord], run_id: str | None = None) -> str:
-    best = _deploy_target(records, run_id)
+    best = _deploy_target(records, run_id, facts.sense)
     if best is None:
         return ""
     name = default_model_name(facts.experiment)
@@ -286,8 +294,8 @@ def search_note(facts: SearchFacts, records: list[TrialRecord], *, status: str =
     if status != "FINISHED":
         head = f"**Search {status.lower()}**, so far: " + head
     parts = [head]
-    if recommendation is None and recommended(records) is not None:
-        parts.append(_caveat(records))
+    if recommendation is None and recommended(records, facts.sense) is not None:
+        parts.append(_caveat(records, facts.sense))
     links = _links(facts, artifact_prefix)
     if brief:
         links += f" · [**the search's full summary**]({ui.run_link(facts.experiment_id, facts.parent_run_id)})"
@@ -295,7 +303,7 @@ def search_note(facts: SearchFacts, records: list[TrialRecord], *, status: str =
     if confirmed_table:
         parts.append("#### Frontier confirmed over seeds\n\n" + confirmed_table)
     if brief:
-        best = _deploy_target(records, recommended_run_id)
+        best = _deploy_target(records, recommended_run_id, facts.sense)
         parts += [_frontier_section(facts, records, max_rows=5),
                   f"Deploy it: `{deploy_command(facts.tracking_uri, best.run_id, 'my-adapter')}`" if best else ""]
     else:

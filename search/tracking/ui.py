@@ -40,7 +40,8 @@ COLUMNS = ("metrics.`score`", "metrics.`trainable_params`", "metrics.`compute_ho
 
 @dataclass(frozen=True)
 class View:
-    """A runs view of one search: its trial runs filtered, sorted by score (best first), with the
+    """A runs view of one search: its trial runs filtered, sorted by score (best first: descending,
+    ascending for a lower-is-better metric), with the
     trial columns; `charts` opens it on scatter plots of score against trainable params and cost."""
 
     name: str
@@ -73,11 +74,14 @@ def _scatter(uuid: str, x: str) -> dict:
             "yaxis": {"key": R.SCORE, "type": "METRIC"}}
 
 
-def view_state(view: View, parent_run_id: str) -> dict:
-    """The shared view state the UI restores: search facets and the runs table's UI state."""
+def view_state(view: View, parent_run_id: str, sense: str = "max") -> dict:
+    """The shared view state the UI restores: search facets and the runs table's UI state, sorted
+    by score with the best first (`sense`: the metric's direction, `trainables.record.sense`)."""
+    if sense not in ("max", "min"):
+        raise ValueError(f"sense must be 'max' or 'min', got {sense!r}")
     state = {
         "searchFilter": view.search_filter(parent_run_id),
-        "orderByKey": f"metrics.`{R.SCORE}`", "orderByAsc": False,
+        "orderByKey": f"metrics.`{R.SCORE}`", "orderByAsc": sense == "min",
         "selectedColumns": list(COLUMNS), "columnOrder": [RUN_NAME_COLUMN, *COLUMNS],
         "columnWidths": {RUN_NAME_COLUMN: 380},  # the run name carries the placement key
     }
@@ -150,9 +154,10 @@ def ui_lines(tracking_uri: str, experiment_id: str, parent_run_id: str) -> list[
 
 
 # ---- writing the views -----------------------------------------------------------------------------
-def open_views(client, experiment_id: str, parent_run_id: str) -> None:
-    """Store this search's views in its experiment, and mark the experiment a model-training one."""
+def open_views(client, experiment_id: str, parent_run_id: str, sense: str = "max") -> None:
+    """Store this search's views in its experiment (best score first in `sense`), and mark the
+    experiment a model-training one."""
     client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     for view in VIEWS:
         client.set_experiment_tag(experiment_id, VIEW_TAG_PREFIX + view.key(parent_run_id),
-                                  json.dumps(view_state(view, parent_run_id)))
+                                  json.dumps(view_state(view, parent_run_id, sense)))

@@ -15,6 +15,10 @@ set the bar. With `by_size` a trial is compared only with the earlier trials at 
 are no larger than it (trainable parameters): it stops when placements of its size or smaller
 already do better, which is when it is unlikely to reach the frontier; the smallest placement
 seen so far always goes on. docs/search_efficiency.md measures both rules on the replay tables.
+
+Direction: `Rungs` compares scores as higher = better; `PlacementASHA` turns a "min" metric's
+results (a lower-is-better metric such as `nll`; the search passes `trainables.record.sense` of its
+metric) into that before it asks, by size as well as over all trials.
 """
 
 from __future__ import annotations
@@ -39,8 +43,8 @@ class Rungs:
         self.recorded: dict[int, dict[str, tuple[float, float]]] = {m: {} for m in self.milestones}
 
     def on_result(self, trial_id: str, t: int, score: float, size: float) -> bool:
-        """Whether to stop a trial that reports `score` after `t` epochs (`size`: its trainable
-        parameters). At the highest rung it has reached and not yet been judged at, it is judged
+        """Whether to stop a trial that reports `score` (higher = better) after `t` epochs (`size`:
+        its trainable parameters). At the highest rung it has reached and not yet been judged at, it is judged
         and its score recorded; at any other epoch it goes on."""
         for milestone in reversed(self.milestones):
             recorded = self.recorded[milestone]

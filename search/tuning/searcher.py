@@ -5,7 +5,8 @@ over an Optuna study's public ask / tell interface: `suggest` asks the study for
 the define-by-run space (`search.sampling.proposal.PlacementSpace`) on it; when Tune's trial ends, its
 outcome is told to the study:
 - the last result has `score` and `trainable_params`, both finite -> COMPLETE with those two
-  (`search.sampling.study.OBJECTIVES`), never the measured compute hours: the same seed and scores
+  (`search.sampling.study.objectives`: the score in its metric's direction, made so by
+  `make_searcher(metric_name=...)`), never the measured compute hours: the same seed and scores
   give the same proposals on a busy machine;
 - the trial reported a `failure` (non-finite loss, out of memory) or errored -> FAIL;
 - otherwise (stopped early by ASHA, or by the cost cap) -> PRUNED.
@@ -41,6 +42,7 @@ from search.sampling.study import (
     create_study,
     optuna_state,
 )
+from trainables import record as R
 
 log = logging.getLogger(__name__)
 
@@ -147,12 +149,14 @@ class PlacementSearcher(Searcher):
         return list(self._orphans)
 
 
-def make_searcher(inputs, sampler_name: str, storage=None, study_name: str | None = None) -> PlacementSearcher:
+def make_searcher(inputs, sampler_name: str, storage=None, study_name: str | None = None, *,
+                  metric_name: str = R.ACCURACY) -> PlacementSearcher:
     """The searcher for `sampler_name` over `inputs` (`search.sampling.samplers.SamplerInputs`). With
     `prior`, the first trials Tune asks for are the baselines, in order. `storage`: an Optuna RDB
     storage (`open_study_storage`), None keeps the study in memory; `study_name` names the study
-    in it (the search's name)."""
+    in it (the search's name); `metric_name`: the search's metric, whose direction the study's
+    first objective takes (an existing study's directions must be it: `create_study`)."""
 
     setup = make_sampler(sampler_name, inputs)
-    study = create_study(setup.sampler, storage, study_name)
+    study = create_study(setup.sampler, storage, study_name, metric_name)
     return PlacementSearcher(study, setup.space, enqueue=setup.enqueue, storage=storage)

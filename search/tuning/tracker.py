@@ -201,7 +201,7 @@ class MlflowTracker(Callback):
             return
         epoch = int(result.get(R.EPOCH, result.get("training_iteration", 0)))
         now = int(time.time() * 1000)
-        names = R.EPOCH_METRICS + (R.EPOCH,)
+        names = R.LOGGED_EPOCH_METRICS + (R.EPOCH,)
         metrics = [Metric(name, float(result[name]), now, epoch) for name in names
                    if isinstance(result.get(name), (int, float)) and math.isfinite(result[name])]
         if R.TRAINABLE_PARAMS not in m.metrics and R.TRAINABLE_PARAMS in result:
