@@ -17,7 +17,16 @@ from dataclasses import dataclass, field, replace
 
 from analysis.direction import best_first, checked, gain, score_objectives, word
 from analysis.pareto import frontier, pareto_mask
-from analysis.stats import AS_GOOD, BETTER, UNDECIDED, WORSE, Decision, SeedStats, decide, seed_stats
+from analysis.stats import (
+    AS_GOOD,
+    BETTER,
+    UNDECIDED,
+    WORSE,
+    Decision,
+    SeedStats,
+    decide,
+    seed_stats,
+)
 from trainables import record as R
 from trainables.record import COMPLETED, TrialRecord
 
@@ -184,14 +193,26 @@ class Recommendation:
         return out
 
 
+RACE_LEVEL = 0.01  # the two-sided level of better / worse at each look of a race (docs/methods.md, "Racing")
+
+
+def decision_level(confirm_max_seeds: int) -> float:
+    """The two-sided level of better / worse for a search's decisions: `RACE_LEVEL` when it races
+    (`search.confirm_max_seeds` > 0), else 0.05. Testing after every round at 0.05 called 6 to 11%
+    of identical placements better or worse on this project's real seed noise; at 0.01 per look,
+    1.5 to 3% (docs/benchmarks.md, "Decisions: false-decision rate and power")."""
+    return RACE_LEVEL if confirm_max_seeds > 0 else 0.05
+
+
 def recommend(confirmed: list[Confirmed], max_adapter_params: float | None = None,
-              margin: float = DEFAULT_MARGIN, sense: str = "max") -> Recommendation | None:
+              margin: float = DEFAULT_MARGIN, sense: str = "max", level: float = 0.05) -> Recommendation | None:
     """The smallest confirmed placement shown as good as the best (the best mean in `sense`; ties:
-    fewer trainable params) within `margin`, or the best itself; compared with the best baseline too."""
+    fewer trainable params) within `margin`, or the best itself; compared with the best baseline too.
+    `level`: the two-sided level of better / worse (`decision_level`)."""
     if not confirmed:
         return None
     best = max(confirmed, key=lambda c: (gain(c.stats.mean, sense), -c.trainable_params))
-    decisions = {c.trial_id: decide(c.scores, best.scores, margin, sense) for c in confirmed if c is not best}
+    decisions = {c.trial_id: decide(c.scores, best.scores, margin, sense, level) for c in confirmed if c is not best}
     smaller = [c for c in confirmed if c is not best and c.trainable_params < best.trainable_params
                and decisions[c.trial_id].verdict in (AS_GOOD, BETTER)]
     pick = min(smaller, key=lambda c: (c.trainable_params, best_first(c.stats.mean, sense))) if smaller else best
@@ -199,10 +220,45 @@ def recommend(confirmed: list[Confirmed], max_adapter_params: float | None = Non
     best_baseline = max(baselines, key=lambda c: gain(c.stats.mean, sense)) if baselines else None
     vs_baseline = None
     if best_baseline is not None and best_baseline is not pick:
-        vs_baseline = decide(pick.scores, best_baseline.scores, margin, sense)
+        vs_baseline = decide(pick.scores, best_baseline.scores, margin, sense, level)
     share = pick.adapter_params / max_adapter_params if max_adapter_params and pick.adapter_params else None
     return Recommendation(pick, best, None if pick is best else decisions[pick.trial_id], best_baseline,
                           vs_baseline, share, margin, decisions, sense)
+
+
+@dataclass(frozen=True)
+class RaceRound:
+    """One round of racing (docs/methods.md, "Racing"): the undecided placements (`racing`, trial
+    ids) and the best each get the seeds they lack of train_seed + 0 .. target - 1 (`jobs`: trial
+    id -> the seeds to train)."""
+
+    target: int
+    best: str
+    racing: tuple[str, ...]
+    jobs: dict[str, tuple[int, ...]]
+
+
+def race_round(confirmed: list[Confirmed], margin: float, sense: str, max_seeds: int, step: int,
+               train_seed: int = 0, level: float = RACE_LEVEL) -> RaceRound | None:
+    """The next round of racing, or None when no placement is undecided against the best with fewer
+    than `max_seeds` seeds. Every racing placement and the best are brought to the same seeds, the
+    most any racing one has plus `step` (at most `max_seeds`), so that each pair shares them all.
+    Decided at `level` per look (`RACE_LEVEL`)."""
+    rec = recommend(confirmed, None, margin, sense, level)
+    if rec is None or step < 1:
+        return None
+    undecided = [c for c in confirmed if c.trial_id != rec.best.trial_id
+                 and rec.decisions[c.trial_id].verdict == UNDECIDED and c.stats.n < max_seeds]
+    if not undecided:
+        return None
+    target = min(max_seeds, max(c.stats.n for c in undecided) + step)
+    wanted = [train_seed + k for k in range(target)]
+    jobs = {}
+    for c in [rec.best, *undecided]:
+        missing = tuple(seed for seed in wanted if seed not in c.scores)
+        if missing:
+            jobs[c.trial_id] = missing
+    return RaceRound(target, rec.best.trial_id, tuple(c.trial_id for c in undecided), jobs) if jobs else None
 
 
 def format_confirmed(confirmed: list[Confirmed], metric_name: str, cost_unit: str, key_width: int = 44,
@@ -225,8 +281,10 @@ def format_confirmed(confirmed: list[Confirmed], metric_name: str, cost_unit: st
     lines.append(f"* = Pareto-optimal over seed means ({metric_name} {word(sense, 'up', 'down')}, trainable params "
                  f"down, {cost_unit} down)")
     if rec:
+        level = next((d.level for d in rec.decisions.values()), 0.05)
+        at = f", {100 * (1 - level):g}% intervals per look (racing)" if level != 0.05 else ""
         lines.append(f"vs best: against the {word(sense, 'highest', 'lowest')} mean, paired over seeds, margin "
-                     f"{rec.margin:g} (better, as good, "
+                     f"{rec.margin:g}{at} (better, as good, "
                      "worse, undecided: docs/methods.md, \"Decisions\")")
     return "\n".join(lines)
 

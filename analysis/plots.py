@@ -7,6 +7,10 @@ trials; "pareto" marks the 3-objective front):
   an inline SVG scatter with a tooltip per point and a table of every trial, sortable by clicking a
   column header.
 
+Both plot either the search's single-run trials or its confirmed placements (rows with seed means
+and their 95% intervals, `analysis.confirmed.Confirmed.row`); given the search's single runs as well
+(`background`, `searched`), they say which frontier they draw and count the search's trials right.
+
 Axes: x = trainable parameters (log scale), y = the task metric, colour = cost (compute_hours, in
 the unit the caller names: GPU-hours, or CPU-core-hours on CPU-only runs). The step line joins the front
 points that are also on the 2-objective (metric vs parameters) front, i.e. the best metric reachable
@@ -101,9 +105,10 @@ def plot_pareto_png(
                         fmt="none", ecolor="0.3", elinewidth=1, capsize=3, zorder=1.5,
                         label="95% interval of the seed mean")
         front = [r for r in rows if r["pareto"]]
+        which = "over seed means" if background is not None else "3 objectives"
         ax.scatter([r[params_key] for r in front], [r[metric_key] for r in front], s=110,
                    facecolors="none", edgecolors="crimson", linewidths=1.5, zorder=3,
-                   label=f"Pareto front, 3 objectives ({len(front)})")
+                   label=f"Pareto front, {which} ({len(front)})")
         ax.step([p for p, _ in step], [m for _, m in step], where="post", color="crimson", lw=1.2,
                 zorder=1, label=f"best {metric_name} for its parameters")
         for r in rows:
@@ -239,13 +244,17 @@ def _svg(rows, step, metric_key, params_key, cost_key, metric_name, cost_unit, s
 
 
 def _table(trials, front_by_id, metric_key, params_key, cost_key, metric_name, cost_unit) -> str:
-    cols = ["pareto", "baseline", "placement", metric_name, "trainable params", cost_unit, "status", "run id"]
+    seeds = any(t.get("n_seeds") is not None for t in trials)  # confirmed placements: seed means
+    score_cols = [f"{metric_name} (mean over seeds)", "95% CI low", "95% CI high", "seeds"] if seeds else [metric_name]
+    cols = ["pareto", "baseline", "placement", *score_cols, "trainable params", cost_unit, "status", "run id"]
     head = "".join(f"<th>{_e(c)}</th>" for c in cols)
     body = []
     for t in trials:
         on = front_by_id.get(id(t))
+        scores = ([t.get(metric_key), t.get("score_low"), t.get("score_high"), t.get("n_seeds")] if seeds
+                  else [t.get(metric_key)])
         cells = [("yes" if on else ("no" if on is not None else "")), t.get("baseline"), t.get("key"),
-                 t.get(metric_key), t.get(params_key), t.get(cost_key), t.get("status"), t.get("run_id")]
+                 *scores, t.get(params_key), t.get(cost_key), t.get("status"), t.get("run_id")]
         tds = "".join(
             f'<td data-v="{_e(v)}">{_e(_fmt(v))}</td>' if isinstance(v, (int, float)) else f"<td>{_e(v)}</td>"
             for v in cells)
@@ -264,12 +273,15 @@ def plot_pareto_html(
     cost_key: str = R.COMPUTE_HOURS,
     title: str | None = None,
     sense: Sense | None = None,
+    searched: Sequence[dict] | None = None,
 ) -> Path:
     """Write a self-contained interactive HTML page (SVG scatter + sortable table); return its path.
 
     The table lists every trial passed in, including failed, pruned and over-budget ones (blank in
     the "pareto" column); the scatter shows only the completed, within-budget trials. `sense`: the
-    metric's direction, by default `trainables.record.sense(metric_name)`.
+    metric's direction, by default `trainables.record.sense(metric_name)`. `searched`: the search's
+    single-run trials when `trials` are its confirmed placements (seed means): the page then counts
+    placements and trials apart and says the frontier is over seed means.
     """
     path = Path(path)
     sense = _sense(metric_name, sense)
@@ -278,11 +290,18 @@ def plot_pareto_html(
     front_by_id = {id(t): r["pareto"] for t, r in zip(eligible, rows)}
     title = title or f"{metric_name} vs trainable parameters"
     n_front = sum(r["pareto"] for r in rows)
+    if searched is None:
+        counts = f"{len(trials)} trials, {len(rows)} completed within budget, {n_front} on the Pareto front."
+    else:
+        done = sum(is_eligible(t) for t in searched)
+        counts = (f"{len(trials)} placements confirmed over seeds (each point a mean over seeds), {n_front} on the "
+                  f"Pareto front over seed means; chosen from the search's {len(searched)} trials "
+                  f"({done} completed within budget, each trained once).")
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title><style>{_CSS}</style></head>
 <body>
 <h1>{_e(title)}</h1>
-<p>{len(trials)} trials, {len(rows)} completed within budget, {n_front} on the Pareto front.</p>
+<p>{_e(counts)}</p>
 {_svg(rows, step, metric_key, params_key, cost_key, metric_name, cost_unit, sense)}
 <h2>Trials</h2>
 <p>Click a column header to sort.</p>

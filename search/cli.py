@@ -6,8 +6,10 @@ Bad input ends in one line on stderr, `error: <what> : <fix>`, and exit code 2: 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
+from pathlib import Path
 
 from search.runtime.errors import UsageError
 from trainables.choices import describe, one_of
@@ -25,6 +27,48 @@ def mlflow_client_defaults() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+# The libraries whose log lines are theirs, not the tool's: Ray's (token authentication, GCS),
+# MLflow's (creating and migrating its tables), Alembic's (the migrations themselves), Optuna's, and
+# Python warnings raised inside any of them.
+LIBRARY_LOGGERS = ("ray", "mlflow", "alembic", "optuna", "py.warnings")
+LIBRARY_LOG = "library.log"  # in the output directory
+
+
+class LibraryLog(logging.FileHandler):
+    """An appending log file made, with its folder, on the first message only: a search refused
+    before any library speaks leaves nothing behind. `count`: the messages written this run."""
+
+    def __init__(self, path: Path):
+        super().__init__(path, mode="a", encoding="utf-8", delay=True)
+        self.count = 0
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+
+    def _open(self):
+        Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
+        return super()._open()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += 1
+        super().emit(record)
+
+
+def route_library_logs(output_dir: Path) -> LibraryLog:
+    """Send the libraries' log lines (`LIBRARY_LOGGERS`) to <output_dir>/library.log instead of the
+    terminal, so that a user reads the tool's own lines. Ray and MLflow set up their loggers when
+    first imported, so both are imported here first; call it where importing Ray is safe (inside
+    `search.phases.prepare.ray_environment`). Returns the handler (its `count`, `baseFilename`)."""
+    import mlflow  # noqa: F401  (imported for its logger set-up, which this then replaces)
+    import ray  # noqa: F401
+
+    handler = LibraryLog(output_dir / LIBRARY_LOG)
+    for name in LIBRARY_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.handlers = [handler]
+        logger.propagate = False
+    logging.captureWarnings(True)
+    return handler
 
 
 def choices_help(choices: dict[str, str]) -> str:
@@ -69,7 +113,35 @@ def config_from_args(args: argparse.Namespace):
         value = getattr(args, attr, None)
         if value is not None:
             overrides.append(f"{key}={value!r}" if isinstance(value, str) else f"{key}={value}")
+    return search_config(args.config or ["default"], overrides)
+
+
+def search_config(files: list[str], overrides: list[str]):
+    """Config files layered left to right, then `section.key=value` overrides (`--set`), validated;
+    every problem in one UsageError (the line the scripts print)."""
     try:
-        return load_config(args.config or ["default"], overrides)
+        return load_config(files, overrides)
     except ConfigError as e:
         raise UsageError("; ".join(e.problems)) from None
+
+
+def given_keys(args: argparse.Namespace) -> dict[str, str]:
+    """The config keys the command line sets, each with how it was given (`--config NAME`, `--set`
+    or the named flag, without its value): what `--resume` checks against the stored search."""
+    import tomllib
+
+    from trainables.config import resolve_config_path
+
+    given: dict[str, str] = {}
+    for name in args.config or []:  # already read once by `config_from_args`: valid TOML
+        data = tomllib.loads(resolve_config_path(name).read_text(encoding="utf-8"))
+        for section, table in data.items():
+            for key in table if isinstance(table, dict) else ():
+                given[f"{section}.{key}"] = f"--config {name}"
+    for text in args.overrides:
+        given[text.split("=", 1)[0].strip()] = "--set"
+    for attr, key in _FLAG_KEYS.items():
+        value = getattr(args, attr, None)
+        if value is not None:
+            given[key] = f"--{attr.replace('_', '-')}"  # the value is shown from the config, passwords masked
+    return given

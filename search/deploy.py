@@ -2,6 +2,7 @@
 
     python search/deploy.py --run-id TRIAL_RUN_ID                     # store: sqlite:///outputs/mlflow.db
     python search/deploy.py --run-id TRIAL_RUN_ID --tracking-uri http://127.0.0.1:5000 --output my-adapter
+    python search/deploy.py --run-id TRIAL_RUN_ID --lora-config-only --output my-lora   # the LoraConfig alone
 
 Where it sits: after the frontier; the work is `search.tracking.export` (the folder, the registry version
 with alias `deploy`, the tags). Only a completed trial with an adapter can be deployed; anything
@@ -18,7 +19,7 @@ from analysis.mlflow_read import DEFAULT_TRACKING_URI
 from search.cli import fail, mlflow_client_defaults
 from search.runtime.checks import check_output_dir
 from search.runtime.errors import UsageError
-from search.tracking.export import DeployError, deploy
+from search.tracking.export import DeployError, deploy, export_lora_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-name", default=None, help="registered model name (default: the experiment name)")
     p.add_argument("--no-register", action="store_true", help="do not create a model registry version")
     p.add_argument("--force", action="store_true", help="write into a non-empty --output folder")
+    p.add_argument("--lora-config-only", action="store_true",
+                   help="write only the trial's peft LoraConfig (adapter_config.json, loadable with "
+                   "LoraConfig.from_pretrained; no weights, nothing registered or tagged), to train its placement "
+                   "with your own trainer; any trial with a placement, completed or not")
     return p
 
 
@@ -43,6 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     output = Path(args.output or f"outputs/deploy/{args.run_id}")
     try:
         check_output_dir(output, "--output")  # a file there: one line, before any download
+        if args.lora_config_only:
+            written = export_lora_config(args.tracking_uri, args.run_id, output, force=args.force)
+            print(f"wrote the LoraConfig of {written['placement_key']} to {output / 'adapter_config.json'}: "
+                  f"peft.LoraConfig.from_pretrained({str(output)!r}), then peft.get_peft_model(base, config) on "
+                  f"{written['base_model']} loaded as the search loaded it")
+            return 0
         info = deploy(args.tracking_uri, args.run_id, output, model_name=args.model_name, force=args.force,
                       registry=not args.no_register)
     except (DeployError, UsageError) as e:

@@ -125,6 +125,7 @@ def _finish(session: Session, status: str, t_start: float, interrupts: Interrupt
     killed = _mark_killed(session) if status == "KILLED" else 0
     ending = publish(client, SearchView.of_search(session), session.records(), search.output_dir,
                      prefix=f"{search.name}-", status=status)
+    explore.note_study(session, ending)
     wall = time.time() - t_start  # this driver's part
     since_start = time.time() - client.get_run(pid).info.start_time / 1000  # all of it, restarts included
     client.log_metric(pid, "search_wall_s", since_start)

@@ -13,10 +13,11 @@ Pareto-optimal ones marked, and the command that opens the MLflow UI.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-from search.cli import add_common_args, choices_help, config_from_args, fail
+from search.cli import add_common_args, choices_help, config_from_args, fail, given_keys, route_library_logs
 from search.runtime.errors import UsageError
 from trainables.choices import SAMPLERS
 
@@ -45,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warm-start", default=None, metavar="EXPERIMENT",
                    help="start from the completed trials of an earlier search on the same model in the same tracking "
                    "store (they inform the sampler and are never retrained); config: search.warm_start")
+    p.add_argument("--verbose", action="store_true",
+                   help="print the libraries' log lines (Ray, MLflow, Optuna, warnings) here too; by default they "
+                   "go to <output-dir>/library.log")
     p.add_argument("--resume", action="store_true", help="continue an interrupted search (the one named by --experiment, else the latest in the output dir): finished trials are kept, unfinished ones rerun")
     return p
 
@@ -55,17 +59,28 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_from_args(args)
     except UsageError as e:
         return fail(str(e))
-    from search.phases.prepare import ray_environment, starts_local_runtime
+    from search.phases.prepare import check_resume_args, ray_environment, starts_local_runtime
 
     output_dir = Path(args.output_dir)
+    if args.resume:
+        try:
+            check_resume_args(cfg, given_keys(args), output_dir, args.experiment)
+        except UsageError as e:
+            return fail(str(e))
     # Ray reads its environment when first imported, and the driver imports it: import it inside.
     with ray_environment(starts_local_runtime(cfg, output_dir, args.experiment, args.resume)):
         from search.driver import run_search
 
+        # The tool's lines only: the libraries' go to a file, artifact downloads show no progress bars.
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        library_log = None if args.verbose else route_library_logs(output_dir)
         try:
-            return run_search(cfg, output_dir=output_dir, experiment=args.experiment, resume=args.resume)
+            code = run_search(cfg, output_dir=output_dir, experiment=args.experiment, resume=args.resume)
         except UsageError as e:
             return fail(str(e))
+        if library_log is not None and library_log.count:
+            print(f"library messages: {library_log.count} in {library_log.baseFilename} (--verbose prints them here)")
+        return code
 
 
 if __name__ == "__main__":

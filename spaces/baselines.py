@@ -166,6 +166,18 @@ def make_baselines(
     return out
 
 
+def inverse_plop(space: ModelSpace, budget: Budget, ranks: list[int], scores: PriorScores) -> Placement:
+    """PLoP's pick turned over: the kinds in descending layer-averaged NFN (those PLoP ranks last
+    first), each at all its layers, added while in budget, at rank r0. The control of PLoP's own
+    comparison (its "inverse" placement); a benchmark arm (`benchmarks.placement_table
+    --baselines`), not a search baseline."""
+    scores.check(space)
+    by_kind = [[(k, l) for l in range(space.n_layers) if space.has_site(k, l)] for k in range(len(space.kinds))]
+    kinds = [k for k in _order(scores.kind_nfn(), descending=True) if by_kind[k]]
+    return _fill(space, budget, ranks, [by_kind[k] for k in kinds], start_rank(ranks, budget.r_ref),
+                 priorities(scores, space))
+
+
 def select_baselines(baselines: list[Baseline], cap: int) -> list[Baseline]:
     """At most `cap` baselines, ordered by what each adds: `all` (the reference) first, then each
     time the one whose sites differ most from those already chosen (largest smallest Jaccard

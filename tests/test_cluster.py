@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import stop_cluster
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -195,7 +197,7 @@ def test_search_runs_on_the_worker_nodes_of_an_existing_cluster(tmp_path):
         assert ran_on <= workers  # never on the head, which has no CPU or GPU for trials
         assert all(r.data.tags["status"] in ("completed", "pruned") for r in trials)
     finally:
-        cluster.stop()
+        stop_cluster(cluster)
 
 
 @pytest.mark.slow
@@ -203,7 +205,8 @@ def test_resume_after_the_driver_is_killed(tmp_path):
     out = tmp_path / "out"
     args = ["--trials", "4", "--output-dir", str(out), "--experiment", "resumed", "--set", "train.epochs=4",
             "--set", "search.asha_grace_epochs=4",  # every trial runs to the end: nothing is pruned
-            "--set", "search.confirm_seeds=0"]  # the search phase alone (tests/test_confirmation.py: the rest)
+            "--set", "search.confirm_seeds=0",  # the search phase alone (tests/test_confirmation.py: the rest)
+            "--set", "search.calibrate_lr=false"]  # no probe either (tests/test_confirmation.py: not redone on resume)
     driver = subprocess.Popen(_cli(*args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
                               start_new_session=True)
     try:

@@ -7,6 +7,8 @@ import argparse
 
 import pytest
 
+from tests.conftest import stop_cluster
+
 
 @pytest.mark.slow
 def test_a_small_simulated_sweep_leaves_every_store_in_step(tmp_path):
@@ -18,7 +20,7 @@ def test_a_small_simulated_sweep_leaves_every_store_in_step(tmp_path):
         cluster.start()
         r = one_point(cluster, tmp_path, 60, "sqlite", args)
     finally:
-        cluster.stop()
+        stop_cluster(cluster)
     inv = r["invariants"]
     assert inv["problems"] == []
     # every trial in MLflow once, the study's trial count equal to Tune's, nothing left RUNNING

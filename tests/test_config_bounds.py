@@ -112,6 +112,7 @@ DOMAIN: dict[str, typing.Callable] = {
     "search.confirm_seeds": _int(0),
     "search.confirm_top": _int(0),
     "search.confirm_baselines": _int(0),
+    "search.confirm_max_seeds": lambda v: type(v) is int and (v == 0 or v > 2),  # smoke: confirm_seeds 1
     "search.margin": _float(0),
     "search.sampler": _choice("search.sampler"),
     "search.seed": SEED,

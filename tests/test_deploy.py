@@ -1,7 +1,7 @@
 """search/deploy.py: export a trial's adapter, reload it with PEFT, refuse what cannot be deployed.
 
-The slow test runs the smoke search through the CLI, deploys its best completed trial, loads the
-exported folder with `PeftModel.from_pretrained` onto the base model rebuilt from the search's
+The slow test takes the smoke search run through the CLI (tests/conftest.py's `smoke_search`,
+which other slow tests read too), deploys its best completed trial, loads the exported folder with `PeftModel.from_pretrained` onto the base model rebuilt from the search's
 config and checks that its validation predictions reproduce the trial's logged metric exactly.
 The same search also checks `search/report.py` against the search's own trials CSV.
 """
@@ -11,8 +11,6 @@ import json
 from pathlib import Path
 
 import pytest
-
-from tests.conftest import run_script
 
 
 @pytest.fixture(autouse=True)
@@ -85,16 +83,12 @@ def test_registry_check():
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    """A 2-trial smoke search. The prior sampler starts with its baselines (every site, then the
-    attention sites), placements big enough to learn the smoke task, so the metric checked below
-    is not a constant guess that any model would reproduce."""
-    tmp = tmp_path_factory.mktemp("smoke")
-    out = tmp / "out"
-    proc = run_script("run", "--config", "smoke", "--trials", "2", "--output-dir", out, "--experiment", "deploy-test",
-                      "--sampler", "prior", cwd=tmp, timeout=300)  # cwd: MLflow's ./mlruns lands in tmp
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return f"sqlite:///{out / 'mlflow.db'}", out, tmp
+def smoke(smoke_search):
+    """The shared 3-trial smoke search: (its store's URI, its output dir, its experiment). Its prior
+    sampler (the default) starts with its baselines (every site, then the attention sites),
+    placements big enough to learn the smoke task, so the metric checked below is not a constant
+    guess that any model would reproduce (the test asserts it)."""
+    return smoke_search.uri, smoke_search.out, smoke_search.experiment
 
 
 def _predict(model, batches, batch_size):
@@ -124,9 +118,9 @@ def test_deployed_adapter_reproduces_the_trial_metric(smoke, tmp_path):
     from trainables.model import load_model, load_tokenizer, vocab_size
     from trainables.train import classification_metrics, tokenize
 
-    uri, _, _ = smoke
+    uri, _, experiment = smoke
     client = MlflowClient(uri)
-    search = read_search(client, experiment="deploy-test")
+    search = read_search(client, experiment=experiment)
     front = [r for r in search["rows"] if r.pareto]  # what a user picks from: tags.pareto = "true"
     assert front, search["rows"]
     best = max(front, key=lambda r: r.score)
@@ -169,7 +163,7 @@ def test_deployed_adapter_reproduces_the_trial_metric(smoke, tmp_path):
     # Marked in MLflow: tags, and a registry version behind the alias "deploy".
     tags = client.get_run(best.run_id).data.tags
     assert tags["deployed"] == "true" and tags["deployed_at"] == info["exported_at"]
-    version = client.get_model_version_by_alias("deploy-test", "deploy")
+    version = client.get_model_version_by_alias(experiment, "deploy")  # the model is named after the search
     assert version.run_id == best.run_id and version.source == f"runs:/{best.run_id}/adapter"
     assert info["registered_model"]["version"] == int(version.version)
 
@@ -179,8 +173,8 @@ def test_refuses_the_real_parent_run(smoke, tmp_path, capsys):
     from analysis.mlflow_read import read_search
     from search.deploy import main
 
-    uri, _, _ = smoke
-    parent = read_search(uri, experiment="deploy-test")["parent"]["run_id"]
+    uri, _, experiment = smoke
+    parent = read_search(uri, experiment=experiment)["parent"]["run_id"]
     assert main(["--run-id", parent, "--tracking-uri", uri, "--output", str(tmp_path / "x")]) == 2
     assert "parent run, not a trial" in capsys.readouterr().err
 
@@ -190,11 +184,11 @@ def test_report_rebuilds_the_real_search_csv(smoke, tmp_path):
     """search/report.py on the real store reproduces the driver's own <name>-trials.csv."""
     from search.report import main
 
-    uri, out, _ = smoke
-    assert main(["--tracking-uri", uri, "--experiment", "deploy-test", "--output-dir", str(tmp_path)]) == 0
+    uri, out, experiment = smoke
+    assert main(["--tracking-uri", uri, "--experiment", experiment, "--output-dir", str(tmp_path)]) == 0
     read = lambda p: {r["run_id"]: r for r in csv.DictReader(open(p))}  # noqa: E731
-    theirs, ours = read(out / "deploy-test-trials.csv"), read(tmp_path / "trials.csv")
-    assert set(ours) == set(theirs) and len([r for r in ours.values() if not r["confirms"]]) == 2
+    theirs, ours = read(out / f"{experiment}-trials.csv"), read(tmp_path / "trials.csv")
+    assert set(ours) == set(theirs) and len([r for r in ours.values() if not r["confirms"]]) == 3  # smoke_search: 3 trials
     for run_id, ref in theirs.items():
         cols = [c for c in ref if ref["status"] == "completed" or c != "trainable_params"]
         assert {c: ours[run_id][c] for c in cols} == {c: ref[c] for c in cols}

@@ -157,33 +157,10 @@ def test_the_prior_sampler_reads_a_minimised_score_as_evidence():
     """On a study that minimises the score, a right prior keeps its share and a negated one loses
     it, as on a maximised one (tests/test_prior_sampler.py): the evidence turns the score first."""
     from search.sampling.prior_sampler import score_gain
-    from search.sampling.samplers import SamplerInputs, make_sampler
-    from spaces import Placement, make_budget
-    from spaces.scores import PriorScores
-    from spaces.space import ModelSpace
+    from tests.test_prior_sampler import _landscape_search
 
-    def search(sign, trials=30):
-        kinds = ("attention.self.query", "attention.self.value", "attention.output.dense", "intermediate.dense",
-                 "output.dense")
-        sq, wide = ((16, 16),) * 6, ((16, 64),) * 6
-        space = ModelSpace("enc.layer", 6, kinds, ("q", "v", "o", "up", "down"),
-                           (sq, sq, sq, wide, tuple((b, a) for a, b in wide)), (False,) * 5)
-        a, b = [0.2, 0.5, 1.0, 2.0, 3.0], [3.0, 2.0, 1.0, 0.5, 0.3, 0.2]
-        scores = PriorScores.from_summaries(space.aliases, [1.5 - sign * 0.3 * x for x in a],
-                                            [0.3 + sign * 0.05 * y for y in b], [1.0 + sign * 0.1 * y for y in b])
-        setup = make_sampler("prior", SamplerInputs(space, make_budget(space, 0.4, 8, 2), (2, 4, 8), (1e-3, 1e-2),
-                                                    trials, 0, scores), {"handover": 0.0})
-        study = optuna.create_study(directions=["minimize", "minimize", "minimize"], sampler=setup.sampler)
-        for params, attrs in setup.enqueue:
-            study.enqueue_trial(params, user_attrs=attrs)
-        full = sum(a[k] * b[l] for k, l in space.sites())
-        for _ in range(trials):
-            trial = study.ask()
-            p = Placement.from_json(setup.space(trial)["placement"])
-            signal = sum(a[k] * b[l] * (p.ranks[k][l] / 8) ** 0.5 for k, l in p.sites())
-            nll = 2.0 - 1.5 * (1 - math.exp(-signal / (0.2 * full)))  # lower the better the placement
-            study.tell(trial, [nll, p.adapter_params(space), 0.0])
-        return setup.sampler, study
+    def search(sign):
+        return _landscape_search(sign, trials=30, options={"handover": 0.0}, minimize=True)
 
     share = lambda w: w["prior"] / (w["prior"] + w["incumbent"])
     right, study = search(+1.0)

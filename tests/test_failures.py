@@ -127,14 +127,16 @@ def test_tracker_retries_a_died_worker_in_its_run_and_fails_a_non_retryable_erro
 
 
 # ---- slow: a smoke search through the CLI, one injected fault -----------------------------------
-def _search(tmp_path, fault: str, env: dict | None = None):
-    """Run the smoke search with one injected fault; returns (stdout, client, trial runs, csv rows)."""
+def _search(tmp_path, fault: str, env: dict | None = None, probe: bool = False):
+    """Run the smoke search with one injected fault; returns (stdout, client, trial runs, csv rows).
+    probe: with the learning-rate probe (it trains outside the trials, with no fault hooks)."""
     from mlflow.tracking import MlflowClient
 
     out = tmp_path / "out"
     marker = tmp_path / "fault.marker"
     proc = run_script("run", "--config", "smoke", "--trials", "3", "--seed", "1", "--output-dir", out,
                       "--experiment", "faults", "--set", "train.epochs=2", "--set", "search.confirm_seeds=0",
+                      "--set", f"search.calibrate_lr={str(probe).lower()}",
                       cwd=tmp_path, timeout=400,  # cwd: MLflow's artifacts land here
                       env={faults.ENV: f"{fault}:{marker}", **(env or {})})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -161,8 +163,9 @@ def _search(tmp_path, fault: str, env: dict | None = None):
 @pytest.mark.parametrize("fault, reason", [("nan", "non-finite training loss"), ("oom", "out of memory")])
 def test_a_trial_that_fails_is_recorded_not_retried_and_the_search_goes_on(tmp_path, fault, reason):
     # The nan search also checks that a token in the environment never reaches the tracking store.
+    # It runs the probe too, so that what the probe stores is searched for the token as well.
     env = {"HF_TOKEN": FAKE_TOKEN, "HUGGING_FACE_HUB_TOKEN": FAKE_TOKEN} if fault == "nan" else {}
-    stdout, client, trials, rows = _search(tmp_path, fault, env)
+    stdout, client, trials, rows = _search(tmp_path, fault, env, probe=fault == "nan")
     failed = [r for r in trials if r.info.status == "FAILED"]
     assert len(failed) == 1, [(r.info.status, r.data.tags) for r in trials]
     run = failed[0]

@@ -1,4 +1,6 @@
-"""The smoke search through the real CLI: Ray, Optuna, ASHA, MLflow (SQLite), PEFT, training."""
+"""The smoke search through the real CLI: Ray, Optuna, ASHA, MLflow (SQLite), PEFT, training.
+
+The search is tests/conftest.py's `smoke_search` (3 trials, seed 1), which other slow tests read too."""
 
 import csv
 import json
@@ -6,17 +8,16 @@ import json
 import pytest
 
 from tests.conftest import run_script
+
 EPOCH_METRICS = {"accuracy", "balanced_accuracy", "epoch_score", "train_loss", "wall_s", "compute_hours"}
 
 
 @pytest.mark.slow
-def test_smoke_search_logs_one_run_per_trial(tmp_path):
+def test_smoke_search_logs_one_run_per_trial(smoke_search, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    out_dir = tmp_path / "out"
-    proc = run_script("run", "--config", "smoke", "--trials", "3", "--output-dir", out_dir, "--experiment", "smoke-test",
-                      "--seed", "1", timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out_dir, proc = smoke_search.out, smoke_search.proc
+    assert smoke_search.experiment == "smoke-test"  # the file names below start with it
     assert "Pareto-optimal" in proc.stdout
     assert f"mlflow ui --backend-store-uri sqlite:///{(out_dir / 'mlflow.db').resolve()}" in proc.stdout
 
@@ -65,7 +66,7 @@ def test_smoke_search_logs_one_run_per_trial(tmp_path):
     # UI lines), apart from the folder the files go to and the driver's own timing line.
     report_dir = tmp_path / "report"
     rep = run_script("report", "--tracking-uri", f"sqlite:///{out_dir / 'mlflow.db'}", "--experiment", "smoke-test",
-                     "--output-dir", report_dir, timeout=300)
+                     "--output-dir", report_dir, cwd=smoke_search.tmp, timeout=300)  # the search's cwd: its UI command
     assert rep.returncode == 0, rep.stdout[-3000:] + rep.stderr[-3000:]
     driver_end = _ending(proc.stdout, str(out_dir / "smoke-test-"))
     report_end = _ending(rep.stdout, f"{report_dir}/")
@@ -79,3 +80,32 @@ def _ending(stdout: str, files_prefix: str) -> str:
     start = next(i for i, line in enumerate(lines) if line.split()[:2] == ["placement", "lr"])
     end = next(i for i, line in enumerate(lines) if line.startswith(("then browse to:", "open the trials in")))
     return "\n".join(lines[start:end + 1]).replace(files_prefix, "<files>/")
+
+
+@pytest.mark.slow
+def test_the_search_prints_its_own_lines_and_logs_the_libraries_to_a_file(smoke_search):
+    """Ray's token warning, MLflow's table creation and artifact progress bars are not the tool's
+    lines: they go to <output-dir>/library.log, whose path the search prints at its end."""
+    proc, log = smoke_search.proc, smoke_search.out / "library.log"
+    for chatter in ("Token authentication", "MLflow database tables", "Downloading artifacts"):
+        assert chatter not in proc.stdout + proc.stderr, chatter
+    assert "MLflow database tables" in log.read_text()  # the new store was created and said so
+    assert f"in {log.resolve()} (--verbose prints them here)" in proc.stdout
+
+
+@pytest.mark.slow
+def test_the_study_holds_the_searchs_result_for_optuna_dashboard(smoke_search):
+    """The search's Optuna study names its objectives and holds what the end decided: the
+    recommended trial (as printed) with its Optuna trial number, and the search's MLflow run."""
+    import optuna
+
+    study = optuna.load_study(study_name=smoke_search.experiment, storage=f"sqlite:///{smoke_search.out / 'optuna.db'}")
+    assert study.metric_names == ["accuracy", "trainable_params"]
+    result = study.user_attrs["result"]
+    line = next(x for x in smoke_search.proc.stdout.splitlines() if x.startswith("recommendation: deploy "))
+    rec = result["recommended"]
+    assert line.endswith(f"(run {rec['run_id']})") and rec["confirmed"] is True
+    numbers = {t.number: t.user_attrs.get("placement_key") for t in study.trials}
+    assert numbers[rec["trial_number"]] == rec["placement_key"]
+    assert {c["vs_best"] for c in result["confirmed"]} <= {"best", "better", "as good", "worse", "undecided"}
+    assert len(result["confirmed"]) >= 2 and result["mlflow_run_id"]

@@ -1,7 +1,8 @@
 """Picking a placement in the MLflow UI, as a person does it, in headless Chromium.
 
-Starts `mlflow server` on a free local port, runs the 2-trial smoke search against it through the
-CLI, deploys its recommended trial, then opens the address the search printed in Debian's
+Takes tests/conftest.py's `served_search` (shared with tests/test_mlflow_server.py): `mlflow
+server` on a free local port, the 2-trial smoke search run against it through the CLI, its
+recommended trial deployed. Then it opens the address the search printed in Debian's
 `chromium` (driven by `chromedriver` through selenium) and checks what a person sees: the runs
 table in the model-training mode (not the GenAI pages), the trial rows with their placement names
 without expanding anything, the recommendation in the experiment's description, the frontier filter
@@ -15,15 +16,13 @@ them this test fails, naming the fix; it never skips.
 
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 
 import pytest
 
-from test_mlflow_server import _free_port, _stop, _wait_until_up
-from tests.conftest import ROOT, run_script
+from search.tracking.ui import compare_link
+from tests.conftest import ROOT
 
 CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -82,61 +81,27 @@ def _rows(chrome) -> set[str]:
         ".map(r => r.getAttribute('row-id'))"))
 
 
+def _first_row(chrome) -> str | None:
+    """Run id of the runs table's first row."""
+    return chrome.execute_script(
+        "const r = document.querySelector('.ag-center-cols-container .ag-row[row-index=\"0\"]');"
+        "return r && r.getAttribute('row-id')")
+
+
+def _cell(chrome, run_id: str, column: str) -> str | None:
+    """The text of one run's cell in the column whose id names `column`."""
+    return chrome.execute_script(
+        "const r = document.querySelector(`.ag-center-cols-container .ag-row[row-id=\"${arguments[0]}\"]`);"
+        "const c = r && Array.from(r.querySelectorAll('[col-id]'))"
+        "  .find(c => c.getAttribute('col-id').includes(arguments[1]));"
+        "return c && c.innerText.trim()", run_id, column)
+
+
 def _click(chrome, component_id: str) -> None:
     from selenium.webdriver.common.by import By
 
     _wait(chrome, lambda c: c.find_elements(By.CSS_SELECTOR, f'[data-component-id="{component_id}"]'), component_id)
     chrome.find_element(By.CSS_SELECTOR, f'[data-component-id="{component_id}"]').click()
-
-
-@pytest.fixture(scope="module")
-def served_search(tmp_path_factory):
-    """A smoke search tracked by a real server, its recommended trial deployed: (url, what the
-    search printed, its runs by role, the registered model's name)."""
-    from mlflow.tracking import MlflowClient
-
-    from analysis.mlflow_read import trial_record
-    from search.deploy import main as deploy_main
-
-    tmp = tmp_path_factory.mktemp("ui")
-    port = _free_port()
-    url, log = f"http://127.0.0.1:{port}", tmp / "server.log"
-    # No job runner: it serves GenAI features only, and its workers take 15 s to stop.
-    extra = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    env = {**os.environ, **extra}
-    with open(log, "w") as log_file:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp / 'server.db'}",
-             "--artifacts-destination", str(tmp / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-             "--workers", "1"],
-            stdout=log_file, stderr=subprocess.STDOUT, cwd=tmp, start_new_session=True, env=env)
-    try:
-        _wait_until_up(url, server, log)
-        proc = run_script("run", "--config", "smoke", "--trials", "2", "--sampler", "prior", "--output-dir",
-                          tmp / "out dir", "--experiment", "picked", "--tracking-uri", url, cwd=tmp, timeout=300,
-                          env=extra)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        client = MlflowClient(url)
-        exp = client.get_experiment_by_name("picked")
-        runs = client.search_runs([exp.experiment_id])
-        parent = next(r for r in runs if r.data.tags.get("role") == "search")
-        # the searched trials; the confirmation runs (tagged `confirms`) retrain the frontier
-        trials = [r for r in runs if "trial_id" in r.data.tags and "confirms" not in r.data.tags]
-        front = [r for r in trials if r.data.tags.get("pareto") == "true"]
-        assert len(trials) == 2 and front
-        # The search ends with its confirmed recommendation: "recommendation: deploy ... (run <id>)".
-        line = next(x for x in proc.stdout.splitlines() if x.startswith("recommendation: deploy "))
-        best = next(t for t in map(trial_record, trials) if line.endswith(f"(run {t.run_id})"))
-        with pytest.MonkeyPatch.context() as mp:  # the CLI's MLflow defaults, undone afterwards
-            for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT",
-                         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"):
-                mp.delenv(name, raising=False)
-            mp.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-            assert deploy_main(["--run-id", best.run_id, "--tracking-uri", url, "--output", str(tmp / "deployed")]) == 0
-        yield {"url": url, "stdout": proc.stdout, "experiment_id": exp.experiment_id, "parent": parent,
-               "trials": trials, "front": front, "best": best, "model": "picked", "tmp": tmp}
-    finally:
-        _stop(server)
 
 
 @pytest.mark.slow
@@ -145,20 +110,20 @@ def test_a_person_picks_a_placement_in_the_ui(served_search, tmp_path):
     from selenium.webdriver.common.keys import Keys
 
     s = served_search
-    eid, pid, best = s["experiment_id"], s["parent"].info.run_id, s["best"]
-    trial_ids = {r.info.run_id for r in s["trials"]}
-    front_ids = {r.info.run_id for r in s["front"]}
+    eid, pid, best, url, stdout = s.experiment_id, s.parent.info.run_id, s.best, s.url, s.proc.stdout
+    trial_ids = {r.info.run_id for r in s.trials}
+    front_ids = {r.info.run_id for r in s.front}
     # The end of the search prints the exact address to open.
-    printed = [line for line in s["stdout"].splitlines() if line.startswith("open the trials in the MLflow UI: ")]
-    assert len(printed) == 1, s["stdout"][-2000:]
+    printed = [line for line in stdout.splitlines() if line.startswith("open the trials in the MLflow UI: ")]
+    assert len(printed) == 1, stdout[-2000:]
     address = printed[0].split(": ", 1)[1]
-    assert address.startswith(f"{s['url']}/#/experiments/{eid}/runs?workflowType=machine_learning&viewStateShareKey=")
+    assert address.startswith(f"{url}/#/experiments/{eid}/runs?workflowType=machine_learning&viewStateShareKey=")
 
     chrome = _chromium()
     try:
         # Without our views, the runs table nests the trials under a collapsed `search` row (the
         # pitfall docs/mlflow.md describes), so the printed address is the way in.
-        chrome.get(f"{s['url']}/#/experiments/{eid}/runs?workflowType=machine_learning")
+        chrome.get(f"{url}/#/experiments/{eid}/runs?workflowType=machine_learning")
         assert _wait(chrome, lambda c: _rows(c), "the default runs table") == {pid}
 
         # 1. The printed address: the runs table of the model-training mode, one row per trial, best first.
@@ -166,13 +131,19 @@ def test_a_person_picks_a_placement_in_the_ui(served_search, tmp_path):
         _wait(chrome, lambda c: _rows(c) == trial_ids, "one row per trial run, none nested")
         page = _text(chrome)
         assert "Runs" in page and "Model registry" in page and not any(g in page.split("\n") for g in GENAI_ONLY)
-        for run in s["trials"]:  # named "<trial id> <placement key>", readable in full
+        for run in s.trials:  # named "<trial id> <placement key>", readable in full
             assert run.info.run_name.endswith(run.data.tags["placement_key"]) and run.info.run_name in page
         # The collapsed description is the recommendation.
         assert "Recommendation: deploy " in page and best.key in page.split("Recommendation: deploy ")[1][:300]
+        # The recommended trial is marked (tag recommended=true) and its row is first.
+        _wait(chrome, lambda c: _first_row(c) == best.run_id, "the recommended trial's row first")
+        _wait(chrome, lambda c: _cell(c, best.run_id, "recommended") == "true", "the recommended trial marked")
+        assert all(_cell(chrome, r.info.run_id, "recommended") in ("", "-", None) for r in s.trials
+                   if r.info.run_id != best.run_id)
         if chrome.find_elements(By.CSS_SELECTOR, '[data-component-id="mlflow.assistant.chat_panel.close"]'):
             _click(chrome, "mlflow.assistant.chat_panel.close")  # the assistant panel opens on a first visit
-        columns = ("score", "trainable_params", "compute_hours", "pareto", "baseline", "status", "lr", "rank")
+        columns = ("recommended", "score", "score_mean", "score_low", "score_high", "n_seeds", "trainable_params",
+                   "compute_hours")
         _wait(chrome, lambda c: set(columns) <= set(_text(c).split("\n")), f"the columns {columns}")
         shot = tmp_path / "mlflow-ui.png"
         chrome.save_screenshot(str(shot))
@@ -183,8 +154,10 @@ def test_a_person_picks_a_placement_in_the_ui(served_search, tmp_path):
         _click(chrome, "mlflow.experiment.metadata_editor.expand_button")
         _wait(chrome, lambda c: "Pareto frontier (" in _text(c), "the expanded description")
         page = _text(chrome)
-        assert f"Deploy it: python search/deploy.py --run-id {best.run_id} --tracking-uri {s['url']}" in page
-        assert all(r.info.run_name.split(" ")[0] in page for r in s["front"])  # frontier rows: trial ids link
+        assert f"Deploy it: python search/deploy.py --run-id {best.run_id} --tracking-uri {url}" in page
+        assert all(r.info.run_name.split(" ")[0] in page for r in s.front)  # frontier rows: trial ids link
+        best_name = next(r.info.run_name for r in s.trials if r.info.run_id == best.run_id)
+        assert f"In the runs table: {best_name}, tagged recommended = true and listed first" in page
         frontier_link = chrome.find_element(By.LINK_TEXT, "the Pareto frontier").get_attribute("href")
         summary_link = chrome.find_element(By.LINK_TEXT, "the search's full summary").get_attribute("href")
         assert summary_link.endswith(f"#/experiments/{eid}/runs/{pid}?workflowType=machine_learning")
@@ -203,6 +176,11 @@ def test_a_person_picks_a_placement_in_the_ui(served_search, tmp_path):
         # 5. The charts: score against trainable params and against cost.
         chrome.get(address.replace("viewStateShareKey=trials-", "viewStateShareKey=charts-") + "&compareRunsMode=CHART")
         _wait(chrome, lambda c: len(c.find_elements(By.CSS_SELECTOR, ".js-plotly-plot")) >= 2, "two scatter charts")
+        assert not any(g in _text(chrome).split("\n") for g in GENAI_ONLY)  # still the model-training mode
+        # The compare page, as the descriptions link it: the trials side by side, model-training mode.
+        chrome.get(f"{url}/{compare_link(eid, sorted(trial_ids))}")
+        _wait(chrome, lambda c: all(r.info.run_name in _text(c) for r in s.trials), "the compare page")
+        assert not any(g in _text(chrome).split("\n") for g in GENAI_ONLY)
 
         # 6. The search run's page: the full summary, with the Pareto plot shown; the registered model's page.
         chrome.get(summary_link)
@@ -211,13 +189,20 @@ def test_a_person_picks_a_placement_in_the_ui(served_search, tmp_path):
         if show_more:
             show_more[0].click()
         _wait(chrome, lambda c: "Baselines (" in _text(c) and "Priors (" in _text(c), "the full summary")
+        # Section headings read as headings: larger than the text (an h4 is not: 13 px like the body).
+        heading, body = chrome.execute_script(
+            "const h = Array.from(document.querySelectorAll('h1, h2, h3, h4'))"
+            "  .find(e => e.innerText.includes('Baselines'));"
+            "const p = h && h.parentElement.querySelector('p');"
+            "return [h && parseFloat(getComputedStyle(h).fontSize), p && parseFloat(getComputedStyle(p).fontSize)]")
+        assert heading and body and heading > body, (heading, body)
         plot = _wait(chrome, lambda c: c.execute_script(
-            "const i = Array.from(document.images).find(i => i.src.includes('get-artifact?path=picked-pareto.png'));"
+            f"const i = Array.from(document.images).find(i => i.src.includes('get-artifact?path={s.experiment}-pareto.png'));"
             "return i && i.complete && i.naturalWidth"), "the Pareto plot loaded")
         assert plot > 300
-        chrome.get(f"{s['url']}/#/models/{s['model']}?workflowType=machine_learning")
+        chrome.get(f"{url}/#/models/{s.model}?workflowType=machine_learning")
         _wait(chrome, lambda c: f"points at version 1: Placement {best.key}:" in _text(c), "the registered model's description")
-        assert f"models:/{s['model']}@deploy" in _text(chrome)
+        assert f"models:/{s.model}@deploy" in _text(chrome)
     finally:
         chrome.quit()
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -73,9 +73,9 @@ def test_sections_links_and_deploy_command():
     from search.tracking.notes import search_note
 
     note = search_note(_facts(), RECORDS)
-    frontier = note.split("#### Pareto frontier")[1].split("####")[0]
+    frontier = note.split("### Single-run Pareto frontier")[1].split("###")[0]
     assert "`r4 q[1-5] o[1-5]`" in frontier and "`r2 v[3-5]`" in frontier and "attention" not in frontier
-    baselines = note.split("#### Baselines")[1].split("####")[0]
+    baselines = note.split("### Baselines")[1].split("###")[0]
     for name in ("all", "attention", "mlp"):
         assert f"| {name} |" in baselines
     for view in ("trials", "frontier", "charts"):
@@ -97,9 +97,10 @@ def test_the_experiments_version_is_brief():
 
     full, brief = search_note(_facts(), RECORDS), search_note(_facts(), RECORDS, brief=True)
     assert brief.split("\n\n")[:2] == full.split("\n\n")[:2]  # the same recommendation and caveat
-    assert "#### Pareto frontier" in brief and "`r4 q[1-5] o[1-5]`" in brief.split("#### Pareto frontier")[1]
+    assert "### Single-run Pareto frontier" in brief
+    assert "`r4 q[1-5] o[1-5]`" in brief.split("### Single-run Pareto frontier")[1]
     assert "Deploy it: `python search/deploy.py --run-id " + "dddd" * 4 in brief
-    for section in ("#### Baselines", "#### Priors", "#### What was searched", "get-artifact"):
+    for section in ("### Baselines", "### Priors", "### What was searched", "get-artifact"):
         assert section in full and section not in brief
     assert f"[**the search's full summary**](#/experiments/{EID}/runs/{PID}?workflowType=machine_learning)" in brief
 
@@ -109,7 +110,7 @@ def test_priors_are_listed_in_the_order_they_rank_sites():
     from spaces.scores import PriorScores
 
     scores = PriorScores.from_summaries(("q", "k", "v"), [0.3, 0.1, 0.2], [0.1, 0.5, 0.3], [1.0, 2.0, 3.0])
-    priors = search_note(_facts(scores=scores), RECORDS).split("#### Priors")[1].split("####")[0]
+    priors = search_note(_facts(scores=scores), RECORDS).split("### Priors")[1].split("###")[0]
     assert "| k, v, q |" in priors  # PLoP: lower normalised feature norm first
     assert "| 1, 2, 0 |" in priors  # CKA importance, high first
     assert "| 2, 1, 0 |" in priors  # activation, high first
@@ -123,8 +124,9 @@ def test_a_later_recommendation_and_confirmed_table_slot_in():
     note = search_note(_facts(), RECORDS, recommendation="**Deploy `r4 q[1-5] o[1-5]`**: confirmed over 5 seeds.",
                        confirmed_table=table)
     assert note.startswith("**Deploy `r4 q[1-5] o[1-5]`**: confirmed over 5 seeds.")
-    assert "one seed" not in note.split("####")[0]  # the single-seed caveat goes with the default line
-    assert note.index("#### Frontier confirmed over seeds") < note.index("#### Pareto frontier") and table in note
+    assert "one seed" not in note.split("###")[0]  # the single-seed caveat goes with the default line
+    assert note.index("### Frontier confirmed over seeds") < note.index("### Single-run Pareto frontier")
+    assert table in note
 
 
 def test_unfinished_searches_and_the_size_limit():
@@ -136,7 +138,7 @@ def test_unfinished_searches_and_the_size_limit():
                            pareto=True) for i in range(40)]
     short = search_note(_facts(), many, limit=3000)
     assert len(short) <= 3000 and short.startswith("**Recommended") and "cut to fit MLflow's limit" in short
-    assert "30 more in [the frontier view](" in search_note(_facts(), many, limit=100_000)
+    assert "30 more in [the single-run frontier view](" in search_note(_facts(), many, limit=100_000)
 
 
 def test_trial_notes():
@@ -145,9 +147,9 @@ def test_trial_notes():
     facts = _facts()
     best, pruned, failed = RECORDS[3], RECORDS[2], RECORDS[5]
     note = trial_note(facts, best)
-    assert "**On the Pareto frontier.**" in note and "balanced_accuracy **0.6450**" in note
+    assert "**On the single-run Pareto frontier.**" in note and "balanced_accuracy **0.6450**" in note
     assert f"--run-id {'dddd' * 4} --tracking-uri 'sqlite:////tmp/my out/mlflow.db'" in note
-    assert "Not on the Pareto frontier" in trial_note(facts, RECORDS[0])
+    assert "Not on the single-run Pareto frontier" in trial_note(facts, RECORDS[0])
     assert "Stopped early by ASHA" in trial_note(facts, pruned) and "deploy.py" not in trial_note(facts, pruned)
     assert "NonFiniteLoss" in trial_note(facts, failed)
 
@@ -173,8 +175,8 @@ def test_printed_command_and_address():
     from search.tracking.ui import ui_command, ui_lines
 
     uri = "sqlite:////tmp/my outputs/mlflow.db"
-    assert shlex.split(ui_command(uri)) == ["mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
-                                            "--port", "5000"]
+    assert shlex.split(ui_command(uri, python="py"))[1:] == ["-m", "mlflow", "ui", "--backend-store-uri", uri,
+                                                             "--host", "127.0.0.1", "--port", "5000"]
     lines = ui_lines(uri, EID, PID)
     assert lines[0] == f"open the MLflow UI: {ui_command(uri)}"
     assert lines[1] == (f"then browse to: http://127.0.0.1:5000/#/experiments/{EID}/runs?workflowType=machine_learning"
@@ -187,7 +189,7 @@ def test_printed_command_and_address():
 def test_views_hold_one_search_sorted_by_score():
     from search.tracking.ui import CHARTS, FRONTIER, TRIALS, view_state
 
-    trials, front, charts = (view_state(v, PID) for v in (TRIALS, FRONTIER, CHARTS))
+    trials, front, charts = (view_state(v, PID) for v in (TRIALS, FRONTIER, CHARTS))  # while the search runs
     # the searched trials only: the confirmation runs (tagged `confirms`) share the parent
     assert trials["searchFilter"] == f'tags.`confirms` IS NULL and tags.`mlflow.parentRunId` = "{PID}"'
     assert "tags.`confirms` IS NULL" in charts["searchFilter"]
@@ -195,8 +197,9 @@ def test_views_hold_one_search_sorted_by_score():
     for state in (trials, front, charts):
         # Sorted by anything but creation time, the runs table lists trials as rows of their own.
         assert (state["orderByKey"], state["orderByAsc"]) == ("metrics.`score`", False)
-        metrics = ("score", "trainable_params", "compute_hours")
-        assert state["selectedColumns"][:3] == [f"metrics.`{m}`" for m in metrics]
+        assert state["selectedColumns"][:2] == ["tags.`recommended`", "metrics.`score`"]
+        metrics = ("score", "score_mean", "score_low", "score_high", "n_seeds", "trainable_params", "compute_hours")
+        assert [c for c in state["selectedColumns"] if c.startswith("metrics.")] == [f"metrics.`{m}`" for m in metrics]
     assert [c["xaxis"]["key"] for c in charts["compareRunCharts"]] == ["trainable_params", "compute_hours"]
     assert "compareRunCharts" not in trials
 
@@ -223,3 +226,19 @@ def test_the_trial_table_says_which_frontier_its_stars_mark():
     assert "* = Pareto-optimal among the confirmed placements, over seed means" in confirmed
     assert "among completed trials" not in confirmed
     assert [line[0] for line in single.splitlines()[2:4]] == ["*", " "]  # marks as given, best score first
+
+
+def test_the_description_says_what_the_table_columns_hold_and_their_units():
+    from search.tracking.notes import search_note
+
+    for note in (search_note(_facts(), RECORDS), search_note(_facts(), RECORDS, brief=True)):
+        assert "`score` is balanced_accuracy on the validation split (one run)" in note
+        assert "`compute_hours` in CPU-core-hours" in note
+
+
+def test_section_headings_are_at_a_size_the_ui_shows_as_headings():
+    from search.tracking.notes import search_note
+
+    # MLflow's UI renders an h4 at the body's size (13 px, measured in tests/test_mlflow_ui.py): h3 it is.
+    heads = [line for line in search_note(_facts(), RECORDS).splitlines() if line.startswith("#")]
+    assert len(heads) >= 5 and all(h.startswith("### ") for h in heads), heads

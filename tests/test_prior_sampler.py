@@ -258,9 +258,12 @@ def test_single_valued_rank_and_lr_still_reach_the_learned_phase():
 
 
 # ---- the adaptive prior weight (PriorBand-style), replayed on landscapes with a known answer ---
-def _landscape_search(sign: float, trials: int = 36, seed: int = 0, options: dict | None = None):
+def _landscape_search(sign: float, trials: int = 36, seed: int = 0, options: dict | None = None,
+                      minimize: bool = False):
     """A search on a landscape where kind k and layer l are worth a_k * b_l; the priors point the
-    right way (sign +1) or exactly the wrong way (sign -1). Returns the sampler and the study."""
+    right way (sign +1) or exactly the wrong way (sign -1). With `minimize`, the study minimises
+    the score and is told an NLL-like loss, lower the better the placement (the same landscape
+    turned over). Returns the sampler and the study."""
     import math
 
     space = _space(n_layers=6)
@@ -271,7 +274,8 @@ def _landscape_search(sign: float, trials: int = 36, seed: int = 0, options: dic
     budget = make_budget(space, 0.4, 8, 2)
     setup = make_sampler("prior", SamplerInputs(space, budget, (2, 4, 8), (1e-3, 1e-2), trials, seed, scores),
                          options)
-    study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=setup.sampler)
+    study = optuna.create_study(directions=["minimize" if minimize else "maximize", "minimize", "minimize"],
+                                sampler=setup.sampler)
     for params, attrs in setup.enqueue:
         study.enqueue_trial(params, user_attrs=attrs)
     full = sum(a[k] * b[l] for k, l in space.sites())
@@ -279,7 +283,8 @@ def _landscape_search(sign: float, trials: int = 36, seed: int = 0, options: dic
         trial = study.ask()
         p = Placement.from_json(setup.space(trial)["placement"])
         signal = sum(a[k] * b[l] * (p.ranks[k][l] / 8) ** 0.5 for k, l in p.sites())
-        study.tell(trial, [0.5 + 0.4 * (1 - math.exp(-signal / (0.2 * full))), p.adapter_params(space), 0.0])
+        gain = 1 - math.exp(-signal / (0.2 * full))
+        study.tell(trial, [2.0 - 1.5 * gain if minimize else 0.5 + 0.4 * gain, p.adapter_params(space), 0.0])
     return setup.sampler, study
 
 
@@ -353,3 +358,17 @@ def test_a_right_prior_hands_over_to_the_results_as_they_accumulate():
     # ... and still stays above a negated prior's
     late_wrong = [_prior_share(w) for _, _, w in wrong.sources[-10:]]
     assert min(shares[-10:]) > 2 * max(late_wrong), (shares[-10:], late_wrong)
+
+
+def test_inverse_plop_takes_the_kinds_plop_ranks_last_first():
+    from spaces.baselines import inverse_plop
+
+    space = _space()
+    budget = make_budget(space, 0.4, 8, 2)
+    p = inverse_plop(space, budget, [2, 4, 8], _scores(space))
+    # highest NFN first: q (2.5); then up (1.4, 80 wide) no longer fits at r8, which ends the fill
+    # (as PLoP's own pick ends at its first kind that does not fit)
+    assert p.key == "r8 q[0-3]", p.key
+    assert budget.fits(p, space)
+    plop = {b.name: b for b in make_baselines(space, budget, [2, 4, 8], _scores(space))}["plop"].placement
+    assert "q" not in plop.key  # PLoP's own pick leaves out the kind its inverse starts from

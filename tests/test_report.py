@@ -250,7 +250,7 @@ def test_report_writes_descriptions_and_views(search, tmp_path, capsys):
     exp = client.get_experiment(client.get_run(pid).info.experiment_id)
     note = client.get_run(pid).data.tags["mlflow.note.content"]
     brief = exp.tags["mlflow.note.content"]  # above the runs table: short, and it links the full one
-    assert brief.split("\n")[0] == note.split("\n")[0] and "#### Priors" in note and "#### Priors" not in brief
+    assert brief.split("\n")[0] == note.split("\n")[0] and "### Priors" in note and "### Priors" not in brief
     assert f"[**the search's full summary**](#/experiments/{exp.experiment_id}/runs/{pid}?" in brief
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     # test_report's trials: "big" (0.95) is the best, then "best" (0.9); both on the frontier.

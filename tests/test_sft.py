@@ -180,7 +180,8 @@ def test_config_refuses_what_sft_cannot_do(overrides, message):
 def test_a_classifier_folder_is_refused_for_sft_in_one_line_before_ray(tmp_path):
     folder = tmp_path / "classifier"
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertForSequenceClassification"]}))
+    (folder / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertForSequenceClassification"],
+                                                   "vocab_size": 30522}))
     (folder / "pytorch_model.bin").write_bytes(b"")
     proc = run_script("run", "--config", "sft_smoke", "--set", f"model.name={folder}", "--output-dir", tmp_path / "out",
                       timeout=120)

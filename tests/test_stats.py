@@ -24,6 +24,23 @@ def test_seed_stats_interval():
     assert one.sd is None and one.low is None and "1 seed" in one.describe()
 
 
+def test_the_interval_stays_in_the_metrics_range_and_two_seeds_are_flagged():
+    # The issue's numbers: accuracy 0.736 to 1.225 from a t-interval; clipped, it ends at 1.
+    raw = seed_stats([0.99, 0.97])  # 2 seeds: t = 12.706, half-width 0.127
+    assert raw.high > 1 and not raw.clipped and raw.few_seeds
+    acc = seed_stats([0.99, 0.97], bounds=(0.0, 1.0))
+    assert (acc.low, acc.high) == (pytest.approx(raw.low), 1.0) and acc.clipped and acc.mean == raw.mean
+    assert acc.describe() == ("0.980 ± 0.014 (95% CI 0.853 to 1.000, clipped to the metric's range; "
+                              "2 seeds: too wide to mean much)")
+    assert acc.interval() == "0.853 to 1.000 (clipped to the metric's range; 2 seeds: too wide to mean much)"
+    assert raw.clip(0.0, 1.0) == acc
+    nll = seed_stats([0.05, 0.30], bounds=(0.0, None))  # lower-is-better, bounded below by 0 only
+    assert nll.low == 0.0 and nll.high > 1 and nll.clipped
+    inside = seed_stats([0.60, 0.62, 0.64], bounds=(0.0, 1.0))  # nothing to clip, 3 seeds: no caveat
+    assert inside == seed_stats([0.60, 0.62, 0.64]) and inside.describe().endswith(", 3 seeds)")
+    assert not inside.few_seeds and seed_stats([0.7], bounds=(0.0, 1.0)).interval() == "-"
+
+
 def test_the_paired_interval_pairs_seeds():
     a = {0: 0.70, 1: 0.72, 2: 0.71}
     b = {0: 0.60, 1: 0.61, 2: 0.62}
@@ -147,3 +164,24 @@ def test_a_baseline_can_be_the_recommendation():
     assert rec.pick.baseline == "all" and rec.pick_vs_baseline is None and rec.pick_vs_best is None
     assert "it is the baseline 'all'" in "\n".join(rec.lines("accuracy"))
     assert recommend([]) is None and isinstance(rec.pick, Confirmed)
+
+
+def test_a_race_decides_better_and_worse_at_its_stricter_level():
+    """Racing looks after every round, so each look decides better / worse at 1% two-sided
+    (analysis.confirmed.RACE_LEVEL): a gain the 95% interval calls real can stay undecided at 99%."""
+    from analysis.confirmed import RACE_LEVEL, decision_level
+    from analysis.stats import t975, t_two_sided
+
+    a = {0: 0.70, 1: 0.72, 2: 0.69, 3: 0.73, 4: 0.71}
+    b = {0: 0.66, 1: 0.70, 2: 0.66, 3: 0.69, 4: 0.69}  # gains 0.04 0.02 0.03 0.04 0.02: mean 0.03, sd 0.01
+    at95, at99 = decide(a, b, 0.0, level=0.05), decide(a, b, 0.0, level=RACE_LEVEL)
+    assert at95.verdict == "better" and at95.low > 0
+    assert at99.low < at95.low and at99.high > at95.high and at99.level == 0.01
+    assert "99% CI" in at99.describe() and "95% CI" in at95.describe()
+    c = {0: 0.69, 1: 0.72, 2: 0.66, 3: 0.715, 4: 0.70}  # gains 0.03 0.02 0 0.025 0.01: mean 0.017, t = 3.15
+    assert decide(c, b, 0.0, level=0.05).verdict == "better"  # t > 2.776
+    assert decide(c, b, 0.0, level=0.01).verdict == "as good"  # t < 4.604: not shown better, only not worse
+    assert t_two_sided(0.05, 4) == t975(4) == 2.776 and t_two_sided(0.01, 4) == 4.604 and t_two_sided(0.01, 500) == 2.576
+    with pytest.raises(ValueError, match="no t table"):
+        t_two_sided(0.02, 4)
+    assert decision_level(0) == 0.05 and decision_level(10) == RACE_LEVEL

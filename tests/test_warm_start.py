@@ -1,25 +1,28 @@
 """--warm-start through the real CLI on the smoke config: an earlier search's completed trials
 enter a new search (another budget) as warm-start trials, never retrained, and never on the new
-frontier when they exceed its budget."""
+frontier when they exceed its budget. The earlier search is tests/conftest.py's `smoke_search`."""
 
 import pytest
 
-from tests.conftest import run_script
+from tests.conftest import copy_sqlite, run_script
 
 
 def _run(tmp_path, *args):
+    # Neither the probe nor confirmation: the earlier search had both (tests/test_confirmation.py).
     return run_script("run", "--config", "smoke", "--output-dir", tmp_path / "out", "--set", "search.confirm_seeds=0",
-                      *args, cwd=tmp_path, timeout=600)
+                      "--set", "search.calibrate_lr=false", *args, cwd=tmp_path, timeout=600)
 
 
 @pytest.mark.slow
-def test_a_new_search_starts_from_an_earlier_ones_trials(tmp_path):
+def test_a_new_search_starts_from_an_earlier_ones_trials(smoke_search, tmp_path):
     import optuna
     from mlflow.tracking import MlflowClient
 
-    first = _run(tmp_path, "--trials", "3", "--experiment", "first", "--budget", "0.5")
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    second = _run(tmp_path, "--trials", "2", "--experiment", "second", "--budget", "0.3", "--warm-start", "first")
+    # The earlier search (3 trials at the smoke budget, 0.5, with confirmation runs) in a copy of its
+    # store, which the new searches share with it as a user's would; the shared store stays as it was.
+    copy_sqlite(smoke_search.out / "mlflow.db", tmp_path / "out" / "mlflow.db")
+    first = smoke_search.experiment
+    second = _run(tmp_path, "--trials", "2", "--experiment", "second", "--budget", "0.3", "--warm-start", first)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     client = MlflowClient(f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}")
 
@@ -27,7 +30,10 @@ def test_a_new_search_starts_from_an_earlier_ones_trials(tmp_path):
         exp = client.get_experiment_by_name(name)
         return [r for r in client.search_runs([exp.experiment_id]) if "trial_id" in r.data.tags]
 
-    done_first = {r.info.run_id: r for r in trial_runs("first") if r.data.tags["status"] == "completed"}
+    runs_first = trial_runs(first)
+    assert [r for r in runs_first if "confirms" in r.data.tags]  # confirmation runs, never copied (below)
+    done_first = {r.info.run_id: r for r in runs_first
+                  if r.data.tags["status"] == "completed" and "confirms" not in r.data.tags}
     runs_second = trial_runs("second")
     warm = [r for r in runs_second if "warm_start" in r.data.tags]
     trained = [r for r in runs_second if "warm_start" not in r.data.tags]
@@ -45,7 +51,7 @@ def test_a_new_search_starts_from_an_earlier_ones_trials(tmp_path):
     study = optuna.load_study(study_name="second", storage=f"sqlite:///{tmp_path / 'out' / 'optuna.db'}")
     copied = [t for t in study.trials if "warm_start" in t.user_attrs]
     assert len(copied) == len(warm) and all(t.state == optuna.trial.TrialState.COMPLETE for t in copied)
-    assert "(warm)" in second.stdout and f"warm start: {len(warm)} completed trials of 'first'" in second.stdout
+    assert "(warm)" in second.stdout and f"warm start: {len(warm)} completed trials of '{first}'" in second.stdout
 
     wrong = _run(tmp_path, "--trials", "1", "--experiment", "third", "--warm-start", "nosuch")
     assert wrong.returncode == 2 and "--warm-start nosuch" in wrong.stderr and "Traceback" not in wrong.stderr

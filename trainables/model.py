@@ -131,9 +131,9 @@ def load_model(cfg: ModelConfig, num_labels: int, seed: int = 0, tokenizer=None,
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    torch.manual_seed(seed)
     if causal_lm:
         return load_causal_lm(cfg, seed, tokenizer)
+    torch.manual_seed(seed)
     if cfg.name in TINY:
         return AutoModelForSequenceClassification.from_config(_tiny_config(cfg, num_labels))
     path = resolve_model_path(cfg)
@@ -148,6 +148,8 @@ def load_model(cfg: ModelConfig, num_labels: int, seed: int = 0, tokenizer=None,
                 ignore_mismatched_sizes=True,
             )
             check_loaded_weights(model, loading, f"model folder {path}" if Path(path).is_dir() else f"model {cfg.name!r}")
+    except RuntimeError as e:
+        raise _mismatch(cfg, path, e) from None
     except OSError as e:
         if Path(path).is_dir():
             raise ModelError(f"model folder {path} could not be loaded ({str(e).splitlines()[0][:200]}): check its "
@@ -162,6 +164,18 @@ def load_model(cfg: ModelConfig, num_labels: int, seed: int = 0, tokenizer=None,
         pad = getattr(tokenizer, "pad_token_id", None)
         model.config.pad_token_id = pad if pad is not None else 0
     return model
+
+
+def _mismatch(cfg: ModelConfig, path: str, e: RuntimeError) -> Exception:
+    """A checkpoint whose tensors do not fit the model its config.json describes, in one line; any
+    other RuntimeError as it was."""
+    text = str(e)
+    if "size mismatch" not in text and "ignore_mismatched_sizes" not in text:
+        return e
+    first = next((line.strip() for line in text.splitlines() if "size mismatch" in line), text.splitlines()[0])
+    where = f"model folder {path}" if Path(path).is_dir() else f"model {cfg.name!r}"
+    return ModelError(f"{where}: its weights do not match its config.json ({first[:200]}): the checkpoint was saved "
+                      "from another model; save the model and its config together, or point model.name at another")
 
 
 def load_task_model(cfg, num_labels: int, seed: int = 0, tokenizer=None):
@@ -211,6 +225,8 @@ def load_causal_lm(cfg: ModelConfig, seed: int = 0, tokenizer=None):
         raise ModelError(f"model {cfg.name!r} has no causal LM head (transformers: {str(e).splitlines()[0][:120]}): "
                          "task.kind sft needs a decoder (e.g. smollm2, a Llama, Qwen or GPT-2 model); use "
                          "task.kind classification for this model") from None
+    except RuntimeError as e:
+        raise _mismatch(cfg, path, e) from None
     except OSError as e:
         raise ModelError(f"model {cfg.name!r} could not be loaded ({str(e).splitlines()[0][:200]}): check "
                          "model.name, or point it at a local folder or .gguf file") from None
@@ -226,21 +242,36 @@ def load_causal_lm(cfg: ModelConfig, seed: int = 0, tokenizer=None):
 LM_HEAD_ENDINGS = ("ForCausalLM", "LMHeadModel")
 
 
-def causal_lm_problem(path: str) -> str | None:
-    """Why a local model folder cannot be fine-tuned as a causal LM, or None: its config.json names
-    architectures and none has a language-modelling head (a saved classifier, an encoder, a vision
-    model). Read before Ray starts, without torch; hub ids and GGUF files are checked when the model
-    loads (`load_causal_lm`)."""
+def model_problem(path: str, kind: str = "classification") -> str | None:
+    """Why a local model folder cannot be searched for task.kind `kind`, or None, from its
+    config.json alone (before Ray starts, without torch): not a text model (no vocabulary: a vision
+    or audio model), an encoder-decoder model (T5, BART: the search adapts one stack of layers, an
+    encoder's or a decoder's), or, for `sft`, architectures none of which has a language-modelling
+    head. Hub ids and GGUF files are checked when the model loads."""
     import json
 
     folder = Path(path)
-    if not folder.is_dir():
+    if not folder.is_dir() or not (folder / "config.json").is_file():
         return None
-    architectures = json.loads((folder / "config.json").read_text()).get("architectures") or []
-    if architectures and not any(a.endswith(LM_HEAD_ENDINGS) for a in architectures):
-        return (f"model folder {folder} holds a {', '.join(architectures)}, which has no causal LM head, so it "
-                "cannot be fine-tuned with task.kind sft: use a decoder saved with its LM head (e.g. smollm2, "
-                "a Llama, Qwen or GPT-2 model), or task.kind classification for this model")
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None  # `check_model_folder` says what is wrong with the file
+    if not isinstance(config, dict):
+        return None
+    architectures = config.get("architectures") or []
+    named = f"a {', '.join(architectures)}" if architectures else f"a {config.get('model_type', 'model')!r} model"
+    if "vocab_size" not in config and "text_config" not in config:
+        return (f"model folder {folder} holds {named}, which is not a text model (its config.json has no "
+                "vocab_size): the search fine-tunes text encoders and decoders; point model.name at one")
+    if config.get("is_encoder_decoder"):
+        return (f"model folder {folder} holds {named}, an encoder-decoder model, which the search does not "
+                "support (it places adapters in one stack of layers): use an encoder (BERT, RoBERTa, DeBERTa, "
+                "MiniLM) or a decoder (Llama, Qwen, GPT-2) instead")
+    if kind == "sft" and architectures and not any(a.endswith(LM_HEAD_ENDINGS) for a in architectures):
+        return (f"model folder {folder} holds {named}, which has no causal LM head, so it cannot be fine-tuned "
+                "with task.kind sft: use a decoder saved with its LM head (e.g. smollm2, a Llama, Qwen or GPT-2 "
+                "model), or task.kind classification for this model")
     return None
 
 
@@ -306,6 +337,9 @@ def check_model_folder(path: str) -> None:
     import struct
 
     folder = Path(path)
+    if folder.is_file() and is_gguf(folder.name):
+        check_gguf_file(folder)
+        return
     if not folder.is_dir():
         return  # a hub id
     try:
@@ -330,10 +364,143 @@ def check_model_folder(path: str) -> None:
                 if not isinstance(header, dict):
                     raise ValueError("its header is not a table of tensors")
                 names += [k for k in header if k != "__metadata__"]
+                _check_safetensors_size(shard, n, header)
         except (ValueError, struct.error, OSError) as e:
-            raise ModelError(f"model folder {folder}: {shard.name} is not a readable safetensors file ({str(e)[:80]}): "
+            raise ModelError(f"model folder {folder}: {shard.name} is not a readable safetensors file ({str(e)[:160]}): "
                              "copy the weights again, or point model.name at another folder") from None
     _check_wrapper_names(folder, shards, names)
+
+
+def _check_safetensors_size(shard: Path, header_bytes: int, header: dict) -> None:
+    """The file holds every tensor its header places: a cut-off copy ("incomplete metadata" when
+    safetensors loads it on a worker) is refused here, from the header alone."""
+    ends = []
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
+                and 0 <= offsets[0] <= offsets[1]):
+            raise ValueError(f"tensor {name[:60]!r} has no valid data_offsets")
+        ends.append(offsets[1])
+    needed, size = 8 + header_bytes + max(ends, default=0), shard.stat().st_size
+    if size < needed:
+        raise ValueError(f"it is cut off: {size} bytes, its header places tensors up to byte {needed}")
+
+
+GGUF_MAGIC = b"GGUF"
+GGUF_HEADER_BYTES = 24  # magic, version (uint32), tensor count and metadata count (uint64 each)
+# GGUF metadata value types (gguf.GGUFValueType) of a fixed size, in bytes; 8 = string, 9 = array.
+_GGUF_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+
+
+def check_gguf_file(path: Path) -> None:
+    """A .gguf model.name is a GGUF file (its magic bytes) that holds every tensor its header
+    describes (a cut-off download is refused before Ray starts, not in a traceback on a worker).
+    Reads the header and the metadata, not the weights."""
+    fix = "download the file again, or point model.name at another model"
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(GGUF_HEADER_BYTES)
+            if head[:4] != GGUF_MAGIC:
+                raise ModelError(f"model.name {path} is not a GGUF file (it does not start with the bytes 'GGUF'"
+                                 f"{', it is empty' if not head else ''}): {fix}")
+            if len(head) < GGUF_HEADER_BYTES:
+                raise ModelError(f"model.name {path} is a cut-off GGUF file ({size} bytes, shorter than its "
+                                 f"{GGUF_HEADER_BYTES}-byte header): {fix}")
+            needed = _gguf_extent(path, size)
+    except ModelError:
+        raise
+    except OSError as e:
+        raise ModelError(f"model.name {path} cannot be read ({e.strerror or type(e).__name__}): check its "
+                         "permissions, or point model.name at another model") from None
+    except ValueError as e:
+        raise ModelError(f"model.name {path} is not a readable GGUF file ({str(e)[:120]}): {fix}") from None
+    if needed is not None and size < needed:
+        raise ModelError(f"model.name {path} is a cut-off GGUF file ({size} bytes, its header places tensors up "
+                         f"to byte {needed}): {fix}")
+
+
+def _gguf_extent(path: Path, size: int) -> int | None:
+    """The bytes a GGUF file (version 2 or 3) needs: its data section's start plus the end of its
+    last tensor (exact where gguf knows the tensor's type, else its start), or None for another
+    version. ValueError where the header or the metadata runs past the end of the file."""
+    import mmap
+    import struct
+
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        pos = 0
+
+        def take(fmt: str):
+            nonlocal pos
+            n = struct.calcsize(fmt)
+            if pos + n > size:
+                raise ValueError(f"its header runs past the end of the file ({size} bytes): the file is cut off")
+            out = struct.unpack_from(fmt, m, pos)
+            pos += n
+            return out[0] if len(out) == 1 else out
+
+        def skip(n: int) -> None:
+            nonlocal pos
+            if n < 0 or pos + n > size:
+                raise ValueError(f"its header runs past the end of the file ({size} bytes): the file is cut off")
+            pos += n
+
+        def string() -> bytes:
+            n = take("<Q")
+            skip(n)
+            return bytes(m[pos - n:pos])
+
+        def value(kind: int):
+            if kind in _GGUF_SIZES:
+                fmt = {1: "<B", 2: "<H", 4: "<I", 8: "<Q"}[_GGUF_SIZES[kind]]
+                return take(fmt)
+            if kind == 8:
+                return string()
+            if kind == 9:
+                inner, count = take("<I"), take("<Q")
+                if inner in _GGUF_SIZES:
+                    skip(count * _GGUF_SIZES[inner])
+                else:
+                    for _ in range(count):
+                        value(inner)
+                return None
+            raise ValueError(f"a metadata value of unknown type {kind}")
+
+        version = take("<4xI")
+        if version not in (2, 3):
+            return None
+        n_tensors, n_kv = take("<Q"), take("<Q")
+        alignment = 32
+        for _ in range(n_kv):
+            key, kind = string(), take("<I")
+            got = value(kind)
+            if key == b"general.alignment" and isinstance(got, int) and got > 0:
+                alignment = got
+        tensors = []
+        for _ in range(n_tensors):
+            string()
+            dims = [take("<Q") for _ in range(take("<I"))]
+            tensors.append((dims, take("<I"), take("<Q")))
+        start = -(-pos // alignment) * alignment
+    try:
+        from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+    except ImportError:  # pragma: no cover - transformers needs gguf for a GGUF model anyway
+        GGML_QUANT_SIZES, GGMLQuantizationType = {}, None
+    end = 0
+    for dims, kind, offset in tensors:
+        nbytes = 0
+        try:
+            block, block_bytes = GGML_QUANT_SIZES[GGMLQuantizationType(kind)]
+            count = 1
+            for d in dims:
+                count *= d
+            nbytes = count // block * block_bytes
+        except (KeyError, ValueError, TypeError):
+            pass
+        end = max(end, offset + nbytes)
+    return start + end
 
 
 # A checkpoint saved from a wrapper (`torch.save(wrapped.state_dict())`) has the wrapper's attribute

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from trainables import record as R
 from trainables.config import Config, DataConfig, TaskConfig
-from trainables.data import DataError, early_subset, stratified_split
+from trainables.data import DataError, dedupe, early_subset, stratified_split
 
 IGNORE = -100  # the label of a position the loss skips (prompt, padding): PyTorch's and transformers' default
 PLAIN_FORMAT = "Question: {prompt}\nAnswer:"  # without a chat template; the response follows after a space
@@ -110,18 +110,8 @@ def _file_pairs(data: DataConfig, task: TaskConfig) -> list[tuple[str, str]]:
 
 
 def _dedupe_pairs(pairs: list[tuple]) -> list[tuple]:
-    """One copy of each pair; a prompt seen with several responses is dropped (its answer is ambiguous)."""
-    key = lambda x: tuple(x) if isinstance(x, list) else x
-    answers: dict = {}
-    for p, r in pairs:
-        answers.setdefault(key(p), set()).add(key(r))
-    seen, out = set(), []
-    for p, r in pairs:
-        k = key(p)
-        if len(answers[k]) == 1 and k not in seen:
-            seen.add(k)
-            out.append((p, r))
-    return out
+    """One copy of each pair; a prompt seen with several responses is dropped (`data.dedupe`)."""
+    return dedupe(pairs, lambda x: tuple(x) if isinstance(x, list) else x)
 
 
 def load_pairs(cfg: Config, vocab_size: int = 128) -> PairTask:

@@ -24,8 +24,9 @@ from spaces.placement import Placement
 from spaces.space import ModelSpace
 from trainables import record as R
 from trainables.choices import METRIC_IMBALANCE
-from trainables.config import Config, lora_scaling
+from trainables.config import Config
 from trainables.data import Split, TaskData
+from trainables.lora import lora_config
 
 
 class NonFiniteLoss(RuntimeError):
@@ -181,13 +182,9 @@ def _precision(requested: str) -> str:
 def wrap_with_lora(model, placement: Placement, space: ModelSpace, cfg: Config):
     """The PEFT model: LoRA on the placement's sites; a classifier's new head trains in full
     (SEQ_CLS puts it in `modules_to_save`), a causal LM's head and embeddings stay frozen."""
-    from peft import LoraConfig, TaskType, get_peft_model
+    from peft import get_peft_model
 
-    kwargs = placement.lora_config_kwargs(
-        space, scaling=lora_scaling(cfg), dropout=cfg.train.lora_dropout
-    )
-    task_type = TaskType.CAUSAL_LM if cfg.task.kind == "sft" else TaskType.SEQ_CLS
-    return get_peft_model(model, LoraConfig(task_type=task_type, **kwargs))
+    return get_peft_model(model, lora_config(placement, space, cfg))
 
 
 def evaluate(model, batches: Batches, batch_size: int, accelerator) -> list[int]:

@@ -18,7 +18,8 @@ from search.phases.prepare import PreparedSearch
 from search.phases.session import Session
 from search.phases.warm_start import warm_start
 from search.sampling.samplers import SamplerInputs
-from search.sampling.study import TUNE_TRIAL_ATTR, close_running, open_study_storage
+from search.phases.publish import study_note, study_result
+from search.sampling.study import TUNE_TRIAL_ATTR, close_running, note_result, open_study_storage
 from search.tuning.asha import PlacementASHA
 from search.tuning.searcher import make_searcher
 from search.tuning.stopping import CostStopper
@@ -88,6 +89,17 @@ def explore(session: Session, trainable) -> None:
 def close_study(search: PreparedSearch) -> None:
     """After the phase, nothing stays RUNNING in the study (`search.sampling.study.close_running`)."""
     close_running(optuna.load_study(study_name=search.name, storage=open_study_storage(search.study_url)))
+
+
+def note_study(session: Session, ending) -> None:
+    """The end of the search on its Optuna study, for optuna-dashboard (`note_result`: the
+    recommendation and the confirmed placements; objectives named at the study's creation)."""
+    search, run_id = session.search, session.parent_run_id
+    study = optuna.load_study(study_name=search.name, storage=open_study_storage(search.study_url))
+    numbers = {t.user_attrs.get(TUNE_TRIAL_ATTR): t.number for t in study.get_trials(deepcopy=False)}
+    result = study_result(ending.result, search.metric_name, numbers)
+    note_result(study, {**result, "mlflow_run_id": run_id},
+                study_note(ending.result, search.metric_name, search.cost_unit, run_id))
 
 
 def _tuner(session: Session, trainable):

@@ -15,8 +15,9 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,10 +27,12 @@ from search.runtime.checks import (
     check_address,
     check_model_source,
     check_output_dir,
+    check_resumable,
     check_search_name,
     check_storage,
     check_study_storage,
     check_tracking_uri,
+    ray_start_problem,
 )
 from search.runtime.credentials import (
     has_masked_password,
@@ -48,7 +51,7 @@ from trainables import record as R
 from trainables.choices import DATA_SOURCES
 from trainables.config import Config
 from trainables.data import DataError, load_task
-from trainables.model import TINY, ModelError, causal_lm_problem, check_model_folder, resolve_model_path, vocab_size
+from trainables.model import TINY, ModelError, check_model_folder, model_problem, resolve_model_path, vocab_size
 from trainables.prepare import Preparation, prepare
 from trainables.sft import load_pairs
 
@@ -185,6 +188,52 @@ def _restore_credentials(stored: Config, given: Config) -> None:
             take_tracking_credentials(again)  # a tracking server's user and password, again
 
 
+def check_resume_args(cfg: Config, given: dict[str, str], output_dir: Path, experiment: str | None) -> None:
+    """A resumed search runs on the config it was started with (its Tune run, study and budget are
+    built from it; a restored Tune run keeps its own trial count). `given`: the keys the command line
+    sets, with how (`search.cli.given_keys`). A value of --set or a named flag that differs from the
+    stored one is refused before Ray starts, naming it; the same value again is fine, and so is a
+    store URL given again with its password. A --config file is often the one the search started
+    from, under flags that changed some of its values: where it differs, the stored value is kept
+    and a note says so."""
+    if experiment is not None:
+        check_search_name(experiment)
+    name, stored, _, _ = _load_state(output_dir, experiment)
+    mine, kept = _plain(cfg.to_dict()), _plain(stored.to_dict())
+    differ, from_files = [], []
+    for key, how in given.items():
+        section, field = key.split(".", 1)
+        now, then = mine[section][field], kept[section][field]
+        if now == then or (key in ("tracking.uri", "search.study_storage") and then in (shown(now), without_credentials(now))):
+            continue
+        if isinstance(now, str):
+            now, then = shown(now), shown(then)
+        if how.startswith("--config"):
+            from_files.append(f"{key} {then!r} ({how} says {now!r})")
+        else:
+            differ.append(f"{key} {now!r} ({how}) where the search has {then!r}")
+    if differ:
+        raise UsageError(f"--resume continues search {name!r} with the config it was started with, but "
+                         f"{'; '.join(differ)}: drop {'those values' if len(differ) > 1 else 'that value'} to "
+                         f"continue it, or start a new search with them (another --experiment name, or "
+                         f"--output-dir <another folder>)")
+    if from_files:
+        print(f"note: --resume keeps the config search {name!r} was started with: {', '.join(from_files)}", flush=True)
+
+
+def _plain(d: dict) -> dict:
+    """A config dict as JSON holds it (lists, not tuples), for comparing a stored config with a new one."""
+    return json.loads(json.dumps(d))
+
+
+def _print_kept(name: str, cfg: Config) -> None:
+    """What a resumed search keeps of the config it was started with, in one line."""
+    s = cfg.search
+    print(f"resuming {name!r} with the config it was started with: {s.trials} trials, budget {s.budget}, sampler "
+          f"{s.sampler}, model {cfg.model.name}, data {cfg.data.source}, {cfg.train.epochs} epochs"
+          + (f", cost cap {s.max_compute_hours}" if s.max_compute_hours else ""), flush=True)
+
+
 def check_inputs(cfg: Config) -> None:
     """Checks that need no model and no Ray: the stores (a tracking server that answers, a SQLite
     file that can be created, Tune's storage), the Ray address, the model (a folder, or a hub id
@@ -200,13 +249,13 @@ def check_inputs(cfg: Config) -> None:
         datasets.disable_progress_bars()  # bad input gets one line on stderr, not progress bars too
     try:
         path = resolve_model_path(cfg.model)
+        problem = model_problem(path, cfg.task.kind)  # what the model is, before whether its files are whole
+        if problem:
+            raise ModelError(problem)
         if cfg.model.name not in TINY:
             check_model_folder(path)
             check_model_source(cfg.model.name, path)
         if cfg.task.kind == "sft":
-            problem = causal_lm_problem(path)
-            if problem:
-                raise ModelError(problem)
             load_pairs(cfg, vocab_size(cfg.model) or 128)
         else:
             load_task(cfg.data, vocab_size(cfg.model) or 128)
@@ -267,9 +316,17 @@ def init_ray(cfg: Config) -> None:
             # "local" starts a runtime of our own: a bare ray.init() would join any cluster that `ray
             # start` launched on this machine, someone else's included.
             ray.init(address=address or "local", **common)
-        except ConnectionError as e:  # the cluster went away between the check and now, or refused us
-            raise UsageError(f"search.address {address or 'local'}: Ray could not connect "
-                             f"({str(e).splitlines()[0][:200]}): start the cluster or fix --address") from None
+        except Exception as e:
+            problem = ray_start_problem(e, address)  # its GCS did not answer in time (a loaded machine)
+            if problem is None and isinstance(e, ConnectionError):  # the cluster went away, or refused us
+                problem = (f"search.address {address or 'local'}: Ray could not connect "
+                           f"({str(e).splitlines()[0][:200]}): start the cluster or fix --address")
+            if problem is None:
+                raise
+            if not address:
+                with suppress(Exception):  # the line below says what went wrong
+                    ray.shutdown()  # what of the runtime did start
+            raise UsageError(problem) from None
     if not address:
         _check_loopback(ray)
 
@@ -359,6 +416,27 @@ def run_prepare_task(cfg: Config) -> Preparation:
     return out
 
 
+# The Ray Tune experiments a search runs beside its own `<name>` (`search.phases.confirm`): the
+# confirmation `<name>-confirm` and each racing round `<name>-race<seeds>`, in the same storage.
+PHASE_RUN = re.compile(r"-(confirm|race[0-9]+)$")
+
+
+def check_new_name(name: str) -> None:
+    """A new search's name is not that of another search's confirmation or racing run (their Tune
+    folders would be one: a search stopped early would delete the other's, a resume restore it)."""
+    phase = PHASE_RUN.search(name)
+    if phase:
+        other, what = name[:phase.start()], "confirmation" if phase.group(1) == "confirm" else "racing round"
+        raise UsageError(f"--experiment {name!r} ends in {phase.group(0)!r}: it is the name of the {what} runs of "
+                         f"search {other!r} in Ray Tune's storage, which the two searches would share: pick a name "
+                         f"that does not end in -confirm or -race<N> (e.g. {other}_{phase.group(1)})")
+
+
+def new_search_name(cfg: Config) -> str:
+    """The name of a new search not named by --experiment: search.experiment and the time."""
+    return f"{cfg.search.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
 def prepare_search(cfg: Config, output_dir: Path, experiment: str | None = None, resume: bool = False) -> PreparedSearch:
     """Check, start Ray, prepare (or read back a resumed search's preparation), fit the budget."""
     calibration = None
@@ -371,7 +449,8 @@ def prepare_search(cfg: Config, output_dir: Path, experiment: str | None = None,
         _restore_credentials(stored, cfg)
         cfg = stored
     else:
-        name = experiment or f"{cfg.search.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
+        name = experiment or new_search_name(cfg)
+        check_new_name(name)
         check_free(output_dir, name)
         if state_path(output_dir, name).exists():
             raise UsageError(f"a search named {name!r} already exists in {output_dir}: "
@@ -381,8 +460,14 @@ def prepare_search(cfg: Config, output_dir: Path, experiment: str | None = None,
     if cfg.search.warm_start and not resume:
         from search.runtime.checks import check_warm_start
 
-        check_warm_start(real(cfg.tracking.uri) or default_tracking_uri(output_dir.resolve()), cfg.search.warm_start)
-    check_study_storage(real(cfg.search.study_storage) or default_study_storage(output_dir), None if resume else name)
+        check_warm_start(real(cfg.tracking.uri) or default_tracking_uri(output_dir.resolve()), cfg.search.warm_start,
+                         cfg)
+    study_url = real(cfg.search.study_storage) or default_study_storage(output_dir)
+    if resume:
+        check_resumable(real(cfg.tracking.uri) or default_tracking_uri(output_dir.resolve()), study_url, name)
+        _print_kept(name, cfg)
+    else:
+        check_study_storage(study_url, name)
     init_ray(cfg)
     check_resources(cfg)
     if not resume and cfg.simulation.landscape:

@@ -9,14 +9,27 @@ from a store alone (`SearchView.of_store`), so the two cannot drift. With confir
 metric's direction, trainable parameters down, compute hours down; `analysis.pareto.frontier`).
 Every comparison of scores here follows `trainables.record.sense(metric_name)`: for a
 lower-is-better metric (`nll`) the best is the lowest.
+
+What it writes on the trial runs, for picking in the MLflow runs table (`mark_runs`; docs/mlflow.md):
+`recommended=true` on exactly the recommended trial's run; `pareto` on the frontier the
+recommendation is taken from, and the two frontiers by name, `pareto_single_run` (non-dominated
+among the completed single runs) and `pareto_confirmed` (over seed means); on each confirmed
+placement's search trial run its seed statistics (`score_mean`, `score_sd`, `score_low`,
+`score_high`: the 95% interval clipped to the metric's range, `n_seeds`); `pick_order` (1 = the
+recommended trial) by which the views list it first; and each confirmation run is named after the
+trial it confirms and its seed (`<trial run name> seed 2`).
 """
 
 from __future__ import annotations
 
 import json
+import math
+import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+from mlflow.entities import Metric
 
 from analysis.confirmed import (
     CONFIRMED_COLUMNS,
@@ -24,19 +37,21 @@ from analysis.confirmed import (
     Confirmed,
     Recommendation,
     confirmed_markdown,
+    decision_level,
     format_confirmed,
     group_confirmed,
     recommend,
     recommendation_markdown,
 )
 from analysis.confirmed import mark_frontier as mark_confirmed
-from analysis.direction import score_objectives
-from analysis.mlflow_read import read_json_artifact
+from analysis.direction import best_first, score_objectives
+from analysis.mlflow_read import read_json_artifact, trial_runs
 from analysis.pareto import frontier
 from analysis.plots import plot_pareto_html, plot_pareto_png
 from analysis.report import format_table, write_dicts, write_rows
 from search.phases.prior_report import publish_prior_report
-from search.tracking.notes import publish_notes, recommended
+from search.tracking import ui
+from search.tracking.notes import Marks, publish_notes, recommended
 from search.tracking.ui import ui_lines
 from spaces.scores import PriorScores
 from spaces.space import ModelSpace
@@ -46,11 +61,37 @@ from trainables.record import TrialRecord
 FILES = ("trials.csv", "pareto.csv", "pareto.png", "pareto.html")
 
 
+# The range of each metric bounded by its definition (`trainables.record`): seed intervals are clipped to it.
+METRIC_RANGES: dict[str, tuple[float | None, float | None]] = {
+    R.ACCURACY: (0.0, 1.0), R.BALANCED_ACCURACY: (0.0, 1.0), R.EXACT_MATCH: (0.0, 1.0),
+    R.TOKEN_ACCURACY: (0.0, 1.0), R.NLL: (0.0, None),
+}
+
+
+def metric_range(metric_name: str) -> tuple[float | None, float | None]:
+    """(lowest, highest) value `metric_name` can take; None where it is unbounded or unknown."""
+    return METRIC_RANGES.get(metric_name, (None, None))
+
+
 @dataclass(frozen=True)
 class FrontierResult:
     records: list[TrialRecord]  # every trial run, `pareto` set on the frontier's search trials
     confirmed: list[Confirmed]  # the confirmed placements (empty without confirmation runs)
     recommendation: Recommendation | None
+    single_run: frozenset = frozenset()  # run ids non-dominated among the completed single-run search trials
+    names: dict = field(default_factory=dict)  # run id -> run name in the runs table (after `mark_runs`)
+
+    @property
+    def confirmed_front(self) -> frozenset:
+        """Run ids (search trials) of the confirmed placements non-dominated over seed means."""
+        return frozenset(c.run_id for c in self.confirmed if c.pareto)
+
+    def recommended_run_id(self, sense: str = "max") -> str | None:
+        """The trial to deploy: the confirmed recommendation, else the best single run."""
+        if self.recommendation is not None:
+            return self.recommendation.pick.run_id
+        best = recommended([r for r in self.records if r.confirms is None], sense)
+        return None if best is None else best.run_id
 
 
 def mark_frontier(records: list[TrialRecord], sense: str = "max") -> list[TrialRecord]:
@@ -62,32 +103,40 @@ def mark_frontier(records: list[TrialRecord], sense: str = "max") -> list[TrialR
 
 
 def frontier_of(records: list[TrialRecord], max_adapter_params: float | None = None,
-                margin: float = DEFAULT_MARGIN, sense: str = "max") -> FrontierResult:
+                margin: float = DEFAULT_MARGIN, sense: str = "max",
+                bounds: tuple[float | None, float | None] = (None, None), level: float = 0.05) -> FrontierResult:
     """The frontier a user deploys from: over seed means when placements were confirmed; the
     recommendation with its decisions within `margin` (`analysis.confirmed.recommend`); `sense`:
-    the metric's direction (`trainables.record.sense`)."""
-    confirmed = mark_confirmed(group_confirmed(records, sense), sense)
+    the metric's direction (`trainables.record.sense`); `bounds`: the metric's range
+    (`metric_range`), to which the seed means' 95% intervals are clipped; `level`: the two-sided
+    level of better / worse (`analysis.confirmed.decision_level`). The single-run frontier is in
+    `single_run` either way."""
+    single_marked = mark_frontier(records, sense)
+    single = frozenset(t.run_id for t in single_marked if t.pareto)
+    grouped = [replace(c, stats=c.stats.clip(*bounds)) for c in group_confirmed(records, sense)]
+    confirmed = mark_confirmed(grouped, sense)
     if not confirmed:
-        return FrontierResult(mark_frontier(records, sense), [], None)
+        return FrontierResult(single_marked, [], None, single)
     on_front = {c.run_id for c in confirmed if c.pareto}
     marked = [t.replace(pareto=t.run_id in on_front) for t in records]
-    return FrontierResult(marked, confirmed, recommend(confirmed, max_adapter_params, margin, sense))
+    return FrontierResult(marked, confirmed, recommend(confirmed, max_adapter_params, margin, sense, level), single)
 
 
 def publish_frontier(client, parent_run_id: str, records: list[TrialRecord], metric_name: str, cost_unit: str,
                      output_dir: str | Path, *, prefix: str = "", title: str | None = None,
-                     max_adapter_params: float | None = None, margin: float = DEFAULT_MARGIN) -> FrontierResult:
+                     max_adapter_params: float | None = None, margin: float = DEFAULT_MARGIN,
+                     level: float = 0.05) -> FrontierResult:
     """Take the frontier over `records`, record it in MLflow and on disk.
 
     Writes `<prefix>trials.csv` (every trial run), `<prefix>pareto.csv` (the frontier),
     `<prefix>pareto.png` and `<prefix>pareto.html`, and with confirmation runs
     `<prefix>confirmed.csv` and `<prefix>recommendation.json`, into `output_dir`; logs them to the
-    root of the parent run's artifacts, sets tag pareto=true on every frontier trial run and deletes
-    it from this search's runs that carry it but are no longer on the frontier.
+    root of the parent run's artifacts, and marks the trial runs (`mark_runs`: the recommended
+    trial, the frontiers, the seed statistics, `pick_order`, the confirmation runs' names), moving
+    every mark off the runs that no longer hold it. The result carries the runs' names.
     """
     sense = R.sense(metric_name)
-    result = frontier_of(records, max_adapter_params, margin, sense)
-    on_front = {r.run_id for r in result.records if r.pareto}
+    result = frontier_of(records, max_adapter_params, margin, sense, metric_range(metric_name), level)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     paths = [output_dir / f"{prefix}{name}" for name in FILES]
@@ -105,7 +154,7 @@ def publish_frontier(client, parent_run_id: str, records: list[TrialRecord], met
         write_rows([r for r in result.records if r.pareto], paths[1])
     title = title or f"{metric_name} vs trainable parameters" + (f" ({prefix.rstrip('-')})" if prefix else "")
     plot_pareto_png(rows, paths[2], metric_name, cost_unit, title=title, background=background, sense=sense)
-    plot_pareto_html(rows, paths[3], metric_name, cost_unit, title=title, sense=sense)
+    plot_pareto_html(rows, paths[3], metric_name, cost_unit, title=title, sense=sense, searched=background)
     if result.recommendation is not None:
         rec_path = output_dir / f"{prefix}recommendation.json"
         rec = result.recommendation
@@ -125,17 +174,72 @@ def publish_frontier(client, parent_run_id: str, records: list[TrialRecord], met
             client.set_tag(c.run_id, R.DECISION_TAG, rec.verdict(c))
     for path in paths:
         client.log_artifact(parent_run_id, str(path))
+    return replace(result, names=mark_runs(client, parent_run_id, result, sense))
 
-    parent = client.get_run(parent_run_id)
-    tagged = client.search_runs(
-        [parent.info.experiment_id],
-        f"tags.{R.PARENT_TAG} = '{parent_run_id}' and tags.{R.PARETO_TAG} = 'true'", max_results=50000)
-    for run in tagged:
-        if run.info.run_id not in on_front:
-            client.delete_tag(run.info.run_id, R.PARETO_TAG)
-    for run_id in on_front:
-        client.set_tag(run_id, R.PARETO_TAG, "true")
-    return result
+
+FLAGS = (R.PARETO_TAG, ui.PARETO_SINGLE_TAG, ui.PARETO_CONFIRMED_TAG, ui.RECOMMENDED_TAG)
+
+
+def pick_order(result: FrontierResult, sense: str = "max") -> list[str]:
+    """The search trials' run ids in the order a user picks from: the recommended trial, then the
+    other confirmed placements (best seed mean first), then the other completed trials (best single
+    run first; ties: fewer trainable parameters, less compute)."""
+    first = result.recommended_run_id(sense)
+    confirmed = [c.run_id for c in sorted(result.confirmed, key=lambda c: best_first(c.stats.mean, sense))]
+    inf = float("inf")
+    rest = sorted((r for r in result.records if r.confirms is None and r.status == R.COMPLETED and r.score is not None),
+                  key=lambda r: (best_first(r.score, sense), r.trainable_params or inf, r.compute_hours or inf))
+    order: list[str] = []
+    for run_id in [first, *confirmed, *(r.run_id for r in rest)]:
+        if run_id is not None and run_id not in order:
+            order.append(run_id)
+    return order
+
+
+def _stat_metrics(c: Confirmed) -> dict[str, float]:
+    s = c.stats
+    values = {"score_mean": s.mean, "score_sd": s.sd, "score_low": s.low, "score_high": s.high, "n_seeds": s.n}
+    return {k: float(v) for k, v in values.items() if v is not None}
+
+
+def mark_runs(client, parent_run_id: str, result: FrontierResult, sense: str = "max") -> dict[str, str]:
+    """Mark the search's trial runs for picking in the runs table (this module's docstring): set the
+    flags where they hold and delete them where they no longer do (a `search/report.py` rerun moves
+    them), log the seed statistics and `pick_order`, and name each confirmation run after the trial
+    it confirms. Writes only what changed; returns the trial runs' names by run id."""
+    runs = {r.info.run_id: r for r in trial_runs(client, client.get_run(parent_run_id))}
+    want = {R.PARETO_TAG: {r.run_id for r in result.records if r.pareto},
+            ui.PARETO_SINGLE_TAG: set(result.single_run), ui.PARETO_CONFIRMED_TAG: set(result.confirmed_front),
+            ui.RECOMMENDED_TAG: {result.recommended_run_id(sense)} - {None}}
+    for run_id, run in runs.items():
+        tags = run.data.tags
+        for tag in FLAGS:
+            if run_id in want[tag] and tags.get(tag) != "true":
+                client.set_tag(run_id, tag, "true")
+            elif run_id not in want[tag] and tag in tags:
+                client.delete_tag(run_id, tag)
+    now = int(time.time() * 1000)
+    metrics = {run_id: {ui.PICK_ORDER: float(i)} for i, run_id in enumerate(pick_order(result, sense), start=1)}
+    for c in result.confirmed:
+        metrics.setdefault(c.run_id, {}).update(_stat_metrics(c))
+    for run_id, values in metrics.items():
+        held = runs[run_id].data.metrics if run_id in runs else {}
+        changed = [Metric(k, v, now, 0) for k, v in values.items()
+                   if k not in held or not math.isclose(held[k], v, rel_tol=0, abs_tol=1e-12)]
+        if changed:
+            client.log_batch(run_id, metrics=changed)
+    names = {run_id: run.info.run_name or "" for run_id, run in runs.items()}
+    by_trial = {r.trial_id: r.run_id for r in result.records if r.confirms is None}
+    for r in result.records:
+        origin = names.get(by_trial.get(r.confirms, ""))
+        if r.confirms is None or not origin or r.run_id not in runs:
+            continue
+        suffix = f" seed {r.seed if r.seed is not None else '?'}"
+        name = origin[:250 - len(suffix)] + suffix
+        if names[r.run_id] != name:
+            client.update_run(r.run_id, name=name)
+            names[r.run_id] = name
+    return names
 
 
 # ---- the one ending ------------------------------------------------------------------------------
@@ -155,6 +259,7 @@ class SearchView:
     lr_range: tuple[float, float] | None = None  # the sampler's learning-rate range (for the edge warning)
     max_compute_hours: float = 0.0
     margin: float = DEFAULT_MARGIN
+    level: float = 0.05  # the two-sided level of better / worse (`analysis.confirmed.decision_level`)
 
     @classmethod
     def of_search(cls, session) -> "SearchView":
@@ -163,7 +268,8 @@ class SearchView:
         calibrated = s.calibrated_lr
         lr_range = (calibrated / cfg.lr_band, calibrated * cfg.lr_band) if calibrated else (cfg.lr_min, cfg.lr_max)
         return cls(s.name, session.run.experiment_id, session.parent_run_id, s.tracking_uri, s.metric_name,
-                   s.cost_unit, s.budget.max_params, s.space, s.scores, lr_range, cfg.max_compute_hours, cfg.margin)
+                   s.cost_unit, s.budget.max_params, s.space, s.scores, lr_range, cfg.max_compute_hours, cfg.margin,
+                   decision_level(cfg.confirm_max_seeds))
 
     @classmethod
     def of_store(cls, client, parent: dict, tracking_uri: str) -> "SearchView":
@@ -185,7 +291,8 @@ class SearchView:
                    parent["cost_unit"], float(cap) if cap else None,
                    ModelSpace.from_dict(space) if space else None,
                    PriorScores.from_dict(scores) if scores else None, lr_range,
-                   float(s.get("max_compute_hours", 0.0)), float(s.get("margin", DEFAULT_MARGIN)))
+                   float(s.get("max_compute_hours", 0.0)), float(s.get("margin", DEFAULT_MARGIN)),
+                   decision_level(int(s.get("confirm_max_seeds", 0))))
 
 
 @dataclass(frozen=True)
@@ -212,14 +319,21 @@ def publish(client, view: SearchView, records: list[TrialRecord], output_dir: st
     metric, unit = view.metric_name, view.cost_unit
     sense = R.sense(metric)
     result = publish_frontier(client, view.parent_run_id, records, metric, unit, output_dir, prefix=prefix,
-                              title=title, max_adapter_params=view.max_adapter_params, margin=view.margin)
+                              title=title, max_adapter_params=view.max_adapter_params, margin=view.margin,
+                              level=view.level)
     searched = [r for r in result.records if r.confirms is None]
     completed = [r for r in searched if r.status == R.COMPLETED]
     rec = result.recommendation
+    picked = result.recommended_run_id(sense)
+    names = result.names
+    marks = Marks(picked, names, result.single_run, result.confirmed_front,
+                  {c.run_id: c.stats for c in result.confirmed})
     publish_notes(client, view.parent_run_id, searched, view.tracking_uri, status=status, artifact_prefix=prefix,
-                  recommendation=None if rec is None else recommendation_markdown(rec, metric),
+                  recommendation=None if rec is None else _cite_name(recommendation_markdown(rec, metric), rec, names),
                   confirmed_table=confirmed_markdown(result.confirmed, metric, unit, rec) if result.confirmed else None,
-                  recommended_run_id=None if rec is None else rec.pick.run_id)
+                  recommended_run_id=None if rec is None else rec.pick.run_id, marks=marks)
+    if picked is not None:  # the views list the recommended trial first (`pick_order`)
+        ui.open_views(client, view.experiment_id, view.parent_run_id, sense, picked=True)
     best = None if rec is not None else recommended(searched, sense)  # the best single-run score
     if rec is not None or best is not None:
         client.log_metric(view.parent_run_id, "best_score", float(rec.pick.stats.mean if rec else best.score))
@@ -238,15 +352,61 @@ def publish(client, view: SearchView, records: list[TrialRecord], output_dir: st
             lines += ["", quality]
     if rec is not None:
         lines += ["", *rec.lines(metric)]
+        if names.get(picked):
+            lines.append(f"  in the MLflow runs table: {names[picked]} (tag {ui.RECOMMENDED_TAG}=true, listed first)")
         warning = lr_edge_warning(rec.pick.lr, view.lr_range)
         if warning:
             lines.append(f"warning: {warning}")
     elif completed:
         lines += ["", "no placement was confirmed over seeds (search.confirm_seeds = 0, or the phase did not run): "
                       "single runs differ by seed noise; compare before you deploy"]
+        if names.get(picked):
+            lines.append(f"best single run: {names[picked]} (tag {ui.RECOMMENDED_TAG}=true, listed first in the "
+                         "MLflow runs table)")
     lines.append(f"results: {Path(output_dir) / (prefix + FILES[0])}")
     lines += ui_lines(view.tracking_uri, view.experiment_id, view.parent_run_id)
     return Ending(result, searched, lines)
+
+
+def study_result(result: FrontierResult, metric_name: str, numbers: dict[str, int]) -> dict:
+    """What the search decided, as JSON for its Optuna study (`search.sampling.study.note_result`):
+    the recommended placement and every confirmed one with its seed statistics and decision against
+    the best, each with its Optuna trial number (`numbers`: Tune trial id -> number) and MLflow run."""
+    rec = result.recommendation
+
+    def placement(trial_id: str, run_id: str, key: str, baseline, params) -> dict:
+        return {"placement_key": key, "trial_number": numbers.get(trial_id), "run_id": run_id,
+                "run_name": result.names.get(run_id), "baseline": baseline, "trainable_params": params}
+
+    confirmed = [{**placement(c.trial_id, c.run_id, c.key, c.baseline, c.trainable_params),
+                  "mean": c.stats.mean, "low": c.stats.low, "high": c.stats.high, "n_seeds": c.stats.n,
+                  "vs_best": rec.verdict(c) if rec else None} for c in result.confirmed]
+    picked = result.recommended_run_id(R.sense(metric_name))
+    pick = next((r for r in result.records if r.run_id == picked), None)
+    recommended_ = None if pick is None else {
+        **placement(pick.trial_id, pick.run_id, pick.key, pick.baseline, pick.trainable_params),
+        "confirmed": rec is not None, "score": rec.pick.stats.mean if rec else pick.score}
+    return {"metric": metric_name, "recommended": recommended_, "confirmed": confirmed}
+
+
+def study_note(result: FrontierResult, metric_name: str, cost_unit: str, run_id: str) -> str:
+    """The study's note on optuna-dashboard's study page (Markdown): the recommendation and the
+    confirmed placements, as the search's MLflow description gives them."""
+    rec = result.recommendation
+    parts = [f"LoRA placement search, MLflow run `{run_id}`."]
+    if rec is not None:
+        parts.append(_cite_name(recommendation_markdown(rec, metric_name), rec, result.names))
+    if result.confirmed:
+        parts.append(confirmed_markdown(result.confirmed, metric_name, cost_unit, rec))
+    if rec is None:
+        parts.append("No placement was confirmed over seeds: single runs differ by seed noise.")
+    return "\n\n".join(parts)
+
+
+def _cite_name(markdown: str, rec: Recommendation, names: dict) -> str:
+    """The recommendation citing its run by the name the runs table shows (not by its id)."""
+    name = names.get(rec.pick.run_id)
+    return markdown.replace(f"(run {rec.pick.run_id})", f"(run `{name}`)", 1) if name else markdown
 
 
 def lr_edge_warning(lr: float | None, lr_range: tuple[float, float] | None) -> str | None:

@@ -1,14 +1,15 @@
 """Start a new search from an earlier one's completed trials (`--warm-start EXPERIMENT`).
 
-Where it sits: sample, before the first trial. Another budget, or a related task on the same
-model, need not learn again what an earlier search measured. Its completed trials (not its
-confirmation runs) are added to the new Optuna study as finished trials (Optuna `add_trials`: the
-sampler learns from them) and copied into the new search's MLflow experiment as runs nested under
-its search run, tagged `warm_start=<run id>` and shown as "(warm)" in the table. They are never
+Where it sits: sample, before the first trial. Another budget, or other settings of a search on
+the same model, task, data and metric, need not learn again what an earlier search measured. Its
+completed trials (not its confirmation runs) are added to the new Optuna study as finished trials
+(Optuna `add_trials`: the sampler learns from them) and copied into the new search's MLflow
+experiment as runs nested under its search run, tagged `warm_start=<run id>` and shown as "(warm)" in the table. They are never
 trained again and never confirmed; one whose placement exceeds the new budget is tagged
 `within_budget=false` and never enters the new frontier. The earlier search must be in the same
-tracking store and on the same model (its `space.json` equal to this one's), and its metric must
-improve the same way (`trainables.record.sense`): its scores go into this search's study as they are.
+tracking store, on the same model (by name or path, checked before Ray starts by
+`search.runtime.checks.check_warm_start`, and its `space.json` equal to this one's), task and data
+source, and on the same metric: its scores go into this search's study and frontier as they are.
 """
 
 from __future__ import annotations
@@ -48,6 +49,10 @@ def warm_start(client, run, search, study, pspace) -> int:
         raise UsageError(f"--warm-start {name}: that search's metric {there!r} improves the other way from this "
                          f"one's {search.metric_name!r} (higher against lower is better): its scores would teach the "
                          "sampler backwards; warm-start only from a search with a metric of the same direction")
+    if there != search.metric_name:  # train.metric "auto" resolved to another metric for this task
+        raise UsageError(f"--warm-start {name}: that search's scores are {there!r}, this one's {search.metric_name!r}: "
+                         f"its scores would enter this search's frontier as {search.metric_name}; warm-start only from "
+                         f"a search on the same metric (--set train.metric={there}), or leave --warm-start out")
     dists = pspace.distributions()
     frozen, copied = [], 0
     for r in earlier["rows"]:

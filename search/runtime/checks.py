@@ -15,16 +15,19 @@ import socket
 import ssl
 import urllib.error
 import urllib.request
+from dataclasses import asdict
 from pathlib import Path
 from urllib.parse import urlparse
 
 import sqlalchemy
 from sqlalchemy.engine import make_url
 
-from analysis.mlflow_read import StoreError, find_parent, open_store
+from analysis.mlflow_read import StoreError, find_parent, open_store, read_json_artifact
 from search.runtime.credentials import shown, without_credentials
 from search.runtime.errors import UsageError
-from trainables.config import check_name
+from trainables import record as R
+from trainables.config import ModelConfig, check_name
+from trainables.model import TINY, ModelError, resolve_model_path
 
 SERVER_TIMEOUT_S = 3.0
 _SQLITE_FIX = "pass --tracking-uri sqlite:///<a writable folder>/mlflow.db"
@@ -51,8 +54,9 @@ def check_tracking_uri(uri: str, timeout_s: float = SERVER_TIMEOUT_S) -> None:
     """An MLflow tracking URI the search can use. "" (the default store under --output-dir) is
     checked with the output folder; a store MLflow cannot track a search in (a bare path, the
     deprecated file store, an unknown scheme) is refused; http(s): a server answers within
-    `timeout_s`; sqlite: the database file can be created or written. Database and databricks
-    stores are left to MLflow. Messages show the URI with any password masked."""
+    `timeout_s`; sqlite: the database file can be created or written; postgresql, mysql, mssql:
+    SQLAlchemy's driver for it is installed (the server is left to MLflow, as databricks is).
+    Messages show the URI with any password masked."""
 
     if not uri:
         return
@@ -65,6 +69,35 @@ def check_tracking_uri(uri: str, timeout_s: float = SERVER_TIMEOUT_S) -> None:
         _check_server(uri, timeout_s)
     elif scheme == "sqlite":
         _check_sqlite(uri, "tracking.uri", _SQLITE_FIX)
+    elif scheme.split("+")[0] in DATABASE_SCHEMES:
+        _check_database_driver(uri)
+
+
+# Database stores MLflow opens with SQLAlchemy (their driver is checked before Ray starts), and the
+# pip package of each driver module SQLAlchemy imports for them.
+DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
+DRIVER_PACKAGES = {"MySQLdb": "mysqlclient", "pymysql": "PyMySQL", "mysql": "mysql-connector-python",
+                   "psycopg": "'psycopg[binary]'", "psycopg2": "psycopg2-binary", "pyodbc": "pyodbc",
+                   "pymssql": "pymssql", "pg8000": "pg8000", "asyncpg": "asyncpg"}
+
+
+def _check_database_driver(uri: str) -> None:
+    """A database tracking store's SQLAlchemy driver is installed (without it MLflow fails after Ray
+    has started, in a ModuleNotFoundError traceback). Nothing is connected to or created."""
+    try:
+        engine = sqlalchemy.create_engine(uri)
+    except ImportError as e:
+        module = (e.name or "").split(".")[0]
+        package = DRIVER_PACKAGES.get(module, module or "the driver")
+        raise UsageError(f"tracking.uri {shown(uri)}: no database driver for it ({e}): pip install {package}, "
+                         f"or {_SQLITE_FIX}") from None
+    except sqlalchemy.exc.NoSuchModuleError as e:
+        raise UsageError(f"tracking.uri {shown(uri)}: SQLAlchemy knows no such database driver ({e}): fix the "
+                         f"part after '+' (e.g. mysql+pymysql://), or {_SQLITE_FIX}") from None
+    except (sqlalchemy.exc.ArgumentError, ValueError) as e:
+        raise UsageError(f"tracking.uri {shown(uri)} is not a database URL ({str(e).splitlines()[0][:160]}): fix it "
+                         f"(e.g. mysql://USER@HOST/DB) or {_SQLITE_FIX}") from None
+    engine.dispose()
 
 
 def check_storage(storage: str) -> None:
@@ -205,12 +238,97 @@ def check_study_storage(url: str, new_study: str | None = None) -> None:
                          "--resume to continue that search, or another --experiment name")
 
 
-def check_warm_start(tracking_uri: str, experiment: str) -> None:
-    """--warm-start names a search the tracking store holds (nothing is created)."""
+def check_resumable(tracking_uri: str, study_url: str, name: str) -> None:
+    """A resumed search's two stores are there and hold it: the MLflow store its search run (a
+    missing SQLite file would be created empty, and the trials' outcomes lost), the Optuna
+    database its study (a missing file would be created empty). Nothing is created."""
+    again = "start it again under another --experiment name (or in another --output-dir)"
+    db = _sqlite_db(tracking_uri)
+    if db is not None and not db.is_file():
+        raise UsageError(f"--resume {name}: its MLflow store {db} is missing (tracking.uri {shown(tracking_uri)}): "
+                         f"put the file back, pass the --tracking-uri the search was started with, or {again}")
     try:
-        find_parent(open_store(tracking_uri), experiment=experiment)
+        find_parent(open_store(tracking_uri), experiment=name)
+    except StoreError as e:
+        raise UsageError(f"--resume {name}: the MLflow store {shown(tracking_uri)} does not hold the search ({e}): "
+                         f"pass the --tracking-uri it was started with, or {again}") from None
+    db = _sqlite_db(study_url)
+    if db is not None and not db.is_file():
+        raise UsageError(f"--resume {name}: its Optuna study store {db} is missing (search.study_storage "
+                         f"{shown(study_url)}): put the file back, pass the --study-storage the search was started "
+                         f"with, or {again}")
+    check_study_storage(study_url)  # a database, reachable, an Optuna store
+    engine = sqlalchemy.create_engine(study_url)
+    try:
+        with engine.connect() as conn:
+            held = conn.execute(sqlalchemy.text("SELECT 1 FROM studies WHERE study_name = :n"), {"n": name}).first()
+    except sqlalchemy.exc.SQLAlchemyError:
+        held = None  # an empty database: no studies table
+    finally:
+        engine.dispose()
+    if not held:
+        raise UsageError(f"--resume {name}: the Optuna store {shown(study_url)} holds no study named {name!r}: pass the "
+                         f"--study-storage the search was started with, or {again}")
+
+
+def _sqlite_db(url: str) -> Path | None:
+    """The file of a sqlite:/// URL (relative after 3 slashes, absolute after 4), else None."""
+    return Path(url[len("sqlite:///"):].split("?", 1)[0]) if url.startswith("sqlite:///") else None
+
+
+def check_warm_start(tracking_uri: str, experiment: str, cfg=None) -> None:
+    """--warm-start names a search the tracking store holds (nothing is created), and, given this
+    search's config `cfg`, one on the same model (by its resolved path or hub id; a tiny model by
+    its size too: models of one architecture and size have sites of the same shapes), the same
+    task kind and data source, and the same metric when train.metric names one (an earlier
+    search's scores enter this one's study and frontier as they are)."""
+    try:
+        client = open_store(tracking_uri)
+        parent = find_parent(client, experiment=experiment)
     except StoreError as e:
         raise UsageError(f"--warm-start {experiment} (search.warm_start): {e}") from None
+    if cfg is None:
+        return
+    params = parent.data.params
+    there = read_json_artifact(client, parent.info.run_id, "config.json") or {}
+    model_there = there.get("model") or {"name": params.get("model", "")}
+    task_there = (there.get("task") or {}).get("kind", "classification")
+    data_there = (there.get("data") or {}).get("source", params.get("data", ""))
+    metric_there = params.get(R.METRIC_NAME, "")
+    fix = "warm-start only from a search on the same model, task and metric, or leave --warm-start out"
+    mine, theirs = _model_identity(asdict(cfg.model)), _model_identity(model_there)
+    if mine != theirs:
+        raise UsageError(f"--warm-start {experiment}: that search ran on model {theirs}, this one runs on {mine} (their "
+                         f"sites may have the same shapes, but its scores are another model's): {fix}")
+    if task_there != cfg.task.kind:
+        raise UsageError(f"--warm-start {experiment}: that search's task.kind is {task_there!r}, this one's "
+                         f"{cfg.task.kind!r}: {fix}")
+    if _data_identity(data_there) != _data_identity(cfg.data.source):
+        raise UsageError(f"--warm-start {experiment}: that search trained on data.source {data_there!r}, this one on "
+                         f"{cfg.data.source!r} (its scores measure another task): {fix}")
+    if cfg.train.metric != "auto" and metric_there and metric_there != cfg.train.metric:
+        raise UsageError(f"--warm-start {experiment}: that search's scores are {metric_there!r}, this one's "
+                         f"{cfg.train.metric!r} (train.metric): {fix} (--set train.metric={metric_there})")
+
+
+def _model_identity(model: dict) -> str:
+    """A model as a search records it (config.json's [model]), named so that two names of one model
+    agree: a packaged name or local path as its resolved absolute path, a hub id as itself, a tiny
+    model with its size."""
+    name = str(model.get("name", ""))
+    if name in TINY:
+        size = ", ".join(f"{k} {model.get(k, v)}" for k, v in asdict(ModelConfig()).items() if k.startswith("tiny_"))
+        return f"{name} ({size})"
+    try:
+        path = resolve_model_path(ModelConfig(name=name))
+    except ModelError:  # a local folder that has moved since: its name as given
+        return name
+    return str(Path(path).resolve()) if Path(path).exists() else path
+
+
+def _data_identity(source: str) -> str:
+    """A data.source with each local file as its absolute path (packaged names and hub ids as given)."""
+    return ",".join(str(Path(p.strip()).resolve()) if Path(p.strip()).exists() else p.strip() for p in source.split(","))
 
 
 def check_output_dir(path: Path, flag: str = "--output-dir") -> None:
@@ -269,3 +387,34 @@ def _check_creatable_dir(path: Path, what: str, fix: str) -> None:
     if not os.access(existing, os.W_OK | os.X_OK):
         action = "cannot write in" if existing == path else f"cannot create {path} in"
         raise UsageError(f"{what}: {action} {existing} (permission denied): {fix}")
+
+
+# Ray's settings for how long a process waits for the GCS (the head's control store), read from the
+# environment when Ray starts: the GCS client's reconnect window (C++ RayConfig, 60 s: "Failed to
+# connect to GCS within 60 seconds") and the wait for a new GCS to publish its port (python, 30 s).
+GCS_TIMEOUT_ENV = ("RAY_gcs_rpc_server_reconnect_timeout_s", "RAY_gcs_server_port_wait_time_s")
+_GCS_STARTUP_SIGNS = ("failed to connect to gcs", "failed to start gcs", "waiting for gcs to become available",
+                      "timed out during startup", "waiting for node to startup")
+
+
+def ray_start_problem(error: BaseException, address: str = "") -> str | None:
+    """The one line for a Ray runtime that did not come up in time (its GCS did not answer: on a
+    loaded machine, a local head's processes start slowly), or None for any other error of
+    `ray.init`. `address`: "" for the search's own local runtime, else the cluster joined."""
+    text = " ".join(str(error).split())
+    if not (any(sign in text.lower() for sign in _GCS_STARTUP_SIGNS) or isinstance(error, TimeoutError)):
+        return None
+    import re
+
+    waited = re.search(r"(?:within|after) (\d+) seconds", text)
+    how_long = f"within {waited.group(1)} s" if waited else "in time"
+    longer = " ".join(f"{name}=300" for name in GCS_TIMEOUT_ENV)
+    # Ray's message goes on with log lines and a traceback: its first sentence says it.
+    why = re.split(r"\s*(?:Last \d+ lines|Last connection error|Please check|Traceback)", text)[0][:160].strip()
+    why = why or type(error).__name__
+    if address:
+        return (f"search.address {address}: the Ray cluster's GCS did not answer {how_long} ({why}): check that the "
+                f"cluster is up (ray status on its head) and retry, or give Ray longer (export {longer})")
+    return (f"the search's local Ray runtime did not start: its GCS did not answer {how_long} ({why}), as happens "
+            f"on a heavily loaded machine: retry when the machine is less loaded, give Ray longer (export {longer}), "
+            "or start Ray first (ray start --head) and pass --address auto")

@@ -13,8 +13,8 @@ Where it sits: on the driver, between preparation and tracking (`search.driver`)
   its first trial started (Ctrl-C during the learning-rate probe, a store that refused it) has
   nothing worth keeping and would block a rerun under its name, so `remove` takes back what it
   made: its MLflow experiment (the store file too, when this driver created it and it holds
-  nothing else), its study (likewise), its state file, plots and Ray Tune folder, and the output
-  folder when the driver created it and nothing else is in it.
+  nothing else), its study (likewise), its state file, plots and Ray Tune folder (when it made
+  it), and the output folder when the driver created it and nothing else is in it.
 """
 
 from __future__ import annotations
@@ -105,6 +105,11 @@ def _sqlite_file(url: str) -> Path | None:
     return Path(url[len("sqlite:///"):].split("?", 1)[0]).absolute() if url.startswith("sqlite:///") else None
 
 
+def _tune_folder(storage_path: str, name: str) -> Path | None:
+    """The search's Ray Tune folder in local storage (None on a cloud URI)."""
+    return None if "://" in storage_path else (Path(storage_path) / name).absolute()
+
+
 @dataclass
 class Written:
     """What existed before a new search's driver began (see the module docstring)."""
@@ -119,7 +124,8 @@ class Written:
 
     @classmethod
     def before(cls, search) -> "Written":
-        paths = [Path(search.output_dir).absolute(), _sqlite_file(search.tracking_uri), _sqlite_file(search.study_url)]
+        paths = [Path(search.output_dir).absolute(), _sqlite_file(search.tracking_uri), _sqlite_file(search.study_url),
+                 _tune_folder(search.storage_path, search.name)]
         existed = {p for p in paths if p is not None and p.exists()}
         return cls(Path(search.output_dir).absolute(), search.name, search.tracking_uri, search.study_url,
                    search.storage_path, existed)
@@ -136,9 +142,11 @@ class Written:
         out = self.output_dir
         for suffix in (".search.json", "-scores.png", "-lr.png", ".lock"):
             (out / f"{self.name}{suffix}").unlink(missing_ok=True)
-        if "://" not in self.storage_path:
-            for folder in (self.name, f"{self.name}-confirm"):
-                shutil.rmtree(Path(self.storage_path) / folder, ignore_errors=True)
+        # Its own Tune folder only: one that was there before is another's (a search stopped before
+        # its first trial has run no confirmation, so it has no `<name>-confirm` folder either).
+        tune_folder = _tune_folder(self.storage_path, self.name)
+        if tune_folder is not None and tune_folder not in self.existed:
+            shutil.rmtree(tune_folder, ignore_errors=True)
         for folder in (experiment_id, parent_run_id):  # a local store's artifacts: <mlartifacts>/<run id>/...
             if folder is not None:
                 shutil.rmtree(out / "mlartifacts" / str(folder), ignore_errors=True)

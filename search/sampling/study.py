@@ -35,6 +35,7 @@ import functools
 import logging
 import math
 import sqlite3
+import warnings
 
 import optuna
 from optuna.storages import RDBStorage
@@ -153,11 +154,47 @@ def create_study(sampler, storage=None, study_name: str | None = None, metric_na
     """A multi-objective study over `objectives(metric_name)`, in `storage` (None: in memory);
     an existing study of that name in the storage is loaded (a restarted driver), after checking
     that its directions are the metric's (`check_directions`: Optuna ignores the directions asked
-    for when it loads a study)."""
+    for when it loads a study). Its objectives carry their names (`metric_names`), which
+    optuna-dashboard shows on its axes and tables."""
     study = optuna.create_study(study_name=study_name, storage=storage, sampler=sampler,
                                 directions=directions(metric_name), load_if_exists=storage is not None)
     check_directions(study, metric_name)
+    name_objectives(study, metric_name)
     return study
+
+
+def metric_names(metric_name: str = R.ACCURACY) -> list[str]:
+    """The study's objectives by name: the metric itself (not "score"), then trainable params."""
+    return [metric_name if name == R.SCORE else name for name, _ in objectives(metric_name)]
+
+
+def name_objectives(study, metric_name: str) -> None:
+    """Name the study's objectives (`metric_names`) unless they already are so."""
+    names = metric_names(metric_name)
+    if study.metric_names != names:
+        with warnings.catch_warnings():  # experimental in Optuna since 3.2, stable in use
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(names)
+
+
+RESULT_ATTR = "result"  # study user attr: what the end of the search decided (`note_result`)
+
+
+def note_result(study, result: dict, note: str | None = None) -> None:
+    """Leave the end of the search on its study, for optuna-dashboard and `optuna.load_study`:
+    `result` (JSON: the recommendation, the confirmed placements, the MLflow run) as the study's
+    user attr "result"; `note` (Markdown) as the study's note on the dashboard's study page when
+    optuna-dashboard is installed (the note is its own format, stored in the study). A study's
+    trials are finished by then and Optuna keeps finished trials unchangeable, so the outcome is
+    the study's, with each placement's trial number in it."""
+    study.set_user_attr(RESULT_ATTR, result)
+    if note is None:
+        return
+    try:
+        from optuna_dashboard import save_note
+    except ImportError:
+        return
+    save_note(study, note)
 
 
 def close_running(study) -> list[int]:

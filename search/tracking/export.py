@@ -28,11 +28,15 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from analysis.mlflow_read import StoreError, get_run, open_store, read_json_artifact, trial_status
+from search.runtime.credentials import shown
 from search.tracking.notes import model_version_note, registered_model_note
 from search.tracking.ui import DEPLOY_ALIAS as ALIAS
 from search.tracking.ui import default_model_name
+from spaces.placement import Placement
+from spaces.space import ModelSpace
 from trainables import record as R
 from trainables.config import Config, ModelConfig
+from trainables.lora import lora_config
 from trainables.model import TINY, ModelError, load_model, load_tokenizer, resolve_model_path
 
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
@@ -55,6 +59,16 @@ def check_deployable(client, run) -> list[str]:
         raise DeployError(f"run {rid} is a search's parent run, not a trial: {pick}")
     if R.TRIAL_ID_TAG not in tags or R.PARENT_TAG not in tags:
         raise DeployError(f"run {rid} is not a trial of a LoRA placement search (no trial_id tag): {pick}")
+    # MLflow refuses to tag a deleted run: refused here, before anything is written or registered.
+    # (deleting an experiment deletes its runs: the experiment is named first).
+    store = f"MLFLOW_TRACKING_URI={shown(client.tracking_uri)}"
+    experiment = client.get_experiment(run.info.experiment_id)
+    if experiment.lifecycle_stage == "deleted":
+        raise DeployError(f"run {rid} belongs to the deleted experiment {experiment.name!r}: restore it first ({store} "
+                          f"mlflow experiments restore --experiment-id {experiment.experiment_id}), or {pick}")
+    if run.info.lifecycle_stage == "deleted":
+        raise DeployError(f"run {rid} is deleted (MLflow lifecycle_stage 'deleted'): restore it first ({store} "
+                          f"mlflow runs restore --run-id {rid}), or {pick}")
 
     status = trial_status(run)
     if status != "completed":
@@ -281,6 +295,42 @@ def deploy(tracking_uri: str, run_id: str, output: str | Path, *, model_name: st
         write_deploy_files(Path(output), info)
     mark_deployed(client, run_id, info)
     return info
+
+
+def export_lora_config(tracking_uri: str, run_id: str, output: str | Path, force: bool = False) -> dict:
+    """Write a trial's placement as the `peft.LoraConfig` its trials trained with
+    (`trainables.lora`): `adapter_config.json` in `output`, which `LoraConfig.from_pretrained` loads,
+    and no weights; for training the placement with one's own trainer. Any trial run with a
+    placement will do (completed or not). Returns what was written: the config as a dict, the
+    placement's key and the base model's name."""
+    try:
+        client = open_store(tracking_uri)
+        run = get_run(client, run_id)
+    except StoreError as e:
+        raise DeployError(str(e)) from None
+    tags = run.data.tags
+    pick = "pass a trial's run id (python search/report.py lists them)"
+    if tags.get(R.ROLE_TAG) == R.ROLE_SEARCH:
+        raise DeployError(f"run {run_id} is a search's parent run, not a trial: {pick}")
+    if R.TRIAL_ID_TAG not in tags or R.PARENT_TAG not in tags:
+        raise DeployError(f"run {run_id} is not a trial of a LoRA placement search (no trial_id tag): {pick}")
+    output = Path(output)
+    if output.exists() and any(output.iterdir()) and not force:
+        raise DeployError(f"output folder {output} is not empty: pass another --output, or --force to overwrite")
+    parent_id = tags[R.PARENT_TAG]
+    found = {name: read_json_artifact(client, rid, name)
+             for rid, name in ((run_id, "placement.json"), (parent_id, "config.json"), (parent_id, "space.json"))}
+    missing = [name for name, value in found.items() if value is None]
+    if missing:
+        raise DeployError(f"run {run_id} or its search's parent run {parent_id} has no {', '.join(missing)} "
+                          "artifact: pass a trial of a search made by python search/run.py")
+    cfg = Config.from_dict(found["config.json"])
+    placement = Placement.from_dict(found["placement.json"])
+    config = lora_config(placement, ModelSpace.from_dict(found["space.json"]), cfg)
+    output.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(str(output))
+    return {"lora_config": config.to_dict(), "placement_key": placement.key, "base_model": cfg.model.name,
+            "task_kind": cfg.task.kind}
 
 
 def load_deployed(folder: str | Path):

@@ -9,8 +9,10 @@ runs views (`search.tracking.ui`), the Pareto plot, the frontier and the baselin
 searched and the commands to export the chosen trial. A later step may pass its own
 `recommendation` and a `confirmed_table` (a frontier retrained over seeds) in Markdown.
 `publish_notes` writes it on the search run and its experiment, and a short note on each trial run.
-The renderers are pure functions of their inputs; only `read_facts` and the `publish_*` functions
-talk to MLflow. "Best" follows the search's metric (`SearchFacts.sense`: lower is better for `nll`).
+What the end of a search decided about each trial run (recommended, which frontier it is on, its
+seed statistics, the run's name in the runs table) comes in `Marks`. The renderers are pure
+functions of their inputs; only `read_facts` and the `publish_*` functions talk to MLflow. "Best"
+follows the search's metric (`SearchFacts.sense`: lower is better for `nll`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 
 from analysis.direction import best_first, gain, word
 from analysis.mlflow_read import read_json_artifact
+from analysis.stats import SeedStats
 from search.tracking import ui
 from search.tracking.ui import DEPLOY_ALIAS as ALIAS
 from search.tracking.ui import default_model_name
@@ -66,6 +69,24 @@ class SearchFacts:
             return prefix + name
         found = sorted((a for a in self.artifacts if a == name or a.endswith("-" + name)), key=len)
         return found[0] if found else None
+
+
+@dataclass(frozen=True)
+class Marks:
+    """What the end of a search decided about its trial runs (`search.phases.publish`), as the
+    notes show it. Without marks (`Marks()`), a record's own `pareto` flag is the single-run frontier."""
+
+    recommended: str | None = None  # the recommended trial's run id (tag recommended=true)
+    names: dict = field(default_factory=dict)  # run id -> the run's name in the runs table
+    single_run_front: frozenset | None = None  # run ids non-dominated among the single runs
+    confirmed_front: frozenset = frozenset()  # run ids non-dominated over seed means
+    seeds: dict = field(default_factory=dict)  # run id -> SeedStats of a confirmed placement
+
+    def on_single_front(self, r: TrialRecord) -> bool:
+        return r.pareto if self.single_run_front is None else r.run_id in self.single_run_front
+
+    def name(self, r: TrialRecord) -> str:
+        return self.names.get(r.run_id) or f"{r.trial_id} {r.key}"
 
 
 def read_facts(client, parent_run_id: str, tracking_uri: str) -> SearchFacts:
@@ -167,7 +188,7 @@ def _plot(facts: SearchFacts, prefix: str) -> str:
     png = facts.artifact("pareto.png", prefix)
     if not png:
         return ""
-    return (f"#### Pareto plot\n\n![{facts.metric_name} against trainable parameters; colour = {facts.cost_unit}; "
+    return (f"### Pareto plot\n\n![{facts.metric_name} against trainable parameters; colour = {facts.cost_unit}; "
             f"frontier ringed; baselines labelled]({ui.artifact_file(facts.parent_run_id, png)})")
 
 
@@ -177,18 +198,54 @@ def _trial_rows(facts: SearchFacts, records: list[TrialRecord]) -> list[list[str
              r.status, f"[{r.trial_id}]({ui.run_link(facts.experiment_id, r.run_id)})"] for r in records]
 
 
-def _frontier_section(facts: SearchFacts, records: list[TrialRecord], max_rows: int = MAX_ROWS) -> str:
-    front = sorted((r for r in records if r.pareto), key=lambda r: best_first(r.score, facts.sense))
+def _frontier_section(facts: SearchFacts, records: list[TrialRecord], max_rows: int = MAX_ROWS,
+                      marks: Marks = Marks()) -> str:
+    front = sorted((r for r in records if marks.on_single_front(r)), key=lambda r: best_first(r.score, facts.sense))
     if not front:
-        return "#### Pareto frontier\n\nNo completed trial yet."
+        return "### Single-run Pareto frontier\n\nNo completed trial yet."
     head = ["placement", facts.metric_name, "trainable params", facts.cost_unit, "lr", "baseline", "status", "run"]
-    more = (f"\n\n{len(front) - max_rows} more in [the frontier view]"
-            f"({ui.view_link(facts.experiment_id, facts.parent_run_id, ui.FRONTIER)}) and pareto.csv."
+    eid, pid = facts.experiment_id, facts.parent_run_id
+    more = (f"\n\n{len(front) - max_rows} more in [the single-run frontier view]"
+            f"({ui.view_link(eid, pid, ui.SINGLE_FRONTIER)})."
             if len(front) > max_rows else "")
-    return (f"#### Pareto frontier ({len(front)} of {len(records)} trials; one run each)\n\n"
-            f"No other completed trial has a {word(facts.sense)} metric with fewer trainable parameters and less "
-            "compute.\n\n"
+    compare = (f" [Compare them side by side]({ui.compare_link(eid, [r.run_id for r in front[:max_rows]])})."
+               if len(front) > 1 else "")
+    return (f"### Single-run Pareto frontier ({len(front)} of {len(records)} trials; one run each)\n\n"
+            f"No other completed trial has a {word(facts.sense)} {facts.metric_name} with fewer trainable parameters "
+            f"and less compute, each trial trained once (tag `{ui.PARETO_SINGLE_TAG}` = true).{compare}\n\n"
             + _table(head, _trial_rows(facts, front[:max_rows]), {1, 2, 3}) + more)
+
+
+def _in_the_table(facts: SearchFacts, records: list[TrialRecord], marks: Marks) -> str:
+    """Where the recommended trial is in the runs table (its run's name there, marked and first),
+    and what the table's columns hold, with their units."""
+    guide = (f"Columns: `score` is {facts.metric_name} on the validation split (one run); `score_mean`, `score_low`, "
+             "`score_high`: its mean over seeds and 95% interval (clipped to the metric's range); `compute_hours` "
+             f"in {facts.cost_unit}.")
+    r = next((r for r in records if r.run_id == marks.recommended), None)
+    if r is None:
+        return guide
+    return (f"In the runs table: **`{marks.name(r)}`**, tagged `{ui.RECOMMENDED_TAG}` = `true` and listed first "
+            f"([all trials]({ui.view_link(facts.experiment_id, facts.parent_run_id)}) · "
+            f"[its run]({ui.run_link(facts.experiment_id, r.run_id)})). " + guide)
+
+
+def _confirmed_section(facts: SearchFacts, table: str, marks: Marks) -> str:
+    eid, pid = facts.experiment_id, facts.parent_run_id
+    stats = list(marks.seeds.values())
+    notes = []
+    if any(s.clipped for s in stats):
+        notes.append("95% intervals are clipped to the metric's range")
+    few = sorted({s.n for s in stats if s.few_seeds})
+    if few:
+        notes.append(f"an interval from {' or '.join(map(str, few))} seeds is too wide to mean much")
+    compare = (f"[Compare them side by side]({ui.compare_link(eid, list(marks.seeds))}) · " if len(marks.seeds) > 1
+               else "")
+    return ("### Frontier confirmed over seeds\n\n"
+            f"Placements retrained over seeds; ★: on the Pareto frontier over seed means (tag "
+            f"`{ui.PARETO_CONFIRMED_TAG}` = true). {compare}"
+            f"[the frontier view]({ui.view_link(eid, pid, ui.FRONTIER)})\n\n"
+            + table + ("\n\n*" + "; ".join(notes) + ".*" if notes else ""))
 
 
 def _baselines_section(facts: SearchFacts, records: list[TrialRecord]) -> str:
@@ -196,7 +253,7 @@ def _baselines_section(facts: SearchFacts, records: list[TrialRecord]) -> str:
     if not base:
         return ""
     head = ["placement", facts.metric_name, "trainable params", facts.cost_unit, "lr", "baseline", "status", "run"]
-    return ("#### Baselines (hand-crafted, fitted to the budget, trained first)\n\n"
+    return ("### Baselines (hand-crafted, fitted to the budget, trained first)\n\n"
             + _table(head, _trial_rows(facts, base), {1, 2, 3})
             + f"\n\nA stopped ({R.PRUNED}) trial shows its last epoch's {facts.metric_name}.")
 
@@ -209,7 +266,7 @@ def _order(values, *, low_first: bool) -> list[int]:
 def _priors_section(facts: SearchFacts) -> str:
     s, sampler = facts.scores, facts.params.get("sampler", "?")
     if s is None:
-        return f"#### Priors\n\nNone computed; sampler `{sampler}`."
+        return f"### Priors\n\nNone computed; sampler `{sampler}`."
     kinds = lambda order: ", ".join(s.kinds[i] for i in order)  # noqa: E731
     layers = lambda order: ", ".join(str(i) for i in order)  # noqa: E731
     rows = [["PLoP: normalised feature norm (low first)", "module kinds",
@@ -220,7 +277,7 @@ def _priors_section(facts: SearchFacts) -> str:
     if s.grad is not None:
         grad = [s.grad.per_kind.get(k) for k in s.kinds]
         rows.append(["gradient sensitivity (high first)", "module kinds", kinds(_order(grad, low_first=False))])
-    return (f"#### Priors (sampler `{sampler}`)\n\nFrom one forward pass over {s.n_examples} calibration examples "
+    return (f"### Priors (sampler `{sampler}`)\n\nFrom one forward pass over {s.n_examples} calibration examples "
             f"({s.n_tokens:,} tokens; CKA pooling `{s.pooling}`). They order the baselines and the sampler's "
             "first draws.\n\n" + _table(["prior", "ranks", "adapt first"], rows))
 
@@ -242,7 +299,7 @@ def _search_section(facts: SearchFacts, records: list[TrialRecord], status: str)
              + (f", {counts[R.RUNNING]} running" if counts[R.RUNNING] else ""),
              f"- search run status: {status}; experiment `{facts.experiment}`",
              "- a key `r4 q[1-5] o[1-5]` reads: rank-4 adapters on the q and o modules of layers 1 to 5"]
-    return "#### What was searched\n\n" + "\n".join(lines)
+    return "### What was searched\n\n" + "\n".join(lines)
 
 
 def deploy_command(tracking_uri: str, run_id: str, output: str | None = None) -> str:
@@ -261,7 +318,7 @@ def _deploy_section(facts: SearchFacts, records: list[TrialRecord], run_id: str 
     if best is None:
         return ""
     name = default_model_name(facts.experiment)
-    return ("#### Deploy\n\nExport the recommended trial (for another, use its run id, on its page), from the "
+    return ("### Deploy\n\nExport the recommended trial (for another, use its run id, on its page), from the "
             f"project's folder:\n\n```bash\n{deploy_command(facts.tracking_uri, best.run_id, 'my-adapter')}\n```\n\n"
             "`my-adapter/` then loads with `peft.PeftModel.from_pretrained(base_model, \"my-adapter\")` (its "
             f"README.txt says how to build the base model). `deploy.py` also registers it as `models:/{name}@{ALIAS}` "
@@ -281,11 +338,12 @@ def _fit(parts: list[str], limit: int) -> str:
 def search_note(facts: SearchFacts, records: list[TrialRecord], *, status: str = "FINISHED",
                 recommendation: str | None = None, confirmed_table: str | None = None,
                 recommended_run_id: str | None = None, artifact_prefix: str = "", brief: bool = False,
-                limit: int = RUN_NOTE_LIMIT) -> str:
+                limit: int = RUN_NOTE_LIMIT, marks: Marks = Marks()) -> str:
     """The search's description in Markdown. `recommendation` (Markdown) replaces the single-seed one;
     `confirmed_table` (a Markdown table of the frontier retrained over seeds) goes before the
     single-seed frontier; `recommended_run_id` (the confirmed pick's trial run) is the one the deploy
-    command exports; `artifact_prefix` picks the plots the caller just logged.
+    command exports; `artifact_prefix` picks the plots the caller just logged; `marks`: what the
+    end of the search tagged (the recommended run's name in the runs table, the two frontiers).
 
     `brief`: the experiment's version, shown above the runs table in a box that does not scroll:
     the recommendation, the links, the frontier's first rows and the deploy command; the rest
@@ -296,18 +354,19 @@ def search_note(facts: SearchFacts, records: list[TrialRecord], *, status: str =
     parts = [head]
     if recommendation is None and recommended(records, facts.sense) is not None:
         parts.append(_caveat(records, facts.sense))
+    parts.append(_in_the_table(facts, records, marks))
     links = _links(facts, artifact_prefix)
     if brief:
         links += f" · [**the search's full summary**]({ui.run_link(facts.experiment_id, facts.parent_run_id)})"
     parts.append(links)
     if confirmed_table:
-        parts.append("#### Frontier confirmed over seeds\n\n" + confirmed_table)
+        parts.append(_confirmed_section(facts, confirmed_table, marks))
     if brief:
         best = _deploy_target(records, recommended_run_id, facts.sense)
-        parts += [_frontier_section(facts, records, max_rows=5),
+        parts += [_frontier_section(facts, records, max_rows=5, marks=marks),
                   f"Deploy it: `{deploy_command(facts.tracking_uri, best.run_id, 'my-adapter')}`" if best else ""]
     else:
-        parts += [_frontier_section(facts, records), _baselines_section(facts, records),
+        parts += [_frontier_section(facts, records, marks=marks), _baselines_section(facts, records),
                   _deploy_section(facts, records, recommended_run_id), _plot(facts, artifact_prefix), _priors_section(facts),
                   _search_section(facts, records, status)]
     return _fit([p for p in parts if p], limit)
@@ -320,8 +379,23 @@ def running_note(experiment_id: str, parent_run_id: str) -> str:
             "gives the recommended placement, the Pareto frontier, the baselines and the commands to deploy a trial.")
 
 
-def trial_note(facts: SearchFacts, r: TrialRecord) -> str:
-    """A trial run's description: what it reached, whether it is on the frontier, how to deploy it."""
+def _fronts(facts: SearchFacts, r: TrialRecord, marks: Marks) -> str:
+    """Which frontiers a completed trial is on, and its seed statistics when it was confirmed."""
+    out = ("**On the single-run Pareto frontier.**" if marks.on_single_front(r)
+           else "Not on the single-run Pareto frontier (another completed trial beats it on every objective).")
+    stats: SeedStats | None = marks.seeds.get(r.run_id)
+    if stats is not None:
+        out += (f" Confirmed over seeds: {facts.metric_name} {stats.describe()}; "
+                + ("**on the Pareto frontier over seed means.**" if r.run_id in marks.confirmed_front
+                   else "not on the Pareto frontier over seed means."))
+    if r.run_id == marks.recommended:
+        out = f"**Recommended** (tag `{ui.RECOMMENDED_TAG}` = true). " + out
+    return out
+
+
+def trial_note(facts: SearchFacts, r: TrialRecord, marks: Marks = Marks()) -> str:
+    """A trial run's description: what it reached, whether it is recommended and on which frontier,
+    how to deploy it."""
     eid, metric = facts.experiment_id, facts.metric_name
     who = f"**{_key(r.key)}** (trial {r.trial_id}" + (f", the `{r.baseline}` baseline" if r.baseline else "") + ")"
     back = (f"[The search's summary]({ui.run_link(eid, facts.parent_run_id)}) · "
@@ -330,8 +404,7 @@ def trial_note(facts: SearchFacts, r: TrialRecord) -> str:
     if r.status == R.COMPLETED:
         adapters = (f" ({_int(r.adapter_params)} in the LoRA adapters, the rest the classifier head)"
                     if r.adapter_params else "")
-        front = ("**On the Pareto frontier.**" if r.pareto
-                 else "Not on the Pareto frontier (another trial beats it on every objective).")
+        front = _fronts(facts, r, marks)
         return (f"{who}: {metric} **{_score(r.score)}** after {r.epochs} epochs; {_int(r.trainable_params)} trainable "
                 f"parameters{adapters}; {_cost(r.compute_hours)} {facts.cost_unit}. {front}\n\n"
                 f"Deploy it:\n\n```bash\n{deploy_command(facts.tracking_uri, r.run_id)}\n```\n\n{back}")
@@ -353,18 +426,20 @@ def publish_running(client, experiment_id: str, parent_run_id: str) -> None:
 
 def publish_notes(client, parent_run_id: str, records: list[TrialRecord], tracking_uri: str, *,
                   status: str = "FINISHED", artifact_prefix: str = "", recommendation: str | None = None,
-                  confirmed_table: str | None = None, recommended_run_id: str | None = None) -> str:
+                  confirmed_table: str | None = None, recommended_run_id: str | None = None,
+                  marks: Marks = Marks()) -> str:
     """Describe the search on its run (in full) and its experiment (`brief`), and each trial on its
-    run; return the search run's Markdown. `records` carry their `pareto` flags (`search.phases.publish.publish_frontier`)."""
+    run; return the search run's Markdown. `records` carry their `pareto` flags and `marks` what
+    else the end of the search tagged (`search.phases.publish.publish_frontier`)."""
     facts = read_facts(client, parent_run_id, tracking_uri)
     extra = dict(status=status, recommendation=recommendation, confirmed_table=confirmed_table,
-                 recommended_run_id=recommended_run_id, artifact_prefix=artifact_prefix)
+                 recommended_run_id=recommended_run_id, artifact_prefix=artifact_prefix, marks=marks)
     note = search_note(facts, records, **extra)
     client.set_tag(parent_run_id, NOTE_TAG, note)
     client.set_experiment_tag(facts.experiment_id, NOTE_TAG, search_note(facts, records, brief=True, **extra))
     client.set_experiment_tag(facts.experiment_id, ui.EXPERIMENT_KIND_TAG, ui.EXPERIMENT_KIND)
     for r in records:
-        client.set_tag(r.run_id, NOTE_TAG, trial_note(facts, r)[:RUN_NOTE_LIMIT])
+        client.set_tag(r.run_id, NOTE_TAG, trial_note(facts, r, marks)[:RUN_NOTE_LIMIT])
     return note
 
 
