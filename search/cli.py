@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from search.runtime.errors import UsageError
+from search.runtime.workspace import LIBRARY_LOG
 from trainables.choices import describe, one_of
 from trainables.config import ConfigError, load_config, shipped_config_names
 
@@ -33,7 +34,6 @@ def mlflow_client_defaults() -> None:
 # MLflow's (creating and migrating its tables), Alembic's (the migrations themselves), Optuna's, and
 # Python warnings raised inside any of them.
 LIBRARY_LOGGERS = ("ray", "mlflow", "alembic", "optuna", "py.warnings")
-LIBRARY_LOG = "library.log"  # in the output directory
 
 
 class LibraryLog(logging.FileHandler):

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from spaces.placement import Placement
-from tests.conftest import ROOT, tiny_models
+from tests.conftest import ROOT, _script_env, tiny_models
 from trainables.config import Config
 
 # ---- the LoraConfig ------------------------------------------------------------------------------
@@ -347,32 +347,35 @@ def readme_example() -> str:
 
 
 @pytest.mark.slow
-def test_the_readme_example_runs(tmp_path, monkeypatch):
-    """The README's example, verbatim, in a fresh folder: a smoke search through the API; its
-    LoraConfig is the recommendation's, and the MLflow run it names is the recommended trial."""
-    from mlflow.tracking import MlflowClient
-    from peft import get_peft_model
+def test_the_readme_example_runs(tmp_path):
+    """The README's example, verbatim, as a user's script in a fresh folder and a fresh Python (Ray
+    must not have been imported before the search sets its environment), followed by the checks:
+    a smoke search through the API; its LoraConfig is the recommendation's, the MLflow run it names
+    is the recommended trial, and peft wraps the model with exactly its trainable parameters."""
+    checks = """
+from mlflow.tracking import MlflowClient
+from peft import get_peft_model
 
-    from search.api import SearchResult
+from search.api import SearchResult
+from trainables.model import load_model
 
-    monkeypatch.chdir(tmp_path)
-    namespace: dict = {}
-    exec(compile(readme_example(), "README.md (Python API)", "exec"), namespace)  # noqa: S102  (the README's own code)
-    result, lora = namespace["result"], namespace["lora"]
-    assert isinstance(result, SearchResult)
-    pick = result.recommendation
-    assert sorted(lora.target_modules) == sorted(pick.placement.target_modules(result.space))
-    assert max(pick.ranks) == lora.r and set(lora.rank_pattern.values()) == set(pick.ranks) - {lora.r}
-    assert pick.confirmed and pick.n_seeds == 2 and pick.score_low <= pick.score_mean <= pick.score_high
-    assert pick.run_id in {c.run_id for c in result.confirmed}
-    tags = MlflowClient(result.tracking_uri).get_run(pick.run_id).data.tags
-    assert tags.get("recommended") == "true"
-    assert {t.run_id for t in result.trials} >= {c.run_id for c in result.confirmed}
-
-    from trainables.model import load_model
-
-    model = load_model(result.config.model, 2, seed=0)  # the model the search trained, rebuilt from its config
-    peft_model = get_peft_model(model, lora)
-    lora_params = sum(p.numel() for n, p in peft_model.named_parameters() if "lora_" in n)
-    assert lora_params == pick.adapter_params
-    assert peft_model.get_nb_trainable_parameters()[0] == pick.trainable_params
+assert isinstance(result, SearchResult)
+assert sorted(lora.target_modules) == sorted(pick.placement.target_modules(result.space))
+assert max(pick.ranks) == lora.r and set(lora.rank_pattern.values()) == set(pick.ranks) - {lora.r}
+assert pick.confirmed and pick.n_seeds == 2 and pick.score_low <= pick.score_mean <= pick.score_high
+assert pick.run_id in {c.run_id for c in result.confirmed}
+assert MlflowClient(result.tracking_uri).get_run(pick.run_id).data.tags.get("recommended") == "true"
+assert {t.run_id for t in result.trials} >= {c.run_id for c in result.confirmed}
+model = load_model(result.config.model, 2, seed=0)  # the model the search trained, rebuilt from its config
+peft_model = get_peft_model(model, lora)
+assert sum(p.numel() for n, p in peft_model.named_parameters() if "lora_" in n) == pick.adapter_params
+assert peft_model.get_nb_trainable_parameters()[0] == pick.trainable_params
+print("README example checked")
+"""
+    script = tmp_path / "example.py"
+    script.write_text(readme_example() + checks)
+    env = {**_script_env(None), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "README example checked" in proc.stdout

@@ -34,6 +34,8 @@ from search.runtime.errors import UsageError
 from search.sampling.study import directions, open_study_storage
 from trainables import record as R
 
+LIBRARY_LOG = "library.log"  # the libraries' log lines, in the output directory (`search.cli.route_library_logs`)
+
 
 class SearchLock:
     def __init__(self, output_dir: Path, name: str):
@@ -125,7 +127,7 @@ class Written:
     @classmethod
     def before(cls, search) -> "Written":
         paths = [Path(search.output_dir).absolute(), _sqlite_file(search.tracking_uri), _sqlite_file(search.study_url),
-                 _tune_folder(search.storage_path, search.name)]
+                 _tune_folder(search.storage_path, search.name), Path(search.output_dir).absolute() / LIBRARY_LOG]
         existed = {p for p in paths if p is not None and p.exists()}
         return cls(Path(search.output_dir).absolute(), search.name, search.tracking_uri, search.study_url,
                    search.storage_path, existed)
@@ -142,6 +144,8 @@ class Written:
         out = self.output_dir
         for suffix in (".search.json", "-scores.png", "-lr.png", ".lock"):
             (out / f"{self.name}{suffix}").unlink(missing_ok=True)
+        if out / LIBRARY_LOG not in self.existed:  # the libraries' lines of this search alone
+            (out / LIBRARY_LOG).unlink(missing_ok=True)
         # Its own Tune folder only: one that was there before is another's (a search stopped before
         # its first trial has run no confirmation, so it has no `<name>-confirm` folder either).
         tune_folder = _tune_folder(self.storage_path, self.name)
