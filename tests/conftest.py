@@ -124,6 +124,21 @@ def copy_sqlite(source: Path, dest: Path) -> str:
     return f"sqlite:///{dest}"
 
 
+
+# ---- a command refused before Ray ----------------------------------------------------------------
+class ReachedRay(Exception):
+    """Raised by a stand-in for `search.phases.prepare.init_ray`: a case a test expects refused
+    before Ray starts fails loudly instead of starting it."""
+
+
+def one_error_line(err: str) -> str:
+    """The single line a refused command prints on stderr (`error: ...`), asserting that it is one
+    line and no traceback."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
 # ---- searches that several slow tests share ------------------------------------------------------
 # A search through the CLI costs a minute or more on 2 cores (Ray, the model on a worker, the
 # learning-rate probe, a Tune run per phase). Slow tests that only read what the same search left

@@ -4,7 +4,7 @@ in one line on stderr naming the value and the fix, exit code 2, nothing written
 where the problem can be seen then.
 
 Most cases call `search/run.py`'s `main` in this process with Ray's start replaced by a sentinel
-(`_ReachedRay`): a case that would have gone on to Ray fails loudly instead of starting it. One
+(`ReachedRay`): a case that would have gone on to Ray fails loudly instead of starting it. One
 runs the real CLI in a process of its own."""
 
 from __future__ import annotations
@@ -15,20 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_script
+from tests.conftest import ReachedRay, one_error_line, run_script
 
 HUGE = "100000000000000000000"  # 1e20
-
-
-class _ReachedRay(Exception):
-    pass
-
-
-def _refused(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    return lines[0]
 
 
 @pytest.fixture
@@ -40,7 +29,7 @@ def refuse(tmp_path, monkeypatch, capsys):
     from search.run import main
 
     def reached_ray(*args, **kwargs):
-        raise _ReachedRay
+        raise ReachedRay
 
     monkeypatch.setattr(prepared, "init_ray", reached_ray)
     work = tmp_path / "work"
@@ -53,7 +42,7 @@ def refuse(tmp_path, monkeypatch, capsys):
         err = capsys.readouterr().err
         assert code == 2, err
         assert list(work.iterdir()) == []
-        return _refused(err)
+        return one_error_line(err)
 
     return run
 
@@ -99,7 +88,7 @@ def test_a_count_beyond_what_can_run_is_refused_before_ray(refuse, args, expecte
 def test_the_largest_counts_still_pass_every_check(refuse, monkeypatch):
     from search.run import main
 
-    with pytest.raises(_ReachedRay):
+    with pytest.raises(ReachedRay):
         main(["--config", "smoke", "--output-dir", "out", "--trials", "100000", "--set", "train.epochs=10000",
               "--set", "search.ranks=[2, 65536]", "--set", "train.batch_size=1000000", "--seed", "4294967294"])
 
@@ -115,7 +104,7 @@ def test_a_huge_trial_count_through_the_cli_exits_at_once(tmp_path):
     out = run_script("run", "--config", "smoke", "--output-dir", tmp_path / "out", "--trials", HUGE, cwd=tmp_path,
                      timeout=90)
     assert out.returncode == 2, out.stderr[-2000:]
-    line = _refused(out.stderr)
+    line = one_error_line(out.stderr)
     assert f"search.trials {HUGE} is more than 100000, the most trials a search runs" in line
     assert "set it to at most 100000" in line
     assert list(tmp_path.iterdir()) == []
@@ -158,7 +147,7 @@ def test_score_refuses_such_a_config_in_one_line(tmp_path, monkeypatch, capsys, 
     work.mkdir()
     monkeypatch.chdir(work)
     assert main(["--config", str(cfg), "--output-dir", str(work / "out")]) == 2
-    line = _refused(capsys.readouterr().err)
+    line = one_error_line(capsys.readouterr().err)
     assert f"config {str(cfg)!r} is " in line and "pass a TOML config file" in line
     assert list(work.iterdir()) == []
 
@@ -229,7 +218,7 @@ def test_a_ray_runtime_that_does_not_start_in_time(tmp_path, monkeypatch, capsys
         monkeypatch.delenv(var, raising=False)  # init_ray sets them: as they were afterwards
     monkeypatch.chdir(tmp_path)
     assert main(["--config", "smoke", "--output-dir", str(tmp_path / "out")]) == 2
-    line = _refused(capsys.readouterr().err)
+    line = one_error_line(capsys.readouterr().err)
     assert line.startswith("error: the search's local Ray runtime did not start: its GCS did not answer")
     if "60" in str(error):
         assert "did not answer within 60 s" in line

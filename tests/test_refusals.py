@@ -4,7 +4,7 @@ deploy, a warm start from another model or task, and data whose training split c
 label. Each ends in one line on stderr naming the value and the fix, exit code 2, nothing written.
 
 The searches here are made by hand (a state file, an MLflow run, an Optuna study) and `search/run.py`'s
-`main` runs in this process with Ray's start replaced by a sentinel (`_ReachedRay`), so a case that
+`main` runs in this process with Ray's start replaced by a sentinel (`ReachedRay`), so a case that
 would go on to Ray fails loudly instead of starting it."""
 
 from __future__ import annotations
@@ -16,16 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 
-
-class _ReachedRay(Exception):
-    pass
-
-
-def _one_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    return lines[0]
+from tests.conftest import ReachedRay, one_error_line
 
 
 def _listing(folder: Path) -> dict[str, int]:
@@ -40,7 +31,7 @@ def search_main(tmp_path, monkeypatch, capsys):
     from search.run import main
 
     def reached_ray(*args, **kwargs):
-        raise _ReachedRay
+        raise ReachedRay
 
     monkeypatch.setattr(prepared, "init_ray", reached_ray)
     monkeypatch.chdir(tmp_path)
@@ -81,7 +72,7 @@ def test_resume_refuses_settings_that_differ_from_the_stored_search(tmp_path, se
         (["--config", "smoke", "--set", "train.epochs=9"], "train.epochs 9 (--set)"),
     ]:
         code, _, err = search_main("--resume", "--output-dir", out, "--experiment", "s", *args)
-        line = _one_line(err)
+        line = one_error_line(err)
         assert code == 2, err
         assert line.startswith("error: --resume continues search 's' with the config it was started with, but ")
         assert expected in line
@@ -91,7 +82,7 @@ def test_resume_refuses_settings_that_differ_from_the_stored_search(tmp_path, se
     # file is often the one the search started from: where it differs, the stored value is kept, said.
     code, printed, err = search_main("--resume", "--output-dir", out, "--config", "smoke", "--trials",
                                      stored.search.trials)
-    assert code == 2 and "its MLflow store" in _one_line(err)
+    assert code == 2 and "its MLflow store" in one_error_line(err)
     assert "note: --resume keeps the config search 's' was started with: " in printed
     assert f"model.name {stored.model.name!r} (--config smoke says 'tiny-bert')" in printed
     assert _listing(tmp_path) == before
@@ -101,13 +92,13 @@ def test_resume_refuses_settings_that_differ_from_the_stored_search(tmp_path, se
 def test_a_name_of_another_searchs_confirmation_run_is_refused(tmp_path, search_main):
     for name, suffix in (("first-confirm", "-confirm"), ("first-race3", "-race3")):
         code, _, err = search_main("--config", "smoke", "--output-dir", tmp_path / "out", "--experiment", name)
-        line = _one_line(err)
+        line = one_error_line(err)
         assert code == 2
         assert f"--experiment {name!r} ends in {suffix!r}: it is the name of the " in line
         assert "runs of search 'first' in Ray Tune's storage" in line
         assert "pick a name that does not end in -confirm or -race<N>" in line
         assert list(tmp_path.iterdir()) == []
-    with pytest.raises(_ReachedRay):  # a name that merely contains the word is fine
+    with pytest.raises(ReachedRay):  # a name that merely contains the word is fine
         search_main("--config", "smoke", "--output-dir", tmp_path / "out", "--experiment", "confirm-first")
 
 
@@ -139,20 +130,20 @@ def test_resume_checks_both_stores_hold_the_search_before_ray(tmp_path, search_m
     resume = ["--resume", "--output-dir", out, "--experiment", "s"]
 
     code, _, err = search_main(*resume)
-    line = _one_line(err)
+    line = one_error_line(err)
     assert code == 2 and not (out / "mlflow.db").exists()
     assert f"--resume s: its MLflow store {out.resolve() / 'mlflow.db'} is missing" in line
     assert "put the file back" in line and "another --experiment name" in line
 
     uri = new_mlflow_store(out / "mlflow.db")
     code, _, err = search_main(*resume)  # a store without the search
-    assert code == 2 and "does not hold the search (no MLflow experiment named 's'" in _one_line(err)
+    assert code == 2 and "does not hold the search (no MLflow experiment named 's'" in one_error_line(err)
     client = MlflowClient(uri)
     client.create_run(client.create_experiment("s"), tags={"role": "search"})
 
     before = _listing(out)
     code, _, err = search_main(*resume)
-    line = _one_line(err)
+    line = one_error_line(err)
     assert code == 2 and not (out / "optuna.db").exists()
     assert f"--resume s: its Optuna study store {out.resolve() / 'optuna.db'} is missing" in line
     assert "--study-storage" in line
@@ -162,11 +153,11 @@ def test_resume_checks_both_stores_hold_the_search_before_ray(tmp_path, search_m
     optuna.create_study(study_name="other", storage=study_url)
     before = _listing(out)
     code, _, err = search_main(*resume)
-    assert code == 2 and "holds no study named 's'" in _one_line(err)
+    assert code == 2 and "holds no study named 's'" in one_error_line(err)
     assert _listing(out) == before
 
     optuna.create_study(study_name="s", storage=study_url)
-    with pytest.raises(_ReachedRay):
+    with pytest.raises(ReachedRay):
         search_main(*resume)
     assert "resuming 's' with the config it was started with: " in capsys.readouterr().out
 
@@ -203,7 +194,7 @@ def test_deploy_refuses_a_deleted_run_before_writing_anything(tmp_path, new_mlfl
 
     output = tmp_path / "deployed"
     assert main(["--run-id", run_id, "--tracking-uri", uri, "--output", str(output)]) == 2
-    line = _one_line(capsys.readouterr().err)
+    line = one_error_line(capsys.readouterr().err)
     if deleted == "run":
         assert f"run {run_id} is deleted (MLflow lifecycle_stage 'deleted'): restore it first" in line
         assert f"mlflow runs restore --run-id {run_id}" in line
@@ -248,7 +239,7 @@ def test_warm_start_from_another_model_task_or_metric_is_refused(tmp_path, searc
     before = store.read_bytes()
     code, _, err = search_main("--config", "smoke", "--output-dir", tmp_path / "out", "--tracking-uri", uri,
                                "--warm-start", "earlier", *args)
-    line = _one_line(err)
+    line = one_error_line(err)
     assert code == 2
     assert line.startswith("error: --warm-start earlier: ") and expected in line
     assert "warm-start only from a search on the same model, task and metric" in line
@@ -257,7 +248,7 @@ def test_warm_start_from_another_model_task_or_metric_is_refused(tmp_path, searc
 
 def test_warm_start_from_the_same_model_and_task_passes(tmp_path, search_main, new_mlflow_store):
     uri = _earlier_search(tmp_path, new_mlflow_store, "earlier", {"name": "tiny-bert", "tiny_hidden": 32})
-    with pytest.raises(_ReachedRay):
+    with pytest.raises(ReachedRay):
         search_main("--config", "smoke", "--output-dir", tmp_path / "out", "--tracking-uri", uri,
                     "--warm-start", "earlier")
 
@@ -266,7 +257,7 @@ def test_warm_start_from_the_same_model_and_task_passes(tmp_path, search_main, n
 def test_a_training_split_missing_a_label_is_refused(tmp_path, search_main):
     code, _, err = search_main("--config", "smoke", "--output-dir", tmp_path / "out", "--set",
                                "data.max_train_examples=1")
-    line = _one_line(err)
+    line = one_error_line(err)
     assert code == 2
     assert "dataset 'synthetic': the training split (1 example after data.max_train_examples 1) has no example " \
            "of label(s) 'marker" in line
@@ -285,7 +276,7 @@ def test_empty_or_ambiguous_texts_are_named_as_such(tmp_path, search_main, rows,
     data.write_text("text,label\n" + "".join(f'"{t}",{y}\n' for t, y in rows))
     code, _, err = search_main("--config", "smoke", "--output-dir", tmp_path / "out", "--set",
                                f"data.source={data}", "--set", "model.name=minilm")
-    line = _one_line(err)
+    line = one_error_line(err)
     assert code == 2 and expected in line and "only one label" not in line
     assert "check data.text_column and data.label_column" in line
     assert not (tmp_path / "out").exists()
