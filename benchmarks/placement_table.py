@@ -93,19 +93,22 @@ def calibrated_lr(meta_path: Path, cfg, prep, reference, threads: int) -> dict:
     from trainables.config import Config
     from trainables.probe import probe_lr
 
-    if meta_path.exists():
-        meta = json.loads(meta_path.read_text())
-        if "lr" in meta:
-            return meta
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    if "lr" in meta:
+        return meta
+    done = meta.get("probe_points", {})  # "lr" -> score of the points already probed: the probe resumes
     s = cfg.search
     probe_cfg = Config.from_dict({**cfg.to_dict(), "train": {**cfg.to_dict()["train"], "epochs": s.calibration_epochs},
                                   "search": {**cfg.to_dict()["search"], "cpus_per_trial": threads}})
     lrs = lr_grid(s.calibration_lr_min, s.calibration_lr_max, s.calibration_points)
     scores = []
     for lr in lrs:
-        out = probe_lr(probe_cfg.to_dict(), prep.space.to_dict(), reference.to_json(), lr, prep.metric_name)
-        scores.append(out["score"])
-        print(f"probe lr {lr:g}: {out['score']}", flush=True)
+        if repr(lr) not in done:
+            out = probe_lr(probe_cfg.to_dict(), prep.space.to_dict(), reference.to_json(), lr, prep.metric_name)
+            done[repr(lr)] = out["score"]
+            meta_path.write_text(json.dumps({**meta, "probe_points": done}, indent=1))
+        scores.append(done[repr(lr)])
+        print(f"probe lr {lr:g}: {scores[-1]}", flush=True)
     chosen, edge = choose_lr(lrs, scores, R.sense(prep.metric_name))
     return {"lr": chosen, "probe": {"lrs": lrs, "scores": scores, "edge": edge, "placement": reference.key}}
 

@@ -53,6 +53,11 @@ class LibraryLog(logging.FileHandler):
         self.count += 1
         super().emit(record)
 
+    def handleError(self, record: logging.LogRecord) -> None:
+        """A line the file cannot take (its disk is full) is dropped: logging's own handler would
+        print a traceback per line on the terminal; the search says what failed in its own line."""
+        self.count -= 1
+
 
 def route_library_logs(output_dir: Path) -> LibraryLog:
     """Send the libraries' log lines (`LIBRARY_LOGGERS`) to <output_dir>/library.log instead of the

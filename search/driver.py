@@ -30,9 +30,10 @@ from search.phases.confirm import confirm
 from search.phases.prepare import PreparedSearch, prepare_search
 from search.phases.publish import SearchView, publish, why_none_completed
 from search.phases.session import Session, open_session
-from search.runtime.credentials import has_masked_password
+from search.runtime.credentials import has_masked_password, shown
 from search.runtime.errors import UsageError
 from search.runtime.interrupts import Interrupts
+from search.runtime.stores import storage_stop, store_failures
 from search.runtime.workspace import SearchLock, Written, claim_study
 from search.sampling.samplers import SamplerInputs
 from trainables import record as R
@@ -50,7 +51,7 @@ def run_search(cfg, output_dir: Path, experiment: str | None = None, resume: boo
             return interrupts.exit_code
         interrupts.install()  # ray.init set a SIGTERM handler of its own
         written = None if search.resumed else Written.before(search)
-        with SearchLock(search.output_dir, search.name):
+        with SearchLock(search.output_dir, search.name), storage_stop(search.output_dir, lambda: _resume_hint(search)):
             return _run_locked(search, interrupts, written, t_start)
 
 
@@ -60,9 +61,11 @@ def _run_locked(search: PreparedSearch, interrupts: Interrupts, written, t_start
     session = None
     try:
         if written is not None:
-            _claim(search, written)
+            with store_failures(search.resumed, search.name, "search.study_storage", search.study_url_shown):
+                _claim(search, written)
         _print_plan(search)
-        session = open_session(search, written)
+        with store_failures(search.resumed, search.name, "tracking.uri", shown(search.tracking_uri)):
+            session = open_session(search, written)
         session.phase_done("prepare_s", time.time() - t_start)
         if search.calibration is None and search.cfg.search.calibrate_lr:
             session.search = calibrate_search(session)

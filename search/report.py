@@ -15,6 +15,7 @@ prior was right and the recommendation, printed as the driver prints them.
 from __future__ import annotations
 
 import argparse
+import logging
 import re
 import sys
 from pathlib import Path
@@ -24,13 +25,49 @@ from analysis.mlflow_read import DEFAULT_TRACKING_URI, StoreError, open_store, r
 from search.cli import fail, mlflow_client_defaults
 from search.phases.publish import FILES, SearchView, publish
 from search.runtime.checks import check_output_dir
-from search.runtime.errors import UsageError
+from search.runtime.errors import UsageError, storage_problem
 from search.tracking.ui import open_views
 from trainables import record as R
 
 
 def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "search"
+
+
+class _TolerantWrites:
+    """The report's MLflow client: reads go through; the first write the store refuses because it is
+    read-only or its disk is full is remembered (`refused`: kind, cause), and it and every later
+    write are skipped, so that the report is still built and printed from what the store holds."""
+
+    WRITES = frozenset({"set_tag", "delete_tag", "log_artifact", "log_artifacts", "log_batch", "log_metric",
+                        "log_param", "set_experiment_tag", "update_run", "set_terminated", "log_text", "log_dict"})
+
+    def __init__(self, client):
+        self._client = client
+        self.refused: tuple[str, str] | None = None
+
+    def __getattr__(self, name):
+        attr = getattr(self._client, name)
+        if name not in self.WRITES:
+            return attr
+
+        def write(*args, **kwargs):
+            if self.refused is not None:
+                return None
+            quiet = logging.getLogger("mlflow.store.db.utils")  # logs each refused write with its traceback
+            level = quiet.level
+            quiet.setLevel(logging.CRITICAL)
+            try:
+                return attr(*args, **kwargs)
+            except Exception as e:
+                self.refused = storage_problem(e)
+                if self.refused is None:
+                    raise
+                return None
+            finally:
+                quiet.setLevel(level)
+
+        return write
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,10 +102,19 @@ def main(argv: list[str] | None = None) -> int:
     except (StoreError, UsageError) as e:
         return fail(str(e))
     parent = search["parent"]
+    client = _TolerantWrites(client)  # a read-only store still gets its report, printed and in files
     view = SearchView.of_store(client, parent, args.tracking_uri)
     open_views(client, parent["experiment_id"], parent["run_id"], R.sense(view.metric_name))
-    ending = publish(client, view, search["rows"], output_dir, status=parent["status"],
-                     title=f"{view.metric_name} vs trainable parameters ({parent['experiment']})")
+    try:
+        ending = publish(client, view, search["rows"], output_dir, status=parent["status"],
+                         title=f"{view.metric_name} vs trainable parameters ({parent['experiment']})")
+    except OSError as e:
+        problem = storage_problem(e)
+        if problem is None:
+            raise
+        return fail(f"--output-dir {output_dir}: cannot write the report's files: the folder is "
+                    f"{'on a full disk' if problem[0] == 'full' else 'read-only'} ({problem[1]}): free space there "
+                    "or pass --output-dir <a writable folder>")
     counts = {s: sum(r.status == s for r in ending.searched) for s in ("completed", "pruned", "failed", "running")}
     print(f"search {parent['run_id']} in experiment {parent['experiment']!r} ({parent['status']}): "
           f"{len(ending.searched)} trials, " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
@@ -77,12 +123,20 @@ def main(argv: list[str] | None = None) -> int:
     front = [r for r in ending.result.records if r.pareto]
     by_run = {c.run_id: c.stats.mean for c in ending.result.confirmed}
     sense = R.sense(view.metric_name)
-    print(f"frontier: {len(front)} trial runs tagged pareto=true; deploy one with "
+    tagged = "not tagged: the store refused writes" if client.refused else "tagged pareto=true"
+    print(f"frontier: {len(front)} trial runs {tagged}; deploy one with "
           f"python search/deploy.py --run-id RUN_ID --tracking-uri {args.tracking_uri}")
     for r in sorted(front, key=lambda r: best_first(by_run.get(r.run_id, r.score), sense)):
         what = f"mean {by_run[r.run_id]:.4f} over seeds" if r.run_id in by_run else f"{r.score:.4f}"
         print(f"  {r.run_id}  {view.metric_name} {what}  params {r.trainable_params:,}  {r.key}")
     print(f"written: {', '.join(str(output_dir / n) for n in FILES)}")
+    if client.refused:
+        kind, why = client.refused
+        state = "is read-only" if kind == "read-only" else "is on a full disk"
+        print(f"warning: the MLflow store {args.tracking_uri} {state} ({why}): the report above and its files are "
+              "complete, but what it writes to the store (the pareto=true tags, notes, views and artifacts on the "
+              "search's runs) was not written, or only in part: run it again once the store can be written",
+              file=sys.stderr)
     return 0
 
 

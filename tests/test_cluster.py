@@ -251,3 +251,77 @@ def test_resume_after_the_driver_is_killed(tmp_path):
     bad = subprocess.run(_cli("--resume", "--output-dir", str(tmp_path / "nothing")), capture_output=True,
                          text=True, timeout=120, cwd=ROOT)
     assert bad.returncode == 2 and "no earlier search" in bad.stderr
+
+
+@pytest.mark.slow
+def test_a_cluster_with_token_auth_joined_without_a_token_is_one_line_naming_the_fix(tmp_path):
+    """A plain `ray start --head` on a machine with a saved token (~/.ray/auth_token) turns token
+    authentication on; `ray.init` with an explicit address joins without a token unless
+    RAY_AUTH_MODE=token, retries for a minute and says only "Failed to connect". The driver asks
+    first and says what to export. The head runs in its own session with its own temp dir and is
+    stopped by process id (`ray stop` would stop every Ray cluster on the machine)."""
+    import secrets
+    import tempfile
+
+    from benchmarks.cluster_scale import _descendants, _listening, _stop_group
+    from tests.conftest import one_error_line, script_argv
+
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True)
+    (home / ".ray" / "auth_token").write_text(secrets.token_hex(32))
+    plain = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}  # RAY_AUTH_MODE unset
+    plain["RAY_USAGE_STATS_ENABLED"] = "0"
+    port, temp_dir = _free_port(), tempfile.mkdtemp(prefix="rauth-", dir="/tmp")  # short: socket paths
+    address = f"127.0.0.1:{port}"
+    with open(tmp_path / "ray-head.log", "w") as log:
+        head = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--block", "--head",
+                                 f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+                                 "--include-dashboard=false", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+                                stdout=log, stderr=subprocess.STDOUT, env={**plain, "HOME": str(home)},
+                                start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while not _listening(port) and head.poll() is None and time.time() < deadline:
+            time.sleep(0.5)
+        assert _listening(port), (tmp_path / "ray-head.log").read_text()[-2000:]
+        t0 = time.time()
+        proc = subprocess.run(script_argv("run", "--config", "smoke", "--address", address, "--output-dir",
+                                          tmp_path / "out"), capture_output=True, text=True, timeout=300,
+                              cwd=tmp_path, env=plain)
+        took_s = time.time() - t0
+        assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+        line = one_error_line(proc.stderr)
+        assert f"search.address {address}: the Ray cluster requires token authentication" in line
+        assert "export RAY_AUTH_MODE=token" in line and "~/.ray/auth_token" in line
+        assert took_s < 60, took_s  # not Ray's minute of retries
+        assert not (tmp_path / "out").exists()
+        # The fix it names works: with RAY_AUTH_MODE=token (the token in ~/.ray/auth_token) Ray joins;
+        # a wrong token is its own line.
+        join = ("import ray\nfrom search.runtime.checks import ray_auth_problem\n"
+                f"print('problem:', ray_auth_problem({address!r}))\n"
+                f"ray.init(address={address!r}, log_to_driver=False)\nprint('joined', len(ray.nodes()))\n")
+        fixed = subprocess.run([sys.executable, "-c", join], capture_output=True, text=True, timeout=180, cwd=ROOT,
+                               env={**plain, "HOME": str(home), "RAY_AUTH_MODE": "token"})
+        assert "problem: None" in fixed.stdout and "joined 1" in fixed.stdout, fixed.stdout + fixed.stderr[-2000:]
+        wrong = subprocess.run([sys.executable, "-c", join.split("ray.init")[0]], capture_output=True, text=True,
+                               timeout=180, cwd=ROOT, env={**plain, "RAY_AUTH_MODE": "token",
+                                                           "RAY_AUTH_TOKEN": secrets.token_hex(32)})
+        assert "the Ray cluster refused this driver's token" in wrong.stdout, wrong.stdout + wrong.stderr[-2000:]
+    finally:
+        _stop_group(head, _descendants(head.pid), grace_s=3)
+        import shutil
+
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_the_token_question_is_asked_only_of_a_host_port_that_answers():
+    """`ray_auth_problem` asks a HOST:PORT cluster's GCS; "", "auto", ray:// and a port where nothing
+    listens are left to `ray.init` at once (Ray's client would wait its whole timeout on a closed port)."""
+    import ray  # noqa: F401  (imported first, as `init_ray` does)
+
+    from search.runtime.checks import ray_auth_problem
+
+    t0 = time.time()
+    for address in ("", "auto", "ray://127.0.0.1:10001", f"127.0.0.1:{_free_port()}"):
+        assert ray_auth_problem(address) is None
+    assert time.time() - t0 < 10

@@ -131,6 +131,27 @@ def test_sigterm_outside_a_tune_phase_interrupts_and_exits_143():
         assert interrupts.exit_code == 143 and interrupts.name == "SIGTERM"
 
 
+def test_the_processes_ray_starts_for_a_local_runtime_get_a_session_of_their_own():
+    """A SIGTERM to the driver's process group (`timeout`, Slurm) must not reach Ray's GCS and
+    raylet: `ray_processes_apart` starts them, through Ray's own Popen, in a session of their own
+    (the slow test below stops a real search that way)."""
+    import subprocess
+    import sys
+
+    import ray._private.services as services
+
+    from search.runtime.ray_internals import ray_processes_apart
+
+    show_session = [sys.executable, "-c", "import os; print(os.getsid(0), os.getpid())"]
+    with ray_processes_apart():
+        apart = services.ConsolePopen(show_session, stdout=subprocess.PIPE, text=True)
+    sid, pid = apart.communicate(timeout=30)[0].split()
+    assert sid == pid  # a session (and process group) of its own
+    assert services.ConsolePopen is not None and "Apart" not in services.ConsolePopen.__name__  # put back
+    plain = services.ConsolePopen(show_session, stdout=subprocess.PIPE, text=True)
+    assert plain.communicate(timeout=30)[0].split()[0] == str(os.getsid(0))
+
+
 # ---- the trial entry point ----------------------------------------------------------------------
 def test_a_settled_trial_reports_its_outcome_without_training(monkeypatch):
     from ray import tune
@@ -381,6 +402,28 @@ def test_a_signal_after_the_first_trial_ends_the_search_as_killed_and_resume_fin
 
     told = optuna.load_study(study_name="stopped", storage=f"sqlite:///{out / 'optuna.db'}").get_trials()
     assert len(told) == 3 and {t.state.name for t in told} == {"COMPLETE"}  # nothing RUNNING or WAITING
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_whole_process_group_ends_the_search_as_sigterm_to_the_driver_does(tmp_path):
+    """`timeout`, Slurm, systemd and Kubernetes send SIGTERM to the driver's whole process group.
+    The search's Ray processes (GCS, raylet, workers) must not be in it, or they die under the
+    driver: no trial marked, no --resume line, no exit 143."""
+    out = tmp_path / "out"
+    args = ["--trials", "3", "--output-dir", str(out), "--experiment", "grouped", "--set", "train.epochs=4",
+            "--set", "search.asha_grace_epochs=4", "--set", "search.confirm_seeds=0",
+            "--set", "search.calibrate_lr=false", "--set", "data.synthetic_examples=4096"]
+    driver, seen = _start(args, tmp_path), []
+    _signal_after(driver, "[1/3]", 0, seen, wait_s=2)  # signal 0: only checks the driver is alive
+    os.killpg(driver.pid, signal.SIGTERM)  # the driver's group, as `timeout` or `kill -TERM -PGID` does
+    text = _finish(driver, seen)
+    assert driver.returncode == 143, text[-3000:]
+    assert "Traceback" not in text and "Aborted" not in text and "core dumped" not in text
+    assert "SIGTERM: the search was stopped;" in text, text[-3000:]
+    assert f"continue with: python search/run.py --resume --output-dir {out} --experiment grouped" in text
+    parents, trials = _runs(out, "grouped")
+    assert parents[0].info.status == "KILLED"
+    assert trials and all(r.info.status != "RUNNING" for r in trials)  # none left RUNNING
 
 
 def kill_when_tune_starts(driver, prefix: str, tune_dir: Path, seen: list, timeout_s: float = 400) -> None:

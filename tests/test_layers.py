@@ -89,9 +89,19 @@ def test_the_cycle_finder_finds_a_cycle():
 
 def test_the_product_uses_no_private_api_of_ray_or_optuna():
     pattern = re.compile(r"ray\._private|ray_constants|\._get_trials\b|\._trial_id\b|\._study_id\b|study\._storage\b")
-    hits = [f"{p.relative_to(ROOT)}:{i}: {line.strip()}" for p in _modules().values()
+    hits = [f"{p.relative_to(ROOT)}:{i}: {line.strip()}" for m, p in _modules().items() if m != RAY_INTERNALS
             for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
     assert hits == []
+
+
+RAY_INTERNALS = "search.runtime.ray_internals"  # the one module allowed Ray's internals (tests/test_ray_internals.py)
+
+
+def test_only_the_adapter_module_reaches_into_ray_internals():
+    """`ray._raylet` and the like are as private as `ray._private`: only the adapter imports them."""
+    private = [(m, n) for m, p in _modules().items() for n in _imports(p)
+               if n.split(".")[0] == "ray" and any(part.startswith("_") for part in n.split(".")[1:])]
+    assert private and {m for m, _ in private} == {RAY_INTERNALS}, private
 
 
 def test_search_reads_as_the_pipeline():

@@ -16,62 +16,22 @@ them this test fails, naming the fix; it never skips.
 
 import os
 import shutil
-import tempfile
-import time
 
 import pytest
 
-from search.tracking.ui import compare_link
+from search.tracking.ui import PARALLEL_METRICS, PARALLEL_PARAMS, compare_link
+from tests.browser import WAIT_S, chromium, page_text, wait_for
 from tests.conftest import ROOT
 
-CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 GENAI_ONLY = ("Sessions", "Judges", "Playground")  # sidebar entries of the UI's GenAI mode
-WAIT_S = 60
 
 
 def _chromium():
-    """A headless Chromium at 1600 x 900 with a fresh profile (no remembered UI mode or layout)."""
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
-    if not (browser and driver):
-        pytest.fail("Chromium and chromedriver are needed for the MLflow UI test and were not found: install "
-                    "them with `apt-get install chromium chromium-driver` (.ci/run does it)")
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        pytest.fail("selenium is not installed: pip install -e '.[test]' (scripts/install.sh does it)")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = browser
-    for flag in CHROME_FLAGS + [f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-')}"]:
-        opts.add_argument(flag)
-    chrome = webdriver.Chrome(service=Service(driver), options=opts)
-    chrome.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
-                           {"width": 1600, "height": 900, "deviceScaleFactor": 1, "mobile": False})
-    return chrome
-
-
-def _text(chrome) -> str:
-    from selenium.webdriver.common.by import By
-
-    return chrome.find_element(By.TAG_NAME, "body").text
+    return chromium("the MLflow UI test")
 
 
 def _wait(chrome, ok, what: str, timeout_s: float = WAIT_S):
-    """Poll `ok(chrome)` until it is truthy; fail with what the page shows."""
-    from selenium.common.exceptions import WebDriverException
-
-    deadline, last = time.time() + timeout_s, None
-    while time.time() < deadline:
-        try:
-            last = ok(chrome)
-            if last:
-                return last
-        except WebDriverException:
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"the MLflow UI never showed {what} within {timeout_s}s; it shows:\n{_text(chrome)[:2500]}")
+    return wait_for(chrome, ok, what, timeout_s, where="the MLflow UI")
 
 
 def _rows(chrome) -> set[str]:
@@ -129,7 +89,7 @@ def test_a_person_picks_a_placement_in_the_ui(served_search, tmp_path):
         # 1. The printed address: the runs table of the model-training mode, one row per trial, best first.
         chrome.get(address)
         _wait(chrome, lambda c: _rows(c) == trial_ids, "one row per trial run, none nested")
-        page = _text(chrome)
+        page = page_text(chrome)
         assert "Runs" in page and "Model registry" in page and not any(g in page.split("\n") for g in GENAI_ONLY)
         for run in s.trials:  # named "<trial id> <placement key>", readable in full
             assert run.info.run_name.endswith(run.data.tags["placement_key"]) and run.info.run_name in page
@@ -144,7 +104,7 @@ def test_a_person_picks_a_placement_in_the_ui(served_search, tmp_path):
             _click(chrome, "mlflow.assistant.chat_panel.close")  # the assistant panel opens on a first visit
         columns = ("recommended", "score", "score_mean", "score_low", "score_high", "n_seeds", "trainable_params",
                    "compute_hours")
-        _wait(chrome, lambda c: set(columns) <= set(_text(c).split("\n")), f"the columns {columns}")
+        _wait(chrome, lambda c: set(columns) <= set(page_text(c).split("\n")), f"the columns {columns}")
         shot = tmp_path / "mlflow-ui.png"
         chrome.save_screenshot(str(shot))
         if os.environ.get("MLFLOW_UI_SCREENSHOT"):
@@ -152,8 +112,8 @@ def test_a_person_picks_a_placement_in_the_ui(served_search, tmp_path):
 
         # 2. Expanded: the frontier table, the deploy command, the way to the full summary.
         _click(chrome, "mlflow.experiment.metadata_editor.expand_button")
-        _wait(chrome, lambda c: "Pareto frontier (" in _text(c), "the expanded description")
-        page = _text(chrome)
+        _wait(chrome, lambda c: "Pareto frontier (" in page_text(c), "the expanded description")
+        page = page_text(chrome)
         assert f"Deploy it: python search/deploy.py --run-id {best.run_id} --tracking-uri {url}" in page
         assert all(r.info.run_name.split(" ")[0] in page for r in s.front)  # frontier rows: trial ids link
         best_name = next(r.info.run_name for r in s.trials if r.info.run_id == best.run_id)
@@ -176,19 +136,39 @@ def test_a_person_picks_a_placement_in_the_ui(served_search, tmp_path):
         # 5. The charts: score against trainable params and against cost.
         chrome.get(address.replace("viewStateShareKey=trials-", "viewStateShareKey=charts-") + "&compareRunsMode=CHART")
         _wait(chrome, lambda c: len(c.find_elements(By.CSS_SELECTOR, ".js-plotly-plot")) >= 2, "two scatter charts")
-        assert not any(g in _text(chrome).split("\n") for g in GENAI_ONLY)  # still the model-training mode
+        # Two cards to a row: the scatters side by side, the parallel coordinates on the next row (MLflow
+        # draws a card once it scrolls into view: below the first row it is not drawn yet, or lower).
+        tops = chrome.execute_script(
+            "return arguments[0].map(title => Array.from(document.querySelectorAll('*'))"
+            "  .filter(e => e.children.length === 0 && e.textContent.trim() === title)"
+            "  .map(e => e.getBoundingClientRect().top)[0])",
+            ["trainable_params vs. score", "compute_hours vs. score", "Parallel Coordinates"])
+        assert tops[0] is not None and tops[0] == tops[1] and (tops[2] is None or tops[2] > tops[0]), tops
+        # The parallel coordinates run over the axes the view names (MLflow's own default is its
+        # first three params); MLflow shortens a long axis name ("traina...params").
+        scroll = ("document.querySelectorAll('*').forEach(e => {"
+                  "  if (e.scrollHeight > e.clientHeight + 50) e.scrollTop = e.scrollHeight; })")
+        named = {a for a in (*PARALLEL_PARAMS, *PARALLEL_METRICS) if len(a) <= 14}
+
+        def parallel_axes(c):
+            c.execute_script(scroll)
+            text = page_text(c)
+            return "Parallel Coordinates" in text and named <= set(text.split("Parallel Coordinates", 1)[1].split("\n"))
+
+        _wait(chrome, parallel_axes, f"the parallel coordinates over {sorted(named)}")
+        assert not any(g in page_text(chrome).split("\n") for g in GENAI_ONLY)  # still the model-training mode
         # The compare page, as the descriptions link it: the trials side by side, model-training mode.
         chrome.get(f"{url}/{compare_link(eid, sorted(trial_ids))}")
-        _wait(chrome, lambda c: all(r.info.run_name in _text(c) for r in s.trials), "the compare page")
-        assert not any(g in _text(chrome).split("\n") for g in GENAI_ONLY)
+        _wait(chrome, lambda c: all(r.info.run_name in page_text(c) for r in s.trials), "the compare page")
+        assert not any(g in page_text(chrome).split("\n") for g in GENAI_ONLY)
 
         # 6. The search run's page: the full summary, with the Pareto plot shown; the registered model's page.
         chrome.get(summary_link)
-        _wait(chrome, lambda c: "Recommendation: deploy " in _text(c), "the search run's description")
+        _wait(chrome, lambda c: "Recommendation: deploy " in page_text(c), "the search run's description")
         show_more = chrome.find_elements(By.XPATH, "//*[normalize-space(text())='Show more']")
         if show_more:
             show_more[0].click()
-        _wait(chrome, lambda c: "Baselines (" in _text(c) and "Priors (" in _text(c), "the full summary")
+        _wait(chrome, lambda c: "Baselines (" in page_text(c) and "Priors (" in page_text(c), "the full summary")
         # Section headings read as headings: larger than the text (an h4 is not: 13 px like the body).
         heading, body = chrome.execute_script(
             "const h = Array.from(document.querySelectorAll('h1, h2, h3, h4'))"
@@ -201,8 +181,8 @@ def test_a_person_picks_a_placement_in_the_ui(served_search, tmp_path):
             "return i && i.complete && i.naturalWidth"), "the Pareto plot loaded")
         assert plot > 300
         chrome.get(f"{url}/#/models/{s.model}?workflowType=machine_learning")
-        _wait(chrome, lambda c: f"points at version 1: Placement {best.key}:" in _text(c), "the registered model's description")
-        assert f"models:/{s.model}@deploy" in _text(chrome)
+        _wait(chrome, lambda c: f"points at version 1: Placement {best.key}:" in page_text(c), "the registered model's description")
+        assert f"models:/{s.model}@deploy" in page_text(chrome)
     finally:
         chrome.quit()
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -3,7 +3,6 @@ the links that open them (what the browser shows is `tests/test_mlflow_ui.py`)."
 
 import shlex
 
-
 from trainables.record import TrialRecord
 
 PID, EID = "p" * 32, "7"
@@ -200,7 +199,14 @@ def test_views_hold_one_search_sorted_by_score():
         assert state["selectedColumns"][:2] == ["tags.`recommended`", "metrics.`score`"]
         metrics = ("score", "score_mean", "score_low", "score_high", "n_seeds", "trainable_params", "compute_hours")
         assert [c for c in state["selectedColumns"] if c.startswith("metrics.")] == [f"metrics.`{m}`" for m in metrics]
-    assert [c["xaxis"]["key"] for c in charts["compareRunCharts"]] == ["trainable_params", "compute_hours"]
+    scatters = [c for c in charts["compareRunCharts"] if c["type"] == "SCATTER"]
+    assert [(c["xaxis"]["key"], c["yaxis"]["key"]) for c in scatters] == [("trainable_params", "score"),
+                                                                           ("compute_hours", "score")]
+    # parallel coordinates over what a placement is, against size, cost and the score (coloured by the last)
+    (parallel,) = [c for c in charts["compareRunCharts"] if c["type"] == "PARALLEL"]
+    assert parallel["selectedParams"] == ["rank", "lr", "n_sites"]
+    assert parallel["selectedMetrics"] == ["trainable_params", "compute_hours", "score"]
+    assert {c["metricSectionId"] for c in charts["compareRunCharts"]} == {s["uuid"] for s in charts["compareRunSections"]}
     assert "compareRunCharts" not in trials
 
 

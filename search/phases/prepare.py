@@ -17,7 +17,7 @@ import logging
 import os
 import re
 import time
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +32,7 @@ from search.runtime.checks import (
     check_storage,
     check_study_storage,
     check_tracking_uri,
+    ray_auth_problem,
     ray_start_problem,
 )
 from search.runtime.credentials import (
@@ -43,6 +44,7 @@ from search.runtime.credentials import (
     without_credentials,
 )
 from search.runtime.errors import UsageError, user_error_types
+from search.runtime.ray_internals import ray_processes_apart
 from search.runtime.workspace import check_free
 from spaces.budget import Budget, BudgetError, make_budget
 from spaces.scores import PriorScores
@@ -312,10 +314,14 @@ def init_ray(cfg: Config) -> None:
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         common = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
                       configure_logging=True)
+        refused = ray_auth_problem(address)  # a cluster with token auth on, joined without a token
+        if refused:
+            raise UsageError(refused)
         try:
             # "local" starts a runtime of our own: a bare ray.init() would join any cluster that `ray
             # start` launched on this machine, someone else's included.
-            ray.init(address=address or "local", **common)
+            with nullcontext() if address else ray_processes_apart():  # a group SIGTERM: the driver's alone
+                ray.init(address=address or "local", **common)
         except Exception as e:
             problem = ray_start_problem(e, address)  # its GCS did not answer in time (a loaded machine)
             if problem is None and isinstance(e, ConnectionError):  # the cluster went away, or refused us
@@ -457,6 +463,8 @@ def prepare_search(cfg: Config, output_dir: Path, experiment: str | None = None,
                              "pass --resume to continue it, or another --experiment name")
         cfg = carried_config(cfg)
     check_inputs(cfg)  # a typo costs no Ray start
+    if not cfg.tracking.uri:  # the default store, in the output folder: one that is not a SQLite store is refused
+        check_tracking_uri(default_tracking_uri(output_dir.resolve()))
     if cfg.search.warm_start and not resume:
         from search.runtime.checks import check_warm_start
 

@@ -19,6 +19,7 @@ from analysis.heatmap import plot_heatmap
 from analysis.mlflow_read import trial_record, trial_runs
 from search.phases.prepare import PreparedSearch
 from search.runtime.credentials import real
+from search.runtime.workspace import store_creation_lock
 from search.tracking.notes import publish_running
 from search.tracking.runs import SearchRun, open_search_run
 from search.tracking.ui import open_views
@@ -65,7 +66,7 @@ def open_session(search: PreparedSearch, written=None) -> Session:
     `written`: a new search's `search.runtime.workspace.Written`, told the experiment if this made it."""
     uri = search.tracking_uri  # a database store's password masked (search.runtime.credentials)
     mlflow.set_tracking_uri(real(uri))
-    client = MlflowClient(real(uri))
+    client = tracking_client(real(uri))
     # A SQLite store keeps its artifacts beside it under the output dir (not ./mlruns of the cwd);
     # a tracking server keeps its own artifact location.
     local = (search.output_dir / "mlartifacts").resolve().as_uri() if uri.startswith("sqlite:") else None
@@ -75,9 +76,19 @@ def open_session(search: PreparedSearch, written=None) -> Session:
         written.experiment_id = run.experiment_id
     open_views(client, run.experiment_id, run.parent_run_id, R.sense(search.metric_name))
     publish_running(client, run.experiment_id, run.parent_run_id)
-    if not search.resumed:
+    # A resumed search whose first driver stopped before it logged these (killed, or a store that
+    # failed it then) gets them now: the report and deploy read the metric, the cost unit and the config.
+    if not search.resumed or R.METRIC_NAME not in client.get_run(run.parent_run_id).data.params:
         _log_search(client, run, search)
     return Session(search, client, run)
+
+
+def tracking_client(uri: str) -> MlflowClient:
+    """A client of the MLflow store at `uri`. MLflow makes a new store's tables (and migrates an
+    older one) as the first client opens it: under `store_creation_lock`, so that searches started
+    at once on one new SQLite store do not race each other's migrations."""
+    with store_creation_lock(uri):
+        return MlflowClient(uri)
 
 
 def _log_search(client, run: SearchRun, search: PreparedSearch) -> None:

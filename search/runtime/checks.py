@@ -69,6 +69,7 @@ def check_tracking_uri(uri: str, timeout_s: float = SERVER_TIMEOUT_S) -> None:
         _check_server(uri, timeout_s)
     elif scheme == "sqlite":
         _check_sqlite(uri, "tracking.uri", _SQLITE_FIX)
+        _check_mlflow_sqlite(uri)
     elif scheme.split("+")[0] in DATABASE_SCHEMES:
         _check_database_driver(uri)
 
@@ -337,19 +338,23 @@ def check_output_dir(path: Path, flag: str = "--output-dir") -> None:
 
 
 def _check_server(uri: str, timeout_s: float) -> None:
-    """Any HTTP answer (even 404 or 401) means a server is there; no answer in time does not."""
+    """Any HTTP answer (even 404 or 401) means a server is there; no answer in time does not. A
+    server that answers must let in the credentials MLflow sends (`_check_credentials`)."""
     url = without_credentials(uri).rstrip("/") + "/health"  # user:password@ is not part of the host
+    why = None
     try:
         urllib.request.urlopen(url, timeout=timeout_s).close()
-        return
     except urllib.error.HTTPError:
-        return  # it answered
+        pass  # it answered
     except urllib.error.URLError as e:
         if isinstance(e.reason, ssl.SSLError):
             return  # a TLS server answered; certificates are MLflow's business (MLFLOW_TRACKING_*)
         why = e.reason
     except (OSError, http.client.HTTPException, ValueError) as e:  # timeout, reset, not HTTP, bad URL
         why = e
+    if why is None:
+        _check_credentials(uri, timeout_s)
+        return
 
     why = str(why) or type(why).__name__
     host = urlparse(uri)
@@ -357,6 +362,45 @@ def _check_server(uri: str, timeout_s: float) -> None:
         f"tracking.uri {shown(uri)} cannot be reached ({why}, waited {timeout_s:g}s): start the MLflow server "
         f"(mlflow server --host {host.hostname or '<host>'} --port {host.port or '<port>'}) or {_SQLITE_FIX}"
     )
+
+
+# MLflow's cheapest call that needs the credentials a search's every call sends.
+_SIGNED_IN_ENDPOINT = "/api/2.0/mlflow/experiments/search?max_results=1"
+
+
+def _check_credentials(uri: str, timeout_s: float) -> None:
+    """A tracking server that answers lets in the credentials MLflow will send it: one request to
+    `_SIGNED_IN_ENDPOINT` signed the way MLflow signs its own (`get_default_host_creds`:
+    MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD or ~/.mlflow/credentials, else
+    MLFLOW_TRACKING_TOKEN, or an auth plugin; user:password in `uri` win). Without this a server
+    that refuses them (HTTP 401) fails the search after Ray has started, in a traceback. Any other
+    answer, or none, is left to MLflow (`_check_server` has seen the server answer)."""
+    from urllib.parse import unquote, urlsplit
+
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    creds = get_default_host_creds(without_credentials(uri).rstrip("/"))
+    given = urlsplit(uri)
+    if given.username is not None:
+        creds.username, creds.password = unquote(given.username), unquote(given.password or "")
+    try:
+        answer = http_request(creds, _SIGNED_IN_ENDPOINT, "GET", max_retries=0, timeout=timeout_s)
+    except Exception:  # noqa: BLE001 - TLS, a reset, an auth plugin's own error: MLflow's to report
+        return
+    if answer.status_code not in (401, 403):
+        return
+    if creds.username and creds.password:
+        sent = f"those of user {creds.username!r}"
+    elif creds.token:
+        sent = "the token in MLFLOW_TRACKING_TOKEN"
+    else:
+        sent = "none (no MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN is set)"
+    how = "refused the credentials" if answer.status_code == 401 else "refused access with the credentials"
+    raise UsageError(
+        f"tracking.uri {shown(without_credentials(uri))} {how} MLflow sent it (HTTP {answer.status_code}; sent: "
+        f"{sent}): export MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD of an account on that server "
+        f"(or MLFLOW_TRACKING_TOKEN, or pass --tracking-uri http://USER:PASSWORD@HOST:PORT), or {_SQLITE_FIX}")
 
 
 def _check_sqlite(uri: str, key: str, fix: str) -> None:
@@ -374,6 +418,46 @@ def _check_sqlite(uri: str, key: str, fix: str) -> None:
             raise UsageError(f"{key} {uri}: {db} is not writable: {fix}")
         return
     _check_creatable_dir(db.parent, f"{key} {uri}", fix)
+
+
+def _check_mlflow_sqlite(uri: str) -> None:
+    """An existing SQLite tracking store opens, read-only, as a SQLite database, and its MLflow
+    schema (alembic's revision) is the one the installed MLflow writes. Otherwise MLflow fails
+    once the search has claimed its name, in a traceback ("file is not a database", "out-of-date
+    database schema"). An empty file or a new database MLflow fills itself. Read under
+    `store_creation_lock` (another search may be making the store now). Nothing is written."""
+    db = _sqlite_db(uri)
+    if db is None or not db.is_file() or db.stat().st_size == 0:
+        return
+    import sqlite3
+    from urllib.parse import quote
+
+    from search.runtime.workspace import store_creation_lock
+
+    named, move = shown(uri), f"move {db} away (a new store is made in its place) or {_SQLITE_FIX}"
+    try:
+        with store_creation_lock(uri):  # not halfway through another search's making of it
+            conn = sqlite3.connect(f"file:{quote(str(db.absolute()))}?mode=ro", uri=True, timeout=SERVER_TIMEOUT_S)
+            try:
+                tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                row = conn.execute("SELECT version_num FROM alembic_version").fetchone() \
+                    if "alembic_version" in tables else None
+            finally:
+                conn.close()
+    except sqlite3.Error as e:
+        why = str(e) or type(e).__name__
+        if "locked" in why or "busy" in why:
+            return  # another program writes it now: a database, and MLflow waits its turn
+        raise UsageError(f"tracking.uri {named}: {db} is not a SQLite database MLflow can open ({why}): {move}") from None
+    if row is None or "experiments" not in tables:
+        return  # no MLflow store yet (MLflow makes its tables in it)
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    head = _get_latest_schema_revision()
+    if row[0] != head:
+        raise UsageError(f"tracking.uri {named}: the MLflow store {db} has schema version {row[0]}, the installed "
+                         f"MLflow writes {head} (a store of another MLflow version): back it up and run "
+                         f"`mlflow db upgrade {named}` (an older store), install the MLflow that wrote it, or {move}")
 
 
 def _check_creatable_dir(path: Path, what: str, fix: str) -> None:
@@ -395,6 +479,34 @@ def _check_creatable_dir(path: Path, what: str, fix: str) -> None:
 GCS_TIMEOUT_ENV = ("RAY_gcs_rpc_server_reconnect_timeout_s", "RAY_gcs_server_port_wait_time_s")
 _GCS_STARTUP_SIGNS = ("failed to connect to gcs", "failed to start gcs", "waiting for gcs to become available",
                       "timed out during startup", "waiting for node to startup")
+
+
+def ray_auth_problem(address: str) -> str | None:
+    """The one line for a cluster at HOST:PORT `address` that refuses this driver's token, or None.
+    A `ray start --head` turns token authentication on when a token is saved (~/.ray/auth_token),
+    but `ray.init` with an explicit address joins without one unless RAY_AUTH_MODE=token: the GCS
+    answers every call "Unauthenticated", and `ray.init` retries for a minute, then says only that
+    it could not connect. One call (0.1 s; at most 5 s and Ray's retries) asks first. Ray must be imported
+    (`init_ray` calls this inside `ray_environment`); any other error is left to `ray.init`."""
+    if not address or address == "auto" or "://" in address:
+        return None  # a local runtime; "auto" turns token auth on by itself when a token is saved
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=ADDRESS_TIMEOUT_S).close()
+    except (OSError, ValueError):
+        return None  # nothing answers there: Ray's client would wait its whole timeout for it
+    from search.runtime.ray_internals import token_refusal
+
+    why = token_refusal(address)
+    if why is None:
+        return None
+    where = "~/.ray/auth_token, RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH"
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
+        return (f"search.address {address}: the Ray cluster refused this driver's token ({why}): give the driver "
+                f"the cluster's token (ray get-auth-token on its head) in {where}")
+    return (f"search.address {address}: the Ray cluster requires token authentication and this driver sent no "
+            f"token ({why}): export RAY_AUTH_MODE=token (Ray reads the token from {where}), or start the "
+            "cluster with RAY_AUTH_MODE=disabled")
 
 
 def ray_start_problem(error: BaseException, address: str = "") -> str | None:

@@ -13,6 +13,9 @@ abort the process: exit 134). So one handler serves both signals, for the whole 
 - anywhere else (preparing, the learning-rate probe, publishing the frontier): KeyboardInterrupt.
 Tune's own SIGINT handler is switched off (`TUNE_DISABLE_SIGINT_HANDLER`), and `install` runs
 again after `ray.init` to take SIGTERM back.
+`timeout`, Slurm, systemd and Kubernetes send SIGTERM to the driver's whole process group: the
+processes of the search's local Ray runtime start in a session of their own
+(`search.runtime.ray_internals.ray_processes_apart`), so that the signal reaches the driver alone and it ends the search as above.
 """
 
 from __future__ import annotations
@@ -99,3 +102,4 @@ class Interrupts:
             os.kill(os.getpid(), signal.SIGUSR1)
             return
         raise KeyboardInterrupt
+

@@ -9,12 +9,15 @@ Where it sits: on the driver, between preparation and tracking (`search.driver`)
   refuses it already before Ray starts.
 - `claim_study`: a new search creates its Optuna study exclusively, so two drivers that share a
   study database from different machines cannot both start the same search.
+- `store_creation_lock`: one driver at a time on this machine opens, so creates or migrates, a
+  SQLite store (searches started at once on one new store would race MLflow's migrations).
 - `Written`: which stores and files existed before this driver began. A new search stopped before
   its first trial started (Ctrl-C during the learning-rate probe, a store that refused it) has
   nothing worth keeping and would block a rerun under its name, so `remove` takes back what it
   made: its MLflow experiment (the store file too, when this driver created it and it holds
   nothing else), its study (likewise), its state file, plots and Ray Tune folder (when it made
-  it), and the output folder when the driver created it and nothing else is in it.
+  it), and the output folder when the driver created it and nothing else is in it. What a search
+  wrote before a store failed it after its claim (`search.runtime.stores.store_failures`) goes the same way.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import os
 import shutil
 import socket
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,7 +97,8 @@ def claim_study(url: str, name: str, metric_name: str = R.ACCURACY) -> None:
     """Create a new search's study, refusing one that exists (another driver made it since the
     checks ran). Directions as the searcher's (`search.sampling.study.directions(metric_name)`)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = open_study_storage(url)
+    with store_creation_lock(url, "search.study_storage"):  # a new file's tables, made once
+        storage = open_study_storage(url)
     try:
         optuna.create_study(study_name=name, storage=storage, directions=directions(metric_name))
     except optuna.exceptions.DuplicatedStudyError:
@@ -105,6 +110,41 @@ def claim_study(url: str, name: str, metric_name: str = R.ACCURACY) -> None:
 
 def _sqlite_file(url: str) -> Path | None:
     return Path(url[len("sqlite:///"):].split("?", 1)[0]).absolute() if url.startswith("sqlite:///") else None
+
+
+STORE_LOCK_WAIT_S = 300.0  # MLflow builds a new store through its chain of migrations: seconds, on a busy machine more
+
+
+@contextmanager
+def store_creation_lock(url: str, key: str = "tracking.uri"):
+    """Inside: this driver alone, of those on this machine, opens (so creates or migrates) the
+    SQLite store at `url`: two searches started at once on one new store would both run MLflow's
+    migrations (or Optuna's CREATE TABLEs) and one fail ("table _alembic_tmp_params already
+    exists"). The lock is `flock` on the database's folder, which leaves no file behind; the folder
+    is made if missing (as MLflow would). Other URLs: no lock. Waits at most STORE_LOCK_WAIT_S."""
+    db = _sqlite_file(url)
+    if db is None or db.name in ("", ":memory:"):
+        yield
+        return
+    db.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(db.parent, os.O_RDONLY)
+    try:
+        deadline = time.monotonic() + STORE_LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise UsageError(f"{key} {shown(url)}: another program has been creating the store in "
+                                     f"{db.parent} for over {STORE_LOCK_WAIT_S:g}s: wait for it to end (or stop it), "
+                                     "then run the same command again") from None
+                time.sleep(0.1)
+            except OSError:
+                break  # a filesystem without flock on folders: open it unlocked, as MLflow does
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _tune_folder(storage_path: str, name: str) -> Path | None:
@@ -139,6 +179,8 @@ class Written:
         if client is not None and parent_run_id is not None and experiment_id is None:
             client.delete_run(parent_run_id)  # an experiment that existed before: only our run goes
         self._remove_experiment(client, experiment_id)
+        if client is None:
+            self._remove_new_tracking_store()
         if self.study_claimed:
             self._remove_study()
         out = self.output_dir
@@ -169,6 +211,33 @@ class Written:
         # A shared store: free the name (a deleted experiment keeps it), then delete.
         client.rename_experiment(experiment_id, f"{self.name}-removed-{int(time.time())}")
         client.delete_experiment(experiment_id)
+
+    def _remove_new_tracking_store(self) -> None:
+        """The SQLite tracking store this driver created, when the search failed before it had a
+        client (the store may be what failed): removed if it holds no experiment but MLflow's
+        Default and this search's, read with sqlite3 under `store_creation_lock` (another search
+        may be making its own experiment in it)."""
+        db = _sqlite_file(self.tracking_uri)
+        if db is None or db in self.existed or not db.is_file():
+            return
+        import sqlite3
+        from urllib.parse import quote
+
+        with store_creation_lock(self.tracking_uri):
+            try:
+                conn = sqlite3.connect(f"file:{quote(str(db))}?mode=ro", uri=True, timeout=10)
+                try:
+                    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                    names = {row[0] for row in conn.execute("SELECT name FROM experiments")} \
+                        if "experiments" in tables else set()
+                finally:
+                    conn.close()
+            except sqlite3.Error:
+                return  # not a store to judge: left as it is
+            if names <= {"Default", self.name}:
+                for path in (db, db.with_name(db.name + "-journal"), db.with_name(db.name + "-wal"),
+                             db.with_name(db.name + "-shm")):
+                    path.unlink(missing_ok=True)
 
     def _remove_study(self) -> None:
         storage = open_study_storage(self.study_url)

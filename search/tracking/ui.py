@@ -84,16 +84,36 @@ TRIALS = View("trials", "all trials, recommended first", SEARCHED)
 # confirmed, else over single runs); the two named frontiers are tagged as well (docs/mlflow.md).
 FRONTIER = View("frontier", "the Pareto frontier", f'tags.{R.PARETO_TAG} = "true"')
 SINGLE_FRONTIER = View("single", "the single-run Pareto frontier", f'tags.{PARETO_SINGLE_TAG} = "true"')
-CHARTS = View("charts", "charts: score against trainable params and cost",
+CHARTS = View("charts", "charts: score against trainable params and cost, parallel coordinates",
               f'tags.{R.STATUS_TAG} = "{R.COMPLETED}" and {SEARCHED}', charts=True)
 VIEWS = (TRIALS, FRONTIER, CHARTS)  # the views the descriptions link at their top
 ALL_VIEWS = (*VIEWS, SINGLE_FRONTIER)
 
 
+CHART_SECTION = "lora-placements"
+# The charts view's cards: two to a row at 440 px (MLflow's default is three at 360 px, too small to
+# read a placement's point). MLflow 3.17's scatter card has no log axis (its line cards do): sizes
+# span decades, so the search's own pareto.png (log x) stays the picture to read sizes from.
+CHART_COLUMNS, CHART_HEIGHT = 2, 440
+# The parallel-coordinates card's axes: what a placement is (rank, learning rate, sites) against what
+# it costs and reaches, the score last (the axis MLflow colours the lines by). Without them MLflow
+# takes the first three params of its own list.
+PARALLEL_PARAMS = ("rank", "lr", "n_sites")
+PARALLEL_METRICS = (R.TRAINABLE_PARAMS, R.COMPUTE_HOURS, R.SCORE)
+
+
+def _card(uuid: str, kind: str) -> dict:
+    return {"uuid": uuid, "type": kind, "runsCountToCompare": 200, "metricSectionId": CHART_SECTION,
+            "deleted": False, "isGenerated": False}
+
+
 def _scatter(uuid: str, x: str) -> dict:
-    return {"uuid": uuid, "type": "SCATTER", "runsCountToCompare": 200, "metricSectionId": "lora-placements",
-            "deleted": False, "isGenerated": False, "xaxis": {"key": x, "type": "METRIC"},
-            "yaxis": {"key": R.SCORE, "type": "METRIC"}}
+    return {**_card(uuid, "SCATTER"), "xaxis": {"key": x, "type": "METRIC"}, "yaxis": {"key": R.SCORE, "type": "METRIC"}}
+
+
+def _parallel(uuid: str) -> dict:
+    return {**_card(uuid, "PARALLEL"), "selectedParams": list(PARALLEL_PARAMS),
+            "selectedMetrics": list(PARALLEL_METRICS), "showAllRuns": True}
 
 
 def view_state(view: View, parent_run_id: str, sense: str = "max", picked: bool = False) -> dict:
@@ -111,10 +131,11 @@ def view_state(view: View, parent_run_id: str, sense: str = "max", picked: bool 
         "columnWidths": {RUN_NAME_COLUMN: 380, **{c: NARROW for c in COLUMNS if c.startswith("tags.")}},
     }
     if view.charts:
-        state["compareRunSections"] = [{"uuid": "lora-placements", "name": "Placements", "display": True,
-                                        "isReordered": False, "deleted": False, "isGenerated": False}]
+        state["compareRunSections"] = [{"uuid": CHART_SECTION, "name": "Placements", "display": True,
+                                        "isReordered": False, "deleted": False, "isGenerated": False,
+                                        "columns": CHART_COLUMNS, "cardHeight": CHART_HEIGHT}]
         state["compareRunCharts"] = [_scatter("lora-score-params", R.TRAINABLE_PARAMS),
-                                     _scatter("lora-score-cost", R.COMPUTE_HOURS)]
+                                     _scatter("lora-score-cost", R.COMPUTE_HOURS), _parallel("lora-parallel")]
     return state
 
 
