@@ -13,6 +13,7 @@ import errno
 import os
 import shutil
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -124,6 +125,11 @@ def test_a_disk_that_fills_up_during_a_search_ends_it_in_one_line_and_resume_fin
             if line.startswith("[1/3]"):
                 break
         assert driver.poll() is None, "".join(seen[-20:])
+        # the console line comes first; the store records trial 1 a moment later (a background writer)
+        deadline = time.time() + 120
+        while not any(r.data.tags.get("status") == "completed" for r in _runs(out, "full")[1]):
+            assert time.time() < deadline and driver.poll() is None, "trial 1 never recorded: " + "".join(seen[-20:])
+            time.sleep(0.5)
         filler = _fill(small_disk)  # the disk fills up while trials 2 and 3 run
         rest, _ = driver.communicate(timeout=400)
     finally:

@@ -105,6 +105,10 @@ def test_a_person_picks_a_placement_in_the_ui(served_search, tmp_path):
         columns = ("recommended", "score", "score_mean", "score_low", "score_high", "n_seeds", "trainable_params",
                    "compute_hours")
         _wait(chrome, lambda c: set(columns) <= set(page_text(c).split("\n")), f"the columns {columns}")
+        # The recommended placement was confirmed over seeds: its interval lies inside accuracy's [0, 1].
+        low, high = (float(_wait(chrome, lambda c, col=col: _cell(c, best.run_id, col), f"{col} of the recommended run")
+                           .rstrip(".\u2026")) for col in ("score_low", "score_high"))  # a long number may end in "..."
+        assert 0.0 <= low <= high <= 1.0, (low, high)
         shot = tmp_path / "mlflow-ui.png"
         chrome.save_screenshot(str(shot))
         if os.environ.get("MLFLOW_UI_SCREENSHOT"):
