@@ -49,7 +49,9 @@ def make_budget(space: ModelSpace, fraction: float, r_ref: int, min_rank: int) -
         # Four significant digits, rounded up, so that the suggestion works when followed.
         step = 10.0 ** (math.floor(math.log10(cheapest / full)) - 3)
         need = math.ceil(cheapest / full / step) * step
-        while need * full < cheapest:  # float round-off: at most a step or two
+        # float round-off, here or in printing four digits (0.0725000001 prints as 0.0725, and
+        # 0.0725 x full can fall short of `cheapest`): step up until the printed value fits
+        while float(f"{need:.4g}") * full < cheapest:
             need += step
         need = float(f"{need:.4g}")
         raise BudgetError(

@@ -12,7 +12,7 @@ import math
 import re
 
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from spaces import BudgetError, ModelSpace, Placement, make_budget, repair
@@ -142,8 +142,17 @@ def test_fits_agrees_with_ratio(sp, fraction, r_ref):
         assert budget.fits(p, space) == (budget.ratio(p, space) <= fraction)
 
 
+# Found by hypothesis: the suggestion 0.0725000001 printed as 0.0725, and 0.0725 x 400 < 29.
+ROUNDED_DOWN = ModelSpace(block_prefix="model.layers", n_layers=4, kinds=("block.q_proj", "block.k_proj", "block.v_proj"),
+                          aliases=("q", "k", "v"), shapes=(((1, 28), (0, 0), (1, 28), (0, 0)),
+                                                           ((1, 28), (0, 0), (1, 28), (1, 91)),
+                                                           ((0, 0), (0, 0), (96, 96), (0, 0))),
+                          fan_in_fan_out=(False, False, False), model_type="")
+
+
 @PROPS
 @given(spaces(), st.floats(-2.0, 3.0), st.sampled_from([1, 4, 8]), st.sampled_from([1, 2, 4]))
+@example(ROUNDED_DOWN, 0.0625, 1, 1)
 def test_make_budget_refuses_exactly_the_budgets_no_site_fits(space, fraction, r_ref, min_rank):
     full = Placement.full(space, r_ref).adapter_params(space)
     cheapest = min(min_rank * space.site_width(k, l) for k, l in space.sites())
