@@ -194,7 +194,7 @@ def build(args) -> None:
               f"about {eta:.1f} h left)", flush=True)
 
 
-def summary(task: str) -> None:
+def summary(task: str, margin: float = 0.01) -> None:
     rows = [r.record for r in read_table(DATA / f"table-{task}.jsonl")]
     by_key: dict[str, list] = {}
     for r in rows:
@@ -208,6 +208,49 @@ def summary(task: str) -> None:
     if pairs:
         print(f"seed 0 vs seed 1 over {len(pairs)} placements: mean |difference| "
               f"{statistics.fmean(abs(a - b) for a, b in pairs):.4f}")
+    meta_path = DATA / f"table-{task}.meta.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    if "metric_name" in meta:  # the arms over seeds, as the search's confirmation compares placements
+        from search.phases.publish import metric_range
+        from trainables import record as R
+
+        metric = meta["metric_name"]
+        print_arms(compare_arms(rows, margin, R.sense(metric), metric_range(metric)), metric, margin)
+
+
+def compare_arms(records, margin: float, sense: str = "max", bounds=(0.0, 1.0)) -> list[dict]:
+    """The named arms of a table (rows with a baseline name) over their seeds: per arm its seed
+    statistics (`analysis.stats.seed_stats`, the interval clipped to the metric's `bounds`) and its
+    decision against the arm with the best mean (`analysis.stats.decide` on the paired seeds,
+    `margin` in the metric's units), best arm first; as a search's confirmation reports them."""
+    from analysis.stats import decide, seed_stats
+
+    arms: dict[str, dict] = {}
+    for r in records:
+        if r.baseline and r.score is not None:
+            arm = arms.setdefault(r.baseline, {"name": r.baseline, "key": r.key, "params": r.trainable_params,
+                                               "scores": {}})
+            arm["scores"][r.seed] = r.score
+    sign = 1.0 if sense == "max" else -1.0
+    out = sorted(arms.values(), key=lambda a: -sign * statistics.fmean(a["scores"].values()))
+    for arm in out:
+        arm["stats"] = seed_stats([arm["scores"][s] for s in sorted(arm["scores"])], bounds)
+        arm["decision"] = None if arm is out[0] else decide(arm["scores"], out[0]["scores"], margin, sense)
+    return out
+
+
+def print_arms(arms: list[dict], metric: str, margin: float) -> None:
+    if not arms:
+        return
+    print(f"arms by mean {metric} over seeds (95% t-interval, clipped to the metric's range), each against "
+          f"{arms[0]['name']} on paired seeds, margin {margin:g}:")
+    for a in arms:
+        s = a["stats"]
+        interval = f"{s.low:.3f} to {s.high:.3f}" if s.low is not None else "no interval"
+        against = "the best mean" if a["decision"] is None else a["decision"].describe()
+        print(f"  {a['name']:<13} {a['params']:>10,} params  {len(a['scores'])} seeds  mean {s.mean:.3f} "
+              f"(sd {s.sd:.3f}; {interval})  {against}" if s.sd is not None else
+              f"  {a['name']:<13} {a['params']:>10,} params  {len(a['scores'])} seed  {s.mean:.3f}  {against}")
 
 
 def main() -> None:

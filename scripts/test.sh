@@ -2,7 +2,7 @@
 # The tests, both tiers, as CI runs them (.ci/run calls this after a fresh install):
 #   1. the fast tier: `pytest` (pyproject.toml deselects the tests marked slow), a few minutes;
 #   2. the slow tier: `pytest -m slow` (Ray, an MLflow server, a browser, searches through the CLI,
-#      a real model), about a quarter of an hour on 2 cores.
+#      a real model), about half an hour on 2 cores.
 # Both tiers run even when the first fails; the exit status is non-zero when either failed.
 # Arguments go to both runs (-x, -q, -k NAME, a test file); leave -m to this script.
 # A tier that collects no test (pytest's exit status 5) is an error when every test was asked for

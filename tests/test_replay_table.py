@@ -166,3 +166,30 @@ def test_the_replay_takes_the_samplers_band_from_the_tables_config(replay, monke
     lr = table.meta["lr"]
     assert seen[0].lr_range == pytest.approx((lr / band, lr * band)) and seen[0].calibrated_lr == lr
     assert seen[0].ranks == (2, 4, 8) and seen[0].trials == 12  # the table's ranks, the replay's length
+
+
+def _arm_rows(name: str, key: str, scores: dict[int, float]) -> list:
+    from trainables.standalone import TrainedPlacement
+
+    return [TrainedPlacement.from_row({"key": key, "seed": s, "lr": 3e-3, "baseline": name, "rank": 8,
+                                       "adapter_params": 1000, "trainable_params": 1000, "epoch_scores": [v],
+                                       "score": v, "train_loss": 0.1, "wall_s": 1.0, "compute_hours": 1e-3,
+                                       "failure": None}).record for s, v in scores.items()]
+
+
+def test_the_named_arms_are_compared_over_paired_seeds_against_the_best_mean():
+    from analysis.stats import decide
+
+    good = {0: 0.82, 1: 0.80, 2: 0.81}
+    worse = {0: 0.75, 1: 0.74, 2: 0.76}
+    close = {0: 0.83, 1: 0.78, 2: 0.80}
+    rows = _arm_rows("mlp", "r4 up[0-3]", close) + _arm_rows("plop", "r8 v[0-3]", worse) + \
+        _arm_rows("inverse", "r8 q[0-3]", good) + _arm_rows(None, "r2 k[1]", {0: 0.99})  # an unnamed row: not an arm
+    arms = placement_table.compare_arms(rows, margin=0.01)
+    assert [a["name"] for a in arms] == ["inverse", "mlp", "plop"]  # best mean first
+    assert arms[0]["decision"] is None and arms[0]["stats"].mean == pytest.approx(0.81)
+    assert arms[2]["decision"] == decide(worse, good, 0.01) and arms[2]["decision"].verdict == "worse"
+    assert arms[1]["decision"].verdict == decide(close, good, 0.01).verdict
+    assert all(a["stats"].high <= 1.0 for a in arms)  # clipped to the metric's range
+    # a lower-is-better metric (nll): the lowest mean is the best arm
+    assert placement_table.compare_arms(rows, 0.01, sense="min", bounds=(0.0, None))[0]["name"] == "plop"
