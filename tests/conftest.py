@@ -131,6 +131,30 @@ class ReachedRay(Exception):
     before Ray starts fails loudly instead of starting it."""
 
 
+@pytest.fixture
+def search_main(tmp_path, monkeypatch, capsys):
+    """Shared by the refusal tests: search_main(*args) -> (exit code, stdout, stderr) of `search/run.py ARGS`, Ray's start a sentinel."""
+    from search.phases import prepare as prepared
+    from search.run import main
+
+    # the class the tests catch: pytest imports this file as `conftest`, the tests as `tests.conftest`
+    from tests.conftest import ReachedRay as sentinel
+
+    def reached_ray(*args, **kwargs):
+        raise sentinel
+
+    monkeypatch.setattr(prepared, "init_ray", reached_ray)
+    monkeypatch.chdir(tmp_path)
+
+    def run(*args):
+        capsys.readouterr()
+        code = main([str(a) for a in args])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run
+
+
 def one_error_line(err: str) -> str:
     """The single line a refused command prints on stderr (`error: ...`), asserting that it is one
     line and no traceback."""

@@ -24,27 +24,6 @@ def _listing(folder: Path) -> dict[str, int]:
     return {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-@pytest.fixture
-def search_main(tmp_path, monkeypatch, capsys):
-    """search_main(*args) -> (exit code, stdout, stderr) of `search/run.py ARGS`, Ray's start a sentinel."""
-    from search.phases import prepare as prepared
-    from search.run import main
-
-    def reached_ray(*args, **kwargs):
-        raise ReachedRay
-
-    monkeypatch.setattr(prepared, "init_ray", reached_ray)
-    monkeypatch.chdir(tmp_path)
-
-    def run(*args):
-        capsys.readouterr()
-        code = main([str(a) for a in args])
-        out = capsys.readouterr()
-        return code, out.out, out.err
-
-    return run
-
-
 def _stored_search(out: Path, name: str) -> None:
     """The state file a simulated search writes when it starts (what --resume reads back)."""
     from trainables.config import load_config

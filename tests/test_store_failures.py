@@ -10,6 +10,7 @@ where the failure must come before Ray; one case runs the real CLI."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import threading
@@ -20,25 +21,32 @@ import pytest
 from tests.conftest import ReachedRay, one_error_line, run_script
 
 
-@pytest.fixture
-def search_main(tmp_path, monkeypatch, capsys):
-    """search_main(*args) -> (exit code, stdout, stderr) of `search/run.py ARGS`, Ray's start a sentinel."""
-    from search.phases import prepare as prepared
-    from search.run import main
+@contextlib.contextmanager
+def _serving(answer):
+    """A loopback HTTP server answering every GET and POST with answer(handler) -> (status, JSON
+    body, extra headers); yields its URL."""
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self):
+            code, body, headers = answer(self)
+            self.send_response(code)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
 
-    def reached_ray(*args, **kwargs):
-        raise ReachedRay
+        do_GET = do_POST = _answer  # noqa: N815
 
-    monkeypatch.setattr(prepared, "init_ray", reached_ray)
-    monkeypatch.chdir(tmp_path)
+        def log_message(self, *args):
+            pass
 
-    def run(*args):
-        capsys.readouterr()
-        code = main([str(a) for a in args])
-        out = capsys.readouterr()
-        return code, out.out, out.err
-
-    return run
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 # ---- 8. a tracking server that refuses the credentials -------------------------------------------
@@ -48,28 +56,13 @@ def refusing_server():
     headers it was sent)."""
     seen: list[str | None] = []
 
-    class Handler(BaseHTTPRequestHandler):
-        def _refuse(self):
-            seen.append(self.headers.get("Authorization"))
-            body = b'{"error_code": "UNAUTHENTICATED", "message": "You are not authenticated."}'
-            self.send_response(401)
-            self.send_header("WWW-Authenticate", 'Basic realm="mlflow"')
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def refuse(handler) -> tuple[int, bytes, dict]:
+        seen.append(handler.headers.get("Authorization"))
+        return (401, b'{"error_code": "UNAUTHENTICATED", "message": "You are not authenticated."}',
+                {"WWW-Authenticate": 'Basic realm="mlflow"'})
 
-        do_GET = do_POST = _refuse  # noqa: N815
-
-        def log_message(self, *args):
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}", seen
-    finally:
-        server.shutdown()
-        server.server_close()
+    with _serving(refuse) as url:
+        yield url, seen
 
 
 @pytest.fixture
@@ -240,29 +233,13 @@ def past_ray(monkeypatch):
 def read_only_server():
     """A loopback 'MLflow server' that lets the user search experiments (what the checks ask) but
     refuses everything else with 403, as MLflow's auth app does for a user with READ permission."""
-    class Handler(BaseHTTPRequestHandler):
-        def _answer(self):
-            if self.path.startswith("/api/2.0/mlflow/experiments/search") or self.path == "/health":
-                code, body = 200, b"{}"
-            else:
-                code, body = 403, b'{"error_code": "PERMISSION_DENIED", "message": "Permission denied"}'
-            self.send_response(code)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def answer(handler) -> tuple[int, bytes, dict]:
+        if handler.path.startswith("/api/2.0/mlflow/experiments/search") or handler.path == "/health":
+            return 200, b"{}", {}
+        return 403, b'{"error_code": "PERMISSION_DENIED", "message": "Permission denied"}', {}
 
-        do_GET = do_POST = _answer  # noqa: N815
-
-        def log_message(self, *args):
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with _serving(answer) as url:
+        yield url
 
 
 def test_a_server_that_refuses_writes_after_the_claim_leaves_nothing(tmp_path, search_main, past_ray,
