@@ -279,6 +279,53 @@ def test_a_restarted_driver_reports_known_outcomes_and_neither_store_changes_its
     assert runs["t1"].info.end_time == closed["t1"]  # the settled rerun left its closed run alone
 
 
+def test_a_trial_the_full_disk_broke_is_rerun_on_resume_into_its_run(tmp_path, new_mlflow_store):
+    """Tune gave up on t1 because its checkpoint met a full disk: that is no outcome of the
+    placement. Its run is closed KILLED (not FAILED), the study keeps it RUNNING even where an
+    older driver had told it FAIL, so --resume trains it again, in the same run; t2's real error
+    stays a failure."""
+    import optuna
+
+    from search.phases.explore import settled as _settled
+    from search.sampling.study import DIRECTIONS, TUNE_TRIAL_ATTR
+
+    client, run, context, config, tracker = _store(tmp_path, new_mlflow_store)
+    full, broken = tmp_path / "full.txt", tmp_path / "broken.txt"
+    full.write_text("Failure # 1\nray.exceptions.RayTaskError(OSError): ray::run_trial()\n"
+                    "OSError: [Errno 28] No space left on device: '/out/full/checkpoint_000001'\n")
+    broken.write_text("Failure # 1\nValueError: the data loader broke\n")
+    first = tracker()
+    t1 = SimpleNamespace(trial_id="t1", config={**config, "optuna_trial": 0}, error_file=str(full),
+                         last_result={}, checkpoint=None)
+    t2 = SimpleNamespace(trial_id="t2", config={**config, "optuna_trial": 1}, error_file=str(broken),
+                         last_result={}, checkpoint=None)
+    for t in (t1, t2):
+        first.on_trial_start(0, [], t)
+        first.on_trial_result(0, [], t, {"epoch": 1, "epoch_score": 0.55, "compute_hours": 0.001})
+        first.on_trial_error(0, [], t)
+    first.flush()
+    runs = {r.data.tags["trial_id"]: r for r in client.search_runs([run.experiment_id]) if "trial_id" in r.data.tags}
+    assert (runs["t1"].info.status, runs["t1"].data.tags["status"]) == ("KILLED", R.KILLED)
+    assert "No space left on device" in runs["t1"].data.tags["error"]
+    assert (runs["t2"].info.status, runs["t2"].data.tags["status"]) == ("FAILED", R.FAILED)
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name="s1", storage=url, directions=DIRECTIONS)
+    for tid in ("t1", "t2"):
+        study.ask().set_user_attr(TUNE_TRIAL_ATTR, tid)
+        study.tell(study.trials[-1].number, state=optuna.trial.TrialState.FAIL)  # an older driver told FAIL
+    settled = _settled(SimpleNamespace(name="s1", study_url=url), client, run)
+    assert "t1" not in settled and settled["t2"][R.FAILURE] == "ValueError: the data loader broke"
+
+    again = tracker()  # the resumed search: Tune restores the errored trials and reruns them
+    t1.last_result = {"score": 0.8, "trainable_params": 9, "adapter_params": 8}
+    again.on_trial_start(0, [], t1)
+    again.on_trial_complete(0, [], t1)
+    again.flush()
+    runs = [r for r in client.search_runs([run.experiment_id]) if r.data.tags.get("trial_id") == "t1"]
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED" and runs[0].data.tags["status"] == R.COMPLETED
+
+
 def test_a_trial_asked_again_logs_into_the_run_it_had(tmp_path, new_mlflow_store):
     """A trial the dead driver had started after Tune's last snapshot runs again under a new Tune
     id, as the same Optuna trial: it logs into its run, never a second one."""

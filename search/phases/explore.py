@@ -63,8 +63,8 @@ def settled(search: PreparedSearch, client, run) -> dict[str, dict]:
     outcome = {TrialState.COMPLETE: R.COMPLETED, TrialState.PRUNED: R.PRUNED, TrialState.FAIL: R.FAILED}
     for t in study.get_trials(deepcopy=False, states=tuple(outcome)):
         tid = t.user_attrs.get(TUNE_TRIAL_ATTR)
-        if tid is None or tid in known or tid not in records:
-            continue
+        if tid is None or tid in known or tid not in records or records[tid].status == R.KILLED:
+            continue  # KILLED: the tracker closed the run as unfinished (a signal, a full disk): rerun it
         r = records[tid].replace(status=outcome[t.state])
         if t.state == TrialState.COMPLETE:
             # the study's third value is the estimated cost: the measured compute hours stay MLflow's
@@ -109,7 +109,7 @@ def _tuner(session: Session, trainable):
     if search.resumed and restorable(search.tune_path, SEARCHER_STATE):
         print(f"resuming {search.name!r} from {search.tune_path}: finished trials are kept, unfinished ones rerun",
               flush=True)
-        return tune.Tuner.restore(search.tune_path, trainable=trainable, resume_unfinished=True, resume_errored=False)
+        return tune.Tuner.restore(search.tune_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     context = TrialContext(search.space, search.metric_name, search.cost_unit, cfg.search.trials,
                            lora_scaling(cfg), cfg.train.lora_dropout, cfg.train.seed)

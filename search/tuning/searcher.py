@@ -104,6 +104,12 @@ class PlacementSearcher(Searcher):
                 self._orphans.remove(number)
         if number is None or trial_id in self._told:
             return
+        if error:
+            # Tune gave up on the trial (a placement's own failure comes as a result with `failure`):
+            # a worker lost or a full disk is no outcome of the placement. The study keeps it RUNNING,
+            # so a resumed search reruns it (Tune restores errored trials) and tells what the rerun
+            # gives; a phase that ends first marks it FAIL (`close_running`).
+            return
         state, values = optuna_state(result, error)
         # skip_if_finished: with an RDB study, a trial told just before the driver died (after
         # Tune's last snapshot) is told again when its rerun completes; the first outcome stays.

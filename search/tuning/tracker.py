@@ -32,6 +32,7 @@ from ray.tune import Callback
 
 from analysis.mlflow_read import trial_runs
 from search.runtime.credentials import real
+from search.runtime.errors import storage_problem
 from search.runtime.interrupts import stop_requested
 from search.tracking.runs import SearchRun
 from search.tracking.writer import StoreWriter, TrialMirror
@@ -232,10 +233,17 @@ class MlflowTracker(Callback):
         self._close(m, status, "FINISHED", metrics=metrics)
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        """Tune gave up on the trial: its run is closed FAILED with the reason, unless a full disk or
+        a read-only store caused it (the storage's fault, not the placement's): then KILLED, which
+        --resume reruns, like a trial a signal stopped."""
         m = self._mirrors.get(trial.trial_id)
         if m is None or _final(m):
             return
-        self._close(m, R.FAILED, "FAILED", tags={R.ERROR_TAG: _short(_error_reason(trial))})
+        reason = _error_reason(trial)
+        if storage_problem(RuntimeError(reason)):
+            self._close(m, R.KILLED, "KILLED", tags={R.ERROR_TAG: _short(reason)})
+            return
+        self._close(m, R.FAILED, "FAILED", tags={R.ERROR_TAG: _short(reason)})
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         """The trial errored and Ray runs it again (`search.max_failures`: a worker that died), from
