@@ -8,7 +8,8 @@ torch), logs each trial under the names of `trainables.record`:
 - each result: the epoch's metrics, with step = epoch;
 - trial end: status `completed` (with `score`, the objective, and the adapter PEFT saved),
   `pruned` (ASHA or the cost cap stopped it) or `failed` (with the reason in tag `error`); the
-  MLflow run is closed FINISHED, or FAILED for a failed trial, so no run stays RUNNING.
+  MLflow run is closed FINISHED, or FAILED for a failed trial, so no run stays RUNNING (KILLED
+  for a trial a full disk or a read-only store broke: no outcome, --resume reruns it).
 Three separate things do the work: a `TrialMirror` per trial keeps what was written, so `records()`
 gives the same `TrialRecord`s that `analysis.mlflow_read` reads back from the store (one builder,
 `trainables.record.build_record`); a `StoreWriter` makes the store calls in order on one background
@@ -240,10 +241,8 @@ class MlflowTracker(Callback):
         if m is None or _final(m):
             return
         reason = _error_reason(trial)
-        if storage_problem(RuntimeError(reason)):
-            self._close(m, R.KILLED, "KILLED", tags={R.ERROR_TAG: _short(reason)})
-            return
-        self._close(m, R.FAILED, "FAILED", tags={R.ERROR_TAG: _short(reason)})
+        status, closed = (R.KILLED, "KILLED") if storage_problem(RuntimeError(reason)) else (R.FAILED, "FAILED")
+        self._close(m, status, closed, tags={R.ERROR_TAG: _short(reason)})
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         """The trial errored and Ray runs it again (`search.max_failures`: a worker that died), from
