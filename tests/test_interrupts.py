@@ -281,9 +281,9 @@ def test_a_restarted_driver_reports_known_outcomes_and_neither_store_changes_its
 
 def test_a_trial_the_full_disk_broke_is_rerun_on_resume_into_its_run(tmp_path, new_mlflow_store):
     """Tune gave up on t1 because its checkpoint met a full disk: that is no outcome of the
-    placement. Its run is closed KILLED (not FAILED), the study keeps it RUNNING even where an
-    older driver had told it FAIL, so --resume trains it again, in the same run; t2's real error
-    stays a failure."""
+    placement. Its run is closed KILLED (not FAILED) and no stored outcome is read for it, even
+    where an older driver had told the study FAIL, so a rerun trains it again, in the same run;
+    t2's real error stays a failure."""
     import optuna
 
     from search.phases.explore import settled as _settled
@@ -317,7 +317,7 @@ def test_a_trial_the_full_disk_broke_is_rerun_on_resume_into_its_run(tmp_path, n
     settled = _settled(SimpleNamespace(name="s1", study_url=url), client, run)
     assert "t1" not in settled and settled["t2"][R.FAILURE] == "ValueError: the data loader broke"
 
-    again = tracker()  # the resumed search: Tune restores the errored trials and reruns them
+    again = tracker()  # a search resumed without Tune's state reruns t1 (the study's orphan)
     t1.last_result = {"score": 0.8, "trainable_params": 9, "adapter_params": 8}
     again.on_trial_start(0, [], t1)
     again.on_trial_complete(0, [], t1)

@@ -151,7 +151,7 @@ def _run_jobs(session, trainable, jobs: list[dict], records: list[TrialRecord], 
     if restore and restorable(path, GRID_STATE):
         # The grid again: Tune's tuner.pkl keeps no param space (`search.tuning.tune_state`).
         tuner = tune.Tuner.restore(path, trainable=trainable, param_space={R.JOB: tune.grid_search(jobs)},
-                                   resume_unfinished=True, resume_errored=True)
+                                   resume_unfinished=True, resume_errored=False)
     else:  # a new phase, or one Tune saved no whole state of: the jobs MLflow has no outcome of
         todo = _unsettled(jobs, records)
         if len(todo) < len(jobs):

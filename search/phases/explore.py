@@ -109,7 +109,7 @@ def _tuner(session: Session, trainable):
     if search.resumed and restorable(search.tune_path, SEARCHER_STATE):
         print(f"resuming {search.name!r} from {search.tune_path}: finished trials are kept, unfinished ones rerun",
               flush=True)
-        return tune.Tuner.restore(search.tune_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+        return tune.Tuner.restore(search.tune_path, trainable=trainable, resume_unfinished=True, resume_errored=False)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     context = TrialContext(search.space, search.metric_name, search.cost_unit, cfg.search.trials,
                            lora_scaling(cfg), cfg.train.lora_dropout, cfg.train.seed)

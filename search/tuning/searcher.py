@@ -107,7 +107,7 @@ class PlacementSearcher(Searcher):
         if error:
             # Tune gave up on the trial (a placement's own failure comes as a result with `failure`):
             # a worker lost or a full disk is no outcome of the placement. The study keeps it RUNNING,
-            # so a resumed search reruns it (Tune restores errored trials) and tells what the rerun
+            # so a search resumed without Tune's state reruns it as an orphan and tells what the rerun
             # gives; a phase that ends first marks it FAIL (`close_running`).
             return
         state, values = optuna_state(result, error)

@@ -9,7 +9,7 @@ torch), logs each trial under the names of `trainables.record`:
 - trial end: status `completed` (with `score`, the objective, and the adapter PEFT saved),
   `pruned` (ASHA or the cost cap stopped it) or `failed` (with the reason in tag `error`); the
   MLflow run is closed FINISHED, or FAILED for a failed trial, so no run stays RUNNING (KILLED
-  for a trial a full disk or a read-only store broke: no outcome, --resume reruns it).
+  for a trial a full disk or a read-only store broke: no outcome).
 Three separate things do the work: a `TrialMirror` per trial keeps what was written, so `records()`
 gives the same `TrialRecord`s that `analysis.mlflow_read` reads back from the store (one builder,
 `trainables.record.build_record`); a `StoreWriter` makes the store calls in order on one background
@@ -235,8 +235,8 @@ class MlflowTracker(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         """Tune gave up on the trial: its run is closed FAILED with the reason, unless a full disk or
-        a read-only store caused it (the storage's fault, not the placement's): then KILLED, which
-        --resume reruns, like a trial a signal stopped."""
+        a read-only store caused it (the storage's fault, not the placement's): then KILLED, no
+        outcome, like a trial a signal stopped."""
         m = self._mirrors.get(trial.trial_id)
         if m is None or _final(m):
             return
