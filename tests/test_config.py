@@ -35,7 +35,7 @@ def test_all_problems_reported_together(tmp_path):
 def test_bad_override_and_missing_file():
     with pytest.raises(ConfigError, match="expected section.key=value"):
         load_config([], ["epochs=3"])
-    with pytest.raises(ConfigError, match="not found: pass a .toml path or one of bbc, chatterbot, default, sft, sft_smoke, simulated, smoke, smollm2"):
+    with pytest.raises(ConfigError, match="not found: pass a .toml path or one of bbc, chatterbot, default, sft, sft_smoke, short_trials, simulated, smoke, smollm2"):
         load_config(["no-such-config"])
 
 

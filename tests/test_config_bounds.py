@@ -106,6 +106,8 @@ DOMAIN: dict[str, typing.Callable] = {
     "search.calibration_lr_max": _float(1e-3, lo_open=True),  # above calibration_lr_min
     "search.calibration_points": _int(3),
     "search.calibration_epochs": _int(1),
+    "search.calibration_train_per_label": _int(0),
+    "search.lr_peak_divisor": _float(1),
     "search.lr_band": _float(1),
     "search.lr_min": _float(0, 3e-2, lo_open=True),  # at most lr_max
     "search.lr_max": _float(5e-3),  # at least lr_min

@@ -18,6 +18,8 @@ def test_each_recipe_changes_the_rate_or_the_data_or_the_epochs_as_named():
     assert N.recipe_args("3x data", 6e-3, CFG) == (6e-3, ["data.max_train_per_label=600"])
     assert N.recipe_args("2x epochs", 6e-3, CFG) == (6e-3, ["train.epochs=6"])
     assert N.recipe_args("3x data, rate/3", 6e-3, CFG) == (pytest.approx(2e-3), ["data.max_train_per_label=600"])
+    assert N.recipe_args("3x data, rate/3, 2/3 epochs", 6e-3, CFG) == (
+        pytest.approx(2e-3), ["data.max_train_per_label=600", "train.epochs=2"])
     with pytest.raises(ValueError, match="unknown recipe 'more'"):
         N.recipe_args("more", 6e-3, CFG)
 

@@ -130,12 +130,16 @@ class SearchConfig:
     # calibration_points rates log-spaced over [calibration_lr_min, calibration_lr_max]; every
     # baseline trains at the chosen rate and the sampler draws within a factor lr_band of it.
     # calibrate_lr = false: baselines at the geometric middle of [lr_min, lr_max], the sampler
-    # over [lr_min, lr_max].
+    # over [lr_min, lr_max]. The probe trains on calibration_train_per_label examples per label
+    # (0 = the trials' training split; never more than it); the calibrated rate is its peak / lr_peak_divisor (1 = the
+    # peak): a trial that takes more steps than the probe wants a lower rate (docs/methods.md).
     calibrate_lr: bool = True
     calibration_lr_min: float = 1e-4
     calibration_lr_max: float = 3e-2
     calibration_points: int = 6
     calibration_epochs: int = 1
+    calibration_train_per_label: int = 0
+    lr_peak_divisor: float = 1.0
     lr_band: float = 3.0
     lr_min: float = 2e-4
     lr_max: float = 5e-3
@@ -460,6 +464,12 @@ def _check_search_lr(s: SearchConfig) -> list[str]:
         p.append(f"search.calibration_points {s.calibration_points} must be >= 3 (a peak needs neighbours)")
     if s.calibration_epochs < 1:
         p.append(f"search.calibration_epochs {s.calibration_epochs} must be >= 1")
+    if s.calibration_train_per_label < 0:
+        p.append(f"search.calibration_train_per_label {s.calibration_train_per_label} must be >= 0 "
+                 "(0 = the probe trains on the trials' training split)")
+    if not s.lr_peak_divisor >= 1.0:
+        p.append(f"search.lr_peak_divisor {s.lr_peak_divisor} must be >= 1 (1 = trials train at the probe's peak; "
+                 "3 = a third of it)")
     if not s.lr_band >= 1.0:
         p.append(f"search.lr_band {s.lr_band} must be >= 1 (1 = every trial at the calibrated rate)")
     return p
@@ -638,6 +648,7 @@ COUNT_MAX: dict[str, tuple[int, str]] = {
     "search.r_ref": (65_536, "LoRA rank"),
     "search.calibration_points": (1_000, "learning rates the probe tries (each is a trial)"),
     "search.calibration_epochs": (10_000, "epochs a trial trains"),
+    "search.calibration_train_per_label": (1_000_000_000, "examples a dataset can hold here"),
     "search.confirm_seeds": (1_000, "seeds a placement is confirmed with (each is a trial)"),
     "search.confirm_top": (1_000, "placements confirmed"),
     "search.confirm_baselines": (1_000, "baselines confirmed"),

@@ -5,12 +5,15 @@ than the placement does, and two placements trained at different learning rates 
 placement (docs/methods.md, "Learning rate"). So the search first probes one reference placement
 (the `all` baseline: every site, fitted to the budget) for `search.calibration_epochs` epochs at
 `search.calibration_points` learning rates log-spaced over [`calibration_lr_min`,
-`calibration_lr_max`], each a Ray task on a trial's resources (`trainables.probe`). The chosen
-rate is where the probe's score peaks (in the metric's direction: where `nll` is lowest): the best
-grid point, refined by the vertex of a parabola
-through it and its two neighbours (in log lr), never outside them. Every baseline then trains at it, and the sampler draws learning rates within a
-factor `search.lr_band` of it. A peak on the first or last grid point is flagged: the best rate
-may lie outside the grid.
+`calibration_lr_max`], each a Ray task on a trial's resources (`trainables.probe`), on
+`search.calibration_train_per_label` training examples per label (0: the trials' split). The
+probe's peak is where its score is best (in the metric's direction: where `nll` is lowest): the
+best grid point, refined by the vertex of a parabola through it and its two neighbours (in log
+lr), never outside them. The chosen (calibrated) rate is the peak divided by
+`search.lr_peak_divisor`: a trial takes more optimizer steps than a probe run and trains best
+below the probe's peak (docs/methods.md, "Learning rate"). Every baseline then trains at it, and
+the sampler draws learning rates within a factor `search.lr_band` of it. A peak on the first or
+last grid point is flagged: the best rate may lie outside the grid.
 
 The probe is logged on the search's MLflow run (param `lr_calibrated`, `lr_calibration.json`, a
 plot) and kept in the search's state file, so `--resume` never probes again.
@@ -37,9 +40,16 @@ class LrCalibration:
     epochs: int
     lrs: tuple[float, ...]
     scores: tuple[float | None, ...]  # None: the run diverged (non-finite loss)
-    chosen: float
+    chosen: float  # the rate the baselines train at: peak / divisor
     edge: str | None  # LOW or HIGH when the peak is on the grid's first or last point
     compute_hours: float = 0.0
+    divisor: float = 1.0  # search.lr_peak_divisor when the probe ran
+    train_per_label: int = 0  # search.calibration_train_per_label when the probe ran (0: the trials' split)
+
+    @property
+    def peak(self) -> float:
+        """Where the probe's score peaked (the chosen rate times the divisor)."""
+        return self.chosen * self.divisor
 
     def band(self, factor: float) -> tuple[float, float]:
         """The learning-rate range the sampler draws from: the chosen rate / factor to x factor."""
@@ -57,12 +67,13 @@ class LrCalibration:
     def to_dict(self) -> dict:
         return {"placement_key": self.placement_key, "epochs": self.epochs, "lrs": list(self.lrs),
                 "scores": list(self.scores), "chosen": self.chosen, "edge": self.edge,
-                "compute_hours": self.compute_hours}
+                "compute_hours": self.compute_hours, "divisor": self.divisor, "train_per_label": self.train_per_label}
 
     @classmethod
     def from_dict(cls, d: dict) -> "LrCalibration":
         return cls(d["placement_key"], int(d["epochs"]), tuple(d["lrs"]), tuple(d["scores"]), float(d["chosen"]),
-                   d.get("edge"), float(d.get("compute_hours", 0.0)))
+                   d.get("edge"), float(d.get("compute_hours", 0.0)), float(d.get("divisor", 1.0)),
+                   int(d.get("train_per_label", 0)))
 
 
 def lr_grid(lo: float, hi: float, n: int) -> list[float]:
@@ -113,13 +124,15 @@ def calibrate(search, reference) -> LrCalibration:
 
     cfg = search.cfg
     s = cfg.search
-    probe_cfg = Config.from_dict({**cfg.to_dict(), "train": {**cfg.to_dict()["train"], "epochs": s.calibration_epochs}})
+    probe_cfg = probe_config(cfg)
     lrs = lr_grid(s.calibration_lr_min, s.calibration_lr_max, s.calibration_points)
     resources = {"num_cpus": s.cpus_per_trial}
     if s.gpus_per_trial > 0:
         resources["num_gpus"] = s.gpus_per_trial
     task = ray.remote(**resources)(probe_lr)
-    print(f"calibrating the learning rate: {reference.key} for {s.calibration_epochs} epoch(s) at "
+    on = (f" on {s.calibration_train_per_label} training examples per label" if s.calibration_train_per_label
+          else "")
+    print(f"calibrating the learning rate: {reference.key} for {s.calibration_epochs} epoch(s){on} at "
           f"{len(lrs)} rates from {lrs[0]:g} to {lrs[-1]:g} ...", flush=True)
     pending = {task.remote(probe_cfg.to_dict(), search.space.to_dict(), reference.to_json(), lr, search.metric_name): lr
                for lr in lrs}
@@ -135,10 +148,30 @@ def calibrate(search, reference) -> LrCalibration:
         for ref in pending:
             ray.cancel(ref, force=True)
         raise
-    scores = [results[lr]["score"] for lr in lrs]
-    chosen, edge = choose_lr(lrs, scores, R.sense(search.metric_name))
-    return LrCalibration(reference.key, s.calibration_epochs, tuple(lrs), tuple(scores), chosen, edge,
-                         sum(r["compute_hours"] for r in results.values()))
+    return settle(reference.key, lrs, [results[lr]["score"] for lr in lrs], s, R.sense(search.metric_name),
+                  sum(r["compute_hours"] for r in results.values()))
+
+
+def settle(placement_key: str, lrs: list[float], scores: list[float | None], s, sense: str = "max",
+           compute_hours: float = 0.0) -> LrCalibration:
+    """The calibration from the probe's scores under the search section `s`: the peak
+    (`choose_lr`) divided by `s.lr_peak_divisor`."""
+    peak, edge = choose_lr(lrs, scores, sense)
+    return LrCalibration(placement_key, s.calibration_epochs, tuple(lrs), tuple(scores),
+                         peak / s.lr_peak_divisor, edge, compute_hours, s.lr_peak_divisor,
+                         s.calibration_train_per_label)
+
+
+def probe_config(cfg: Config) -> Config:
+    """The config a probe run trains with: `search.calibration_epochs` epochs, and with
+    `search.calibration_train_per_label` > 0 that many training examples per label, never more than
+    the trials' `data.max_train_per_label` (a user who lowers the trials' data lowers the probe's)."""
+    d = cfg.to_dict()
+    d["train"] = {**d["train"], "epochs": cfg.search.calibration_epochs}
+    per_label, cap = cfg.search.calibration_train_per_label, cfg.data.max_train_per_label
+    if per_label > 0:
+        d["data"] = {**d["data"], "max_train_per_label": min(per_label, cap) if cap > 0 else per_label}
+    return Config.from_dict(d)
 
 
 def plot_calibration(cal: LrCalibration, path: str | Path, metric_name: str, band: tuple[float, float]) -> Path:
@@ -154,7 +187,10 @@ def plot_calibration(cal: LrCalibration, path: str | Path, metric_name: str, ban
         if s is None:
             ax.axvline(lr, color="grey", ls=":", lw=1)
             ax.text(lr, ax.get_ylim()[0], " diverged", rotation=90, va="bottom", fontsize=7, color="grey")
-    ax.axvline(cal.chosen, color="crimson", lw=1.5, label=f"chosen {cal.chosen:.3g}")
+    if cal.divisor != 1.0:
+        ax.axvline(cal.peak, color="grey", ls="--", lw=1, label=f"peak {cal.peak:.3g}")
+    what = f"chosen {cal.chosen:.3g}" + (f" (peak / {cal.divisor:g})" if cal.divisor != 1.0 else "")
+    ax.axvline(cal.chosen, color="crimson", lw=1.5, label=what)
     ax.axvspan(*band, color="crimson", alpha=0.08, label=f"sampler's band {band[0]:.2g} to {band[1]:.2g}")
     ax.set_xscale("log")
     ax.set_xlabel("learning rate (log scale)")
