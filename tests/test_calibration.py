@@ -53,7 +53,7 @@ def test_ties_go_to_the_lower_rate_and_a_flat_top_peaks_in_its_middle():
 def test_the_calibrated_rate_is_the_peak_over_the_divisor_and_survives_the_state_file():
     lrs = [1e-3, 1e-2, 1e-1]
     at_peak = settle("k", lrs, [0.5, 0.9, 0.5], SearchConfig())
-    below = settle("k", lrs, [0.5, 0.9, 0.5], SearchConfig(lr_peak_divisor=3.0, calibration_train_per_label=50))
+    below = settle("k", lrs, [0.5, 0.9, 0.5], SearchConfig(lr_peak_divisor=3.0), train_per_label=50)
     assert at_peak.chosen == pytest.approx(1e-2) and at_peak.peak == pytest.approx(1e-2)
     assert below.chosen == pytest.approx(1e-2 / 3, rel=1e-3) and below.peak == pytest.approx(1e-2)
     assert below.band(3.0) == pytest.approx((1e-2 / 9, 1e-2), rel=1e-3)  # the sampler's band is around the chosen

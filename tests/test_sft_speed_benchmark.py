@@ -41,3 +41,12 @@ def test_the_bare_loop_trains_the_trials_adapters_and_the_trial_time_adds_up(tas
     assert t["teacher_forced_s"] > 0 and t["generation_s"] > 0  # exact match generates at the last epoch
     assert math.isclose(t["wall_s"], t["train_s"] + t["teacher_forced_s"] + t["generation_s"], rel_tol=1e-9)
     assert sft.exact_match.__name__ == "exact_match" and sft.teacher_forced.__name__ == "teacher_forced"  # restored
+
+
+def test_asking_for_a_gpu_where_torch_sees_none_is_one_line(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr("sys.argv", ["sft_speed", "--config", "sft_smoke", "--device", "cuda"])
+    with pytest.raises(SystemExit, match="--device cuda: torch sees no GPU here"):
+        sft_speed.main()

@@ -44,7 +44,7 @@ class LrCalibration:
     edge: str | None  # LOW or HIGH when the peak is on the grid's first or last point
     compute_hours: float = 0.0
     divisor: float = 1.0  # search.lr_peak_divisor when the probe ran
-    train_per_label: int = 0  # search.calibration_train_per_label when the probe ran (0: the trials' split)
+    train_per_label: int = 0  # training examples per label the probe ran on (0: the trials' split)
 
     @property
     def peak(self) -> float:
@@ -130,8 +130,8 @@ def calibrate(search, reference) -> LrCalibration:
     if s.gpus_per_trial > 0:
         resources["num_gpus"] = s.gpus_per_trial
     task = ray.remote(**resources)(probe_lr)
-    on = (f" on {s.calibration_train_per_label} training examples per label" if s.calibration_train_per_label
-          else "")
+    per_label = probe_cfg.data.max_train_per_label if s.calibration_train_per_label else 0
+    on = f" on {per_label} training examples per label" if per_label else ""
     print(f"calibrating the learning rate: {reference.key} for {s.calibration_epochs} epoch(s){on} at "
           f"{len(lrs)} rates from {lrs[0]:g} to {lrs[-1]:g} ...", flush=True)
     pending = {task.remote(probe_cfg.to_dict(), search.space.to_dict(), reference.to_json(), lr, search.metric_name): lr
@@ -149,17 +149,17 @@ def calibrate(search, reference) -> LrCalibration:
             ray.cancel(ref, force=True)
         raise
     return settle(reference.key, lrs, [results[lr]["score"] for lr in lrs], s, R.sense(search.metric_name),
-                  sum(r["compute_hours"] for r in results.values()))
+                  sum(r["compute_hours"] for r in results.values()), per_label)
 
 
 def settle(placement_key: str, lrs: list[float], scores: list[float | None], s, sense: str = "max",
-           compute_hours: float = 0.0) -> LrCalibration:
+           compute_hours: float = 0.0, train_per_label: int = 0) -> LrCalibration:
     """The calibration from the probe's scores under the search section `s`: the peak
-    (`choose_lr`) divided by `s.lr_peak_divisor`."""
+    (`choose_lr`) divided by `s.lr_peak_divisor`. `train_per_label`: what the probe trained on
+    per label (0: the trials' split)."""
     peak, edge = choose_lr(lrs, scores, sense)
     return LrCalibration(placement_key, s.calibration_epochs, tuple(lrs), tuple(scores),
-                         peak / s.lr_peak_divisor, edge, compute_hours, s.lr_peak_divisor,
-                         s.calibration_train_per_label)
+                         peak / s.lr_peak_divisor, edge, compute_hours, s.lr_peak_divisor, train_per_label)
 
 
 def probe_config(cfg: Config) -> Config:
