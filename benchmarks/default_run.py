@@ -25,14 +25,15 @@ PHASES = ("prepare_s", "calibration_s", "search_s", "confirmation_s")
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", default="default")
+    p.add_argument("--config", action="append", default=None, help="config name(s) or path(s), layered")
     p.add_argument("--budget", default="0.5")
     p.add_argument("--set", action="append", default=[], dest="overrides", metavar="SECTION.KEY=VALUE")
     p.add_argument("--output-dir", type=Path, default=Path("outputs/bench-default"))
     p.add_argument("--experiment", default=f"default-{time.strftime('%Y%m%d-%H%M%S')}")
     args = p.parse_args()
     load_before = os.getloadavg()
-    cmd = [sys.executable, str(ROOT / "search" / "run.py"), "--config", args.config, "--budget", args.budget,
+    configs = sum((["--config", c] for c in args.config or ["default"]), [])
+    cmd = [sys.executable, str(ROOT / "search" / "run.py"), *configs, "--budget", args.budget,
            "--output-dir", str(args.output_dir), "--experiment", args.experiment,
            *sum((["--set", s] for s in args.overrides), [])]
     t0 = time.time()
