@@ -14,8 +14,8 @@ a baseline name or key) is trained on the same model, data and learning rate two
   token accuracy) and greedy generation for exact match (`trainables.sft`);
 - **bare**: what a user would write by hand with PEFT: `get_peft_model` with the same
   `LoraConfig`, AdamW, then forward, backward, step over the same batches for the same epochs;
-  nothing else (on a GPU: the model and batches moved there, under the autocast of the trial's
-  `train.precision`).
+  nothing else, under the autocast of the trial's `train.precision` (`auto`: bf16 on a GPU that
+  has it, fp32 on the CPU), on the trial's device.
 
 Printed: training examples per second of each (epochs x training pairs / training time), their
 ratio (target: the trial at least 0.9x the bare loop), and the share of the trial's wall time spent
@@ -49,8 +49,7 @@ def bare_loop(cfg, model, data, placement, space, lr: float, seed: int, device: 
     peft_model.to(device)
     optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=lr,
                                   weight_decay=cfg.train.weight_decay)
-    precision = _precision(cfg.train.precision) if device != "cpu" else "no"
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(_precision(cfg.train.precision))  # the trial's
     gen = torch.Generator().manual_seed(seed)
     peft_model.train()
     for _ in range(cfg.train.epochs):

@@ -131,8 +131,9 @@ class SearchConfig:
     # baseline trains at the chosen rate and the sampler draws within a factor lr_band of it.
     # calibrate_lr = false: baselines at the geometric middle of [lr_min, lr_max], the sampler
     # over [lr_min, lr_max]. The probe trains on calibration_train_per_label examples per label
-    # (0 = the trials' training split; never more than it); the calibrated rate is its peak / lr_peak_divisor (1 = the
-    # peak): a trial that takes more steps than the probe wants a lower rate (docs/methods.md).
+    # (0 = the trials' training split; never more than it); the calibrated rate is its peak /
+    # lr_peak_divisor (1 = the peak): a trial that takes more steps than the probe wants a lower
+    # rate (docs/methods.md).
     calibrate_lr: bool = True
     calibration_lr_min: float = 1e-4
     calibration_lr_max: float = 3e-2
